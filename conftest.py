@@ -1,0 +1,20 @@
+"""Pytest configuration: Hypothesis profiles and the `slow` marker.
+
+- `ci` (selected when CI=true): few examples, no deadline — keeps the suite under ~10 minutes on
+  2 CPU cores.
+- `dev` (the default locally): more examples.
+- `thorough`: select with `HYPOTHESIS_PROFILE=thorough` for a long local run.
+"""
+import os
+
+from hypothesis import HealthCheck, settings
+
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=8, derandomize=True, print_blob=True, **_common)
+settings.register_profile("dev", max_examples=25, **_common)
+settings.register_profile("thorough", max_examples=200, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs sized for CPU (still run in CI)")
