@@ -198,3 +198,752 @@ def no_weight_decay(p: torch.Tensor) -> torch.Tensor:
 
 def is_no_weight_decay(p: torch.Tensor) -> bool:
     return getattr(p, "_no_weight_decay", False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small building blocks
+# ----------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (D1, eps from the config), computed in float32 like Llama's."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = no_weight_decay(nn.Parameter(torch.ones(dim)))
+
+    def forward(self, x):  # (..., dim)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+def rope(pos: int, l: int, p: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (trap 6)."""
+    inv = theta ** (-torch.arange(0, p, 2, device=device, dtype=torch.float32) / p)  # (p/2,)
+    t = torch.arange(pos, pos + l, device=device, dtype=torch.float32)
+    ang = torch.outer(t, inv)  # (l, p/2)
+    ang = torch.cat([ang, ang], dim=-1)  # (l, p)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x, cos, sin):  # x (..., l, p); cos, sin (l, p)
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+def causal_conv(x, w, tail=None):
+    """Causal depthwise convolution: y_t = sum_j w[:, j] * x_{t-k+1+j}.
+
+    x (b, l, c), w (c, k); tail (b, k-1, c) holds the k-1 inputs before x (zeros when None).
+    Returns y (b, l, c) and the new tail — the same code serves training, prefill and decoding.
+    """
+    c, k = w.shape
+    xin = F.pad(x, (0, 0, k - 1, 0)) if tail is None else torch.cat([tail.to(x.dtype), x], dim=1)
+    y = F.conv1d(rearrange(xin, "b l c -> b c l"), rearrange(w.to(x.dtype), "c k -> c 1 k"), groups=c)
+    return rearrange(y, "b c l -> b l c"), xin[:, xin.shape[1] - (k - 1):]
+
+
+def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
+    """Key/value heads of an attention class: the largest divisor of H not above max(1, H // repeat)."""
+    want = max(1, cfg.n_heads // spec.kv_repeat)
+    return max(h for h in range(1, want + 1) if cfg.n_heads % h == 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Recurrence: the chunked scan (SSD) and its sequential reference
+# ----------------------------------------------------------------------------------------------------
+
+
+def segsum(x):
+    """Stable segment sum: out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, -inf above.
+
+    Masks to -inf *before* any exp (trap 1), and never subtracts cumulative sums.
+    x (..., q) -> (..., q, q)
+    """
+    q = x.shape[-1]
+    x = repeat(x, "... i -> ... i j", j=q)  # x[..., i, j] = x_i
+    x = x.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=x.device), -1), 0)
+    xs = torch.cumsum(x, dim=-2)
+    return xs.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=x.device), 0), -torch.inf)
+
+
+def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
+    """Diagonal linear recurrence h_t = a_t h_{t-1} + x_t ⊗ B_t, y_t = h_t C_t, by chunks (Mamba-2 SSD).
+
+    x (b, l, h, p), log_a (b, l, h) <= 0, B and C (b, l, n), h0 (b, h, p, n) or None.
+    Returns y (b, l, h, p) and the final state (b, h, p, n). Everything in float32.
+    """
+    b, l, h, p = x.shape
+    q = min(chunk, l)
+    pad = (q - l % q) % q  # trap 1: zero input and zero log-decay at the end, sliced off below
+    if pad:
+        x, B, C = (F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) for t in (x, B, C))
+        log_a = F.pad(log_a, (0, 0, 0, pad))
+    x = rearrange(x, "b (c q) h p -> b c q h p", q=q)
+    B = rearrange(B, "b (c q) n -> b c q n", q=q)
+    C = rearrange(C, "b (c q) n -> b c q n", q=q)
+    A = rearrange(log_a, "b (c q) h -> b h c q", q=q)
+    A_cum = torch.cumsum(A, dim=-1)  # (b, h, c, q)
+
+    # 1. within each chunk: y_t = sum_{s<=t} (C_t·B_s) exp(A_{s+1..t}) x_s  — a masked "attention"
+    G = torch.einsum("bcln,bcsn->bcls", C, B)  # (b, c, q, q)
+    M = G[:, None] * torch.exp(segsum(A))  # (b, h, c, q, q)
+    y_diag = torch.einsum("bhcls,bcshp->bclhp", M, x)
+    # 2. the state each chunk leaves behind from its own inputs
+    decay_states = torch.exp(A_cum[..., -1:] - A_cum)  # (b, h, c, q)
+    states = torch.einsum("bcln,bhcl,bclhp->bchpn", B, decay_states, x)  # (b, c, h, p, n)
+    # 3. pass the states from chunk to chunk (a recurrence over c, done as one small matrix product)
+    if h0 is None:
+        h0 = x.new_zeros(b, h, p, B.shape[-1])
+    states = torch.cat([h0[:, None], states], dim=1)  # (b, c+1, h, p, n)
+    decay_chunk = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
+    states, h_last = states[:, :-1], states[:, -1]
+    # 4. what the state entering each chunk contributes to its outputs
+    y_off = torch.einsum("bcln,bchpn,bhcl->bclhp", C, states, torch.exp(A_cum))
+    y = rearrange(y_diag + y_off, "b c q h p -> b (c q) h p")[:, :l]
+    return y, h_last
+
+
+def scan_loop(x, log_a, B, C, h0=None):
+    """The same recurrence one step at a time: the reference for tests, and the decoding step."""
+    b, l, h, p = x.shape
+    state = x.new_zeros(b, h, p, B.shape[-1]) if h0 is None else h0
+    ys = []
+    for t in range(l):
+        state = torch.exp(log_a[:, t])[:, :, None, None] * state + x[:, t, :, :, None] * B[:, t, None, None, :]
+        ys.append(torch.einsum("bhpn,bn->bhp", state, C[:, t]))
+    return torch.stack(ys, dim=1), state
+
+
+# Which scan `scan="auto"` uses on each device, chosen by measurement (bench.py, README "Benchmarks").
+AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Long convolution: FFT and its direct reference
+# ----------------------------------------------------------------------------------------------------
+
+
+def fft_conv(u, h):
+    """Causal long convolution y_t = sum_{s<=t} h_{t-s} u_s by FFT.
+
+    u (b, l, c), h (c, >= l). Length n = 2l and the filter cut to l first: n = l would be circular and
+    a longer filter would leak the future (trap 3). torch.fft refuses bf16, so float32 throughout.
+    """
+    l = u.shape[1]
+    n = 2 * l
+    U = torch.fft.rfft(rearrange(u.float(), "b l c -> b c l"), n=n)
+    H = torch.fft.rfft(h[:, :l].float(), n=n)
+    y = torch.fft.irfft(U * H, n=n)[..., :l]
+    return rearrange(y, "b c l -> b l c").to(u.dtype)
+
+
+def direct_conv(u, h):
+    """The same convolution as a plain causal conv1d (the reference for fft_conv)."""
+    l, c = u.shape[1], u.shape[2]
+    h = h[:, :l].float()
+    x = F.pad(rearrange(u.float(), "b l c -> b c l"), (h.shape[1] - 1, 0))
+    y = F.conv1d(x, rearrange(h.flip(-1), "c k -> c 1 k"), groups=c)
+    return rearrange(y, "b c l -> b l c").to(u.dtype)
+
+
+class ImplicitFilter(nn.Module):
+    """Hyena's implicit filter: h_t = MLP(z_t) · exp(-alpha · t / max_len), one filter per channel.
+
+    z_t are positional features of the absolute position t (t / max_len and sinusoids of geometric
+    frequencies), so h_t does not depend on the input length: the filter for a short input is a prefix
+    of the filter for a long one, and decoding sees the same taps as training.
+    """
+
+    def __init__(self, channels: int, max_len: int, bands: int = 8, hidden: int = 64):
+        super().__init__()
+        self.max_len = max_len
+        self.register_buffer("freqs", 10000.0 ** (-torch.arange(bands, dtype=torch.float32) / bands), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(1 + 2 * bands, hidden, bias=False), _Sin(),
+                                 nn.Linear(hidden, hidden, bias=False), _Sin(),
+                                 nn.Linear(hidden, channels, bias=False))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                m.keep_init = True  # the backbone's global init leaves the filter's own init alone (trap 7)
+                no_weight_decay(m.weight)  # D17: filters are never decayed
+        # fixed per-channel decay rates, Hyena's range: from fast (~1% left after 0.3 of max_len) to slow
+        self.register_buffer("alpha", torch.linspace(math.log(100) / 0.3, math.log(100) / 1.5, channels),
+                             persistent=False)
+
+    def forward(self, l: int):  # -> (channels, l)
+        t = torch.arange(l, device=self.alpha.device, dtype=torch.float32)
+        ang = t[:, None] * self.freqs  # (l, bands)
+        z = torch.cat([(t / self.max_len)[:, None], ang.cos(), ang.sin()], dim=-1)  # (l, 1 + 2 bands)
+        h = self.mlp(z.to(self.mlp[0].weight.dtype)).float()  # (l, channels)
+        return rearrange(h * torch.exp(-self.alpha * (t / self.max_len)[:, None]), "l c -> c l")
+
+
+class _Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The featurizer: the weights that turn an LIV's input into its feature groups (shareable, D9)
+# ----------------------------------------------------------------------------------------------------
+
+
+def feature_widths(cfg: ModelConfig, spec: LIVClass) -> dict[str, int]:
+    """Channels of each projected feature group (and of the family's extra streams), all branches."""
+    r = 2 if spec.differential else 1
+    d, H, P = cfg.d_model, cfg.n_heads, cfg.head_dim
+    if spec.family == "SA":
+        hk = kv_heads(cfg, spec)
+        return dict(C=r * H * P, B=r * hk * P, V=hk * P)
+    if spec.family == "Rec":  # plus the output gate z and the step size Δ (one per head and branch)
+        return dict(C=r * spec.state, B=r * spec.state, V=d, z=d, dt=r * H)
+    if spec.family == "GConv":
+        return dict(C=r * d, B=r * d, V=d)
+    return dict(B=cfg.ffn_hidden, V=cfg.ffn_hidden)  # GMemless: gate and up branches
+
+
+def featurizer_kernel(cfg: ModelConfig, spec: LIVClass) -> int:
+    """Length of the short conv inside the featurizer (featurizer token mixing 3), 0 when none."""
+    if spec.family == "Rec":
+        return 4  # Mamba's depthwise conv on x, B, C
+    if spec.base == 2 or spec.long_conv:  # SA-2 (Primer-style), GConv-2 (Hyena's short filters)
+        return cfg.short_conv
+    return 0
+
+
+class Featurizer(nn.Module):
+    """Computes the feature groups C, B, V (and family extras) of one LIV class.
+
+    One fused dense projection d -> [C | B | V | extras] (featurizer channel mixing 2), then, for SA-2,
+    Rec and GConv-2, a short causal depthwise convolution over C, B, V (featurizer token mixing 3) and,
+    for Rec, a SiLU. The S group has family parameters: Rec's A_log and Δ bias, GConv-1's explicit
+    filter, GConv-2's implicit filter. Built with only the groups that its users compute (D10).
+    """
+
+    def __init__(self, cfg: ModelConfig, spec: LIVClass, groups: frozenset):
+        super().__init__()
+        self.spec = spec
+        r = 2 if spec.differential else 1
+        widths = feature_widths(cfg, spec)
+        self.groups = frozenset(groups)
+        self.layout = [(g, widths[g]) for g in "CBV" if g in groups] + [(g, widths[g]) for g in ("z", "dt") if g in widths]
+        self.proj = nn.Linear(cfg.d_model, sum(w for _, w in self.layout), bias=False)
+        self.kernel = featurizer_kernel(cfg, spec)
+        if self.kernel:
+            ch = sum(w for g, w in self.layout if g in "CBV")
+            self.conv = no_weight_decay(nn.Parameter(torch.empty(ch, self.kernel).uniform_(-1, 1) / math.sqrt(self.kernel)))
+        if spec.family == "Rec":  # S: a_t = exp(-exp(A_log) · softplus(W_Δ x_t + Δ_bias)), Mamba-2 init
+            nh = r * cfg.n_heads
+            self.A_log = no_weight_decay(nn.Parameter(torch.empty(nh).uniform_(1, 16).log()))
+            dt = torch.exp(torch.empty(nh).uniform_(math.log(1e-3), math.log(1e-1)))
+            self.dt_bias = no_weight_decay(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))  # softplus⁻¹(dt)
+        elif spec.family == "GConv" and not spec.long_conv:  # S: explicit short filter per channel
+            self.filter = no_weight_decay(nn.Parameter(
+                torch.empty(r * cfg.d_model, cfg.short_conv).uniform_(-1, 1) / math.sqrt(cfg.short_conv)))
+        elif spec.long_conv:  # S: implicit long filter (Hyena)
+            self.filter = ImplicitFilter(r * cfg.d_model, cfg.max_len)
+
+    def forward(self, x, groups: frozenset, cache: dict | None = None) -> dict[str, torch.Tensor]:
+        """x (b, l, d) -> {group: (b, l, width)} for the requested groups plus the extras (z, dt).
+
+        With a cache, the conv continues from cache["conv_tail"] and updates it (prefill / decoding).
+        """
+        parts = dict(zip([g for g, _ in self.layout], self.proj(x).split([w for _, w in self.layout], dim=-1)))
+        out = {g: t for g, t in parts.items() if g in groups or g in ("z", "dt")}
+        conv_groups = [g for g in "CBV" if g in groups]
+        if self.kernel and conv_groups:
+            offsets, o = {}, 0
+            for g, w in self.layout:
+                offsets[g] = (o, o + w)
+                o += w
+            w = torch.cat([self.conv[offsets[g][0]:offsets[g][1]] for g in conv_groups])
+            xc = torch.cat([out[g] for g in conv_groups], dim=-1)  # (b, l, channels)
+            tail = cache["conv_tail"] if cache is not None else None
+            yc, new_tail = causal_conv(xc, w, tail)
+            if cache is not None:
+                cache["conv_tail"].copy_(new_tail)
+            if self.spec.family == "Rec":
+                yc = F.silu(yc)
+            out.update(zip(conv_groups, yc.split([out[g].shape[-1] for g in conv_groups], dim=-1)))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# LIVs
+# ----------------------------------------------------------------------------------------------------
+
+
+class DiffCombine(nn.Module):
+    """D5: y = (1 - λ_init) · RMSNorm_head(y₁ - λ·y₂), λ = exp(λq1·λk1) - exp(λq2·λk2) + λ_init per head."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)  # Differential Transformer's schedule
+        self.eps = cfg.norm_eps
+        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+            setattr(self, name, no_weight_decay(nn.Parameter(0.1 * torch.randn(cfg.n_heads, cfg.head_dim))))
+        self.norm_weight = no_weight_decay(nn.Parameter(torch.ones(cfg.head_dim)))
+
+    def forward(self, y):  # (2, b, l, h, p) -> (b, l, h, p)
+        lam = (torch.exp((self.lambda_q1 * self.lambda_k1).sum(-1)) - torch.exp((self.lambda_q2 * self.lambda_k2).sum(-1))
+               + self.lambda_init)  # (h,)
+        y = y[0] - lam[:, None].to(y.dtype) * y[1]
+        y = F.rms_norm(y.float(), (y.shape[-1],), self.norm_weight.float(), self.eps).to(y.dtype)
+        return y * (1 - self.lambda_init)
+
+
+class LIV(nn.Module):
+    """Common skeleton of a sequence-mixing LIV: featurizer -> token mixing per branch -> combine -> W_out.
+
+    receives:   feature groups taken from an earlier LIV (D10) instead of computed here.
+    featurizer: the featurizer whose weights to use; None builds (and owns) one (D9).
+    """
+
+    def __init__(self, cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
+                 featurizer: Featurizer | None = None):
+        super().__init__()
+        self.cfg, self.spec, self.layer_idx = cfg, REGISTRY[class_id], layer_idx
+        self.r = 2 if self.spec.differential else 1  # branches
+        self.receives = frozenset(receives)
+        if not self.receives <= set(self.spec.groups) or (self.receives and self.spec.share_key is None):
+            raise ValueError(f"{self.spec.name} cannot receive feature groups {sorted(self.receives)}")
+        self.computes = frozenset(g for g in "CBV" if g in self.spec.groups) - self.receives
+        if featurizer is None:
+            self.featurizer = Featurizer(cfg, self.spec, self.computes)
+        else:  # D9: the owner's weights; kept out of this module's parameters so they count once
+            if featurizer.spec.id != class_id or not self.computes <= featurizer.groups:
+                raise ValueError(f"featurizer of {featurizer.spec.name} cannot serve {self.spec.name}")
+            self._borrowed = (featurizer,)
+        if self.spec.differential:
+            self.combine = DiffCombine(cfg, layer_idx)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.out.residual_out = True  # scaled by 1/sqrt(2·depth) at init
+
+    def feat(self) -> Featurizer:
+        return self.featurizer if "featurizer" in self._modules else self._borrowed[0]
+
+    def merge(self, y):  # (r, b, l, h, p) -> (b, l, h, p)
+        return self.combine(y) if self.r == 2 else y[0]
+
+    def new_cache(self, batch: int, T: int, dtype, device, stream_full: bool = False) -> dict:
+        """The decoding state this LIV keeps between steps (D7), for batch `batch` and T positions."""
+        k = featurizer_kernel(self.cfg, self.spec)
+        cache = {}
+        if k and self.computes:
+            ch = sum(feature_widths(self.cfg, self.spec)[g] for g in self.computes)
+            cache["conv_tail"] = torch.zeros(batch, k - 1, ch, dtype=dtype, device=device)
+        cache.update(self._new_state(batch, T, dtype, device, stream_full))
+        return cache
+
+    def _new_state(self, batch, T, dtype, device, stream_full) -> dict:
+        raise NotImplementedError
+
+    def step(self, x_t, cache: dict, pos: int, shared: dict | None = None):
+        """One token: x_t (b, 1, d) -> (y_t (b, 1, d), feature groups). Reads and updates `cache`."""
+        return self(x_t, shared=shared, cache=cache, pos=pos)
+
+
+class Attention(LIV):
+    """SA-1..SA-4 (and -Diff): y = W_out · softmax(C Bᵀ / √p) V per head, causal, RoPE on C and B.
+
+    C (queries, H heads), B (keys) and V (values) have H_kv heads (GQA for SA-3/SA-4). SA-2's
+    featurizer also runs a short causal conv over C, B, V. Training runs through SDPA; decoding keeps
+    the rotated keys and the values of all past positions (the KV cache).
+    """
+
+    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None):
+        super().__init__(cfg, class_id, layer_idx, receives, featurizer)
+        self.kv_heads = kv_heads(cfg, self.spec)
+
+    def _new_state(self, batch, T, dtype, device, stream_full):
+        hk, p, st = self.kv_heads, self.cfg.head_dim, {}
+        if "B" in self.computes:
+            st["k"] = torch.zeros(self.r, batch, hk, T, p, dtype=dtype, device=device)
+        if "V" in self.computes:
+            st["v"] = torch.zeros(batch, hk, T, p, dtype=dtype, device=device)
+        return st
+
+    def forward(self, x, shared=None, cache=None, pos: int = 0):
+        """x (b, l, d) -> y (b, l, d), features {C: (r,b,h,l,p), B: (r,b,hk,pos+l,p), V: (b,hk,pos+l,p)}.
+
+        With a cache, B and V cover every position so far, so that an LIV sharing them (D10) attends
+        over the same keys without a cache of its own.
+        """
+        b, l, _ = x.shape
+        r, P = self.r, self.cfg.head_dim
+        raw = self.feat()(x, self.computes, cache)
+        cos, sin = rope(pos, l, P, self.cfg.rope_theta, x.device)
+        f = {}
+        if "C" in raw:
+            f["C"] = apply_rope(rearrange(raw["C"], "b l (r h p) -> r b h l p", r=r, p=P), cos, sin)
+        if "B" in raw:  # keys are rotated before they are cached (trap 6)
+            k = apply_rope(rearrange(raw["B"], "b l (r h p) -> r b h l p", r=r, p=P), cos, sin)
+            if cache is not None:
+                cache["k"][:, :, :, pos:pos + l] = k
+                k = cache["k"][:, :, :, :pos + l].to(x.dtype)
+            f["B"] = k
+        if "V" in raw:
+            v = rearrange(raw["V"], "b l (h p) -> b h l p", p=P)
+            if cache is not None:
+                cache["v"][:, :, pos:pos + l] = v
+                v = cache["v"][:, :, :pos + l].to(x.dtype)
+            f["V"] = v
+        for g in self.receives:  # D10: computed by an earlier LIV
+            f[g] = shared[g]
+        q = rearrange(f["C"], "r b h l p -> (r b) h l p")
+        k = rearrange(f["B"], "r b h l p -> (r b) h l p")
+        v = repeat(f["V"], "b h l p -> (r b) h l p", r=r)  # one V for both branches (D5)
+        gqa = self.kv_heads != self.cfg.n_heads  # trap 5: enable_gqa groups heads correctly
+        lk = k.shape[2]
+        if lk == l:  # training / prefill from position 0: equal lengths, so is_causal is right
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif l == 1:  # one query sees every cached key: no mask at all (trap 4)
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        else:  # a chunk after a cached prefix: explicit offset mask
+            mask = torch.arange(lk, device=x.device)[None, :] <= (lk - l + torch.arange(l, device=x.device))[:, None]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = self.merge(rearrange(o, "(r b) h l p -> r b l h p", r=r))  # (b, l, h, p)
+        return self.out(rearrange(y, "b l h p -> b l (h p)")), f
+
+
+class Recurrence(LIV):
+    """Rec-1 / Rec-2 (and -Diff): an input-varying diagonal linear recurrence, Mamba-2's SSD form.
+
+        h_t = a_t · h_{t-1} + B_t ⊗ (Δ_t x_t)     a_t = exp(-exp(A_log) · Δ_t), one decay per head
+        y_t = C_t · h_t + D ⊙ x_t,   out = W_out (y ⊙ silu(z))
+
+    V = x_t, B_t and C_t pass a depthwise causal conv (kernel 4) and SiLU; S = Δ_t (the step size,
+    which also scales the input as in SSD's discretisation). State expansion N = 16 (Rec-1) or 2 (Rec-2).
+    """
+
+    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None):
+        super().__init__(cfg, class_id, layer_idx, receives, featurizer)
+        self.D = no_weight_decay(nn.Parameter(torch.ones(cfg.n_heads)))
+
+    def _new_state(self, batch, T, dtype, device, stream_full):
+        H, P, N = self.cfg.n_heads, self.cfg.head_dim, self.spec.state
+        return {"h": torch.zeros(self.r, batch, H, P, N, dtype=dtype, device=device)}
+
+    def scan_mode(self, device) -> str:
+        return AUTO_SCAN.get(device.type, "chunked") if self.cfg.scan == "auto" else self.cfg.scan
+
+    def forward(self, x, shared=None, cache=None, pos: int = 0):
+        """x (b, l, d) -> y (b, l, d), features {C, B: (r, b, l, n), V: (b, l, h, p)}."""
+        b, l, _ = x.shape
+        r, H, P = self.r, self.cfg.n_heads, self.cfg.head_dim
+        fz = self.feat()
+        raw = fz(x, self.computes, cache)
+        f = {}
+        for g in ("C", "B"):
+            if g in raw:
+                f[g] = rearrange(raw[g], "b l (r n) -> r b l n", r=r)
+        if "V" in raw:
+            f["V"] = rearrange(raw["V"], "b l (h p) -> b l h p", p=P)
+        for g in self.receives:
+            f[g] = shared[g]
+        with torch.autocast(x.device.type, enabled=False):  # trap 2: the scan runs in float32
+            dt = F.softplus(rearrange(raw["dt"].float(), "b l (r h) -> r b l h", r=r)
+                            + rearrange(fz.dt_bias.float(), "(r h) -> r 1 1 h", r=r))  # (r, b, l, h)
+            log_a = dt * rearrange(-torch.exp(fz.A_log.float()), "(r h) -> r 1 1 h", r=r)  # log a_t <= 0
+            xs = rearrange(f["V"].float()[None] * dt[..., None], "r b l h p -> (r b) l h p")
+            Bs = rearrange(f["B"].float(), "r b l n -> (r b) l n")
+            Cs = rearrange(f["C"].float(), "r b l n -> (r b) l n")
+            la = rearrange(log_a, "r b l h -> (r b) l h")
+            h0 = rearrange(cache["h"].float(), "r b h p n -> (r b) h p n") if cache is not None else None
+            if l == 1 or (cache is None and self.scan_mode(x.device) == "loop"):
+                y, h_last = scan_loop(xs, la, Bs, Cs, h0)
+            else:
+                y, h_last = scan_chunked(xs, la, Bs, Cs, h0, self.cfg.chunk_size)
+            if cache is not None:
+                cache["h"].copy_(rearrange(h_last, "(r b) h p n -> r b h p n", r=r))
+            y = self.merge(rearrange(y, "(r b) l h p -> r b l h p", r=r))  # (b, l, h, p)
+            y = y + self.D.float()[:, None] * f["V"].float()
+        y = y.to(x.dtype) * F.silu(rearrange(raw["z"], "b l (h p) -> b l h p", p=P))
+        return self.out(rearrange(y, "b l h p -> b l (h p)")), f
+
+
+class GatedConv(LIV):
+    """GConv-1 / GConv-2 (and -Diff): y = W_out (C ⊙ (h ∗ (B ⊙ V))), a convolution gated on both sides.
+
+    GConv-1: h is an explicit depthwise filter of length `short_conv`.
+    GConv-2 (Hyena, order 2): B, C, V pass a short conv first; h is an implicit filter as long as the
+    input, applied by FFT, plus a skip: C ⊙ (h ∗ u + D ⊙ u) with u = B ⊙ V.
+    Decoding keeps the stream u = B ⊙ V: its last k-1 values (GConv-1) or its whole history (GConv-2).
+    """
+
+    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None):
+        super().__init__(cfg, class_id, layer_idx, receives, featurizer)
+        self.own_stream = not {"B", "V"} <= self.receives  # D10: sharing B, V shares the stream u
+        if self.spec.long_conv:
+            self.D = no_weight_decay(nn.Parameter(torch.ones(cfg.d_model)))
+
+    def _new_state(self, batch, T, dtype, device, stream_full):
+        if not self.own_stream:
+            return {}
+        full = stream_full or self.spec.long_conv
+        return {"u": torch.zeros(batch, T if full else self.cfg.short_conv - 1, self.r * self.cfg.d_model,
+                                 dtype=dtype, device=device)}
+
+    def forward(self, x, shared=None, cache=None, pos: int = 0):
+        """x (b, l, d) -> y (b, l, d), features {C, B: (r, b, l, d), V: (b, l, d), u_hist (decoding)}."""
+        b, l, d = x.shape
+        r = self.r
+        fz = self.feat()
+        raw = fz(x, self.computes, cache)
+        f = {g: (rearrange(raw[g], "b l (r d) -> r b l d", r=r) if g != "V" else raw[g]) for g in self.computes}
+        for g in self.receives:
+            f[g] = shared[g]
+        u = rearrange(f["B"] * f["V"][None], "r b l d -> b l (r d)")  # the stream B ⊙ V
+        if cache is not None:  # the history of u up to this chunk's last position
+            if self.own_stream:
+                buf = cache["u"]
+                if buf.shape[1] >= pos + l:  # whole history kept
+                    buf[:, pos:pos + l] = u
+                    hist = buf[:, :pos + l].to(u.dtype)
+                else:  # only the last k-1 values kept
+                    hist = torch.cat([buf.to(u.dtype), u], dim=1)
+                    buf.copy_(hist[:, hist.shape[1] - buf.shape[1]:])
+            else:
+                hist = shared["u_hist"]
+            f["u_hist"] = hist
+        if not self.spec.long_conv:
+            w = fz.filter  # (r d, k)
+            k = w.shape[1]
+            if cache is None:
+                z, _ = causal_conv(u, w)
+            else:  # the k-1 values before this chunk, zeros before position 0
+                need = k - 1 + l
+                window = hist[:, max(0, hist.shape[1] - need):]
+                window = F.pad(window, (0, 0, need - window.shape[1], 0))  # (b, k-1+l, r d)
+                z, _ = causal_conv(window[:, k - 1:], w, window[:, :k - 1])
+        else:
+            n = pos + l
+            h = cache["_filter"][:, :n] if cache is not None and "_filter" in cache else fz.filter(n)  # (r d, n)
+            if cache is None:
+                z = fft_conv(u, h)
+            elif l == 1:  # decoding: y_t = sum_j h_j u_{t-j}, a dot product with the reversed history
+                z = torch.einsum("blc,cl->bc", hist.float().flip(1), h.float())[:, None].to(u.dtype)
+            else:
+                z = fft_conv(hist, h)[:, -l:]
+            z = z + repeat(self.D, "d -> (r d)", r=r).to(u.dtype) * u
+        y = f["C"] * rearrange(z, "b l (r d) -> r b l d", r=r)  # (r, b, l, d)
+        y = self.merge(rearrange(y, "r b l (h p) -> r b l h p", p=self.cfg.head_dim))
+        return self.out(rearrange(y, "b l h p -> b l (h p)")), f
+
+
+class GMemless(nn.Module):
+    """Class 9, the channel mixer: SwiGLU, y = W_down(silu(W_gate x) ⊙ W_up x) (Llama's MLP).
+
+    B is the gate branch, V the up branch; no token mixing, no cache, no feature-group sharing (D6).
+    """
+
+    def __init__(self, cfg, class_id=9, layer_idx=0, receives=frozenset(), featurizer=None):
+        super().__init__()
+        if receives:
+            raise ValueError("GMemless takes part in no feature-group sharing (D6)")
+        self.cfg, self.spec, self.layer_idx = cfg, REGISTRY[9], layer_idx
+        self.receives, self.computes = frozenset(), frozenset("BV")
+        if featurizer is None:
+            self.featurizer = Featurizer(cfg, self.spec, self.computes)
+        else:
+            if featurizer.spec.id != 9:
+                raise ValueError(f"featurizer of {featurizer.spec.name} cannot serve GMemless")
+            self._borrowed = (featurizer,)
+        self.out = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)  # W_down
+        self.out.residual_out = True
+
+    feat = LIV.feat
+
+    def new_cache(self, batch, T, dtype, device, stream_full=False) -> dict:
+        return {}
+
+    def forward(self, x, shared=None, cache=None, pos: int = 0):  # (b, l, d) -> (b, l, d)
+        f = self.feat()(x, self.computes)
+        return self.out(F.silu(f["B"]) * f["V"]), f
+
+    step = LIV.step
+
+
+FAMILY_MODULE = {"SA": Attention, "Rec": Recurrence, "GConv": GatedConv, "Memless": GMemless}
+
+
+def make_liv(cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
+             featurizer: Featurizer | None = None) -> nn.Module:
+    """Build one LIV of class `class_id` (1-17) from the registry."""
+    if class_id not in REGISTRY:
+        raise ValueError(f"LIV class must be 1..{N_CLASSES}, got {class_id}")
+    return FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The backbone a genome decodes into (D1): embedding -> [x + LIV_i(RMSNorm_i(x))] -> RMSNorm -> tied head
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodeCache:
+    """Everything a decoder keeps between steps: one dict of tensors per LIV, and the position.
+
+    Keys starting with "_" hold values derived from the weights alone (GConv-2's filter taps), the same
+    for every sequence; they are not decoder state and are not counted (D7).
+    """
+
+    layers: list
+    pos: int = 0
+
+    def tensors(self) -> list[torch.Tensor]:
+        seen, out = set(), []
+        for layer in self.layers:
+            for name, t in layer.items():
+                if not name.startswith("_") and id(t) not in seen:
+                    seen.add(id(t))
+                    out.append(t)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+class Backbone(nn.Module):
+    """A language model whose LIVs are given by a list of LayerPlans (genome.build_model makes them).
+
+    Featurizer sharing (D9): the owner's Featurizer is built with every feature group its users compute
+    and passed to them. Feature-group sharing (D10): the owner's computed features are handed to later
+    LIVs during the forward pass (and, when decoding, its caches: KV, stream history).
+    """
+
+    def __init__(self, cfg: ModelConfig, plans: list[LayerPlan]):
+        super().__init__()
+        if len(plans) != cfg.depth:
+            raise ValueError(f"{len(plans)} layer plans for a config of depth {cfg.depth}")
+        self.cfg, self.plans = cfg, list(plans)
+        specs = [REGISTRY[p.class_id] for p in plans]
+        computes = []
+        for i, (p, s) in enumerate(zip(plans, specs)):
+            if not (0 <= p.featurizer_owner <= i and 0 <= p.share_owner <= i):
+                raise ValueError(f"LIV {i + 1}: owners must be earlier LIVs")
+            if p.featurizer_owner != i and plans[p.featurizer_owner].class_id != p.class_id:
+                raise ValueError(f"LIV {i + 1}: featurizer sharing needs the owner's class (D9)")
+            if p.shared_groups and (p.share_owner == i or s.share_key is None
+                                    or s.share_key != specs[p.share_owner].share_key):
+                raise ValueError(f"LIV {i + 1}: illegal feature-group sharing with LIV {p.share_owner + 1} (D10)")
+            computes.append(frozenset(g for g in "CBV" if g in s.groups) - p.shared_groups)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.norms = nn.ModuleList(RMSNorm(cfg.d_model, cfg.norm_eps) for _ in plans)
+        livs, featurizers = [], {}
+        for i, p in enumerate(plans):
+            fo = p.featurizer_owner
+            if fo == i:  # the owner builds the featurizer with the groups of all its users
+                groups = frozenset().union(*(computes[j] for j, q in enumerate(plans) if q.featurizer_owner == i))
+                featurizers[i] = Featurizer(cfg, specs[i], groups)
+                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, None))
+                livs[-1].featurizer = featurizers[i]
+            else:
+                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizers[fo]))
+        self.livs = nn.ModuleList(livs)
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self._owners = {p.share_owner for p in plans if p.shared_groups}
+        # a GConv stream is kept whole when a long convolution reads it (itself or a sharer of B, V)
+        self._stream_full = {p.share_owner for p, s in zip(plans, specs) if s.long_conv and {"B", "V"} <= p.shared_groups}
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """normal(0.02) for embeddings and projections, 0.02/sqrt(2·depth) for residual outputs. Leaves
+        the special inits (A_log, Δ bias, filters, λ) alone: they are not Linear weights (trap 7)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)) and not getattr(m, "keep_init", False):
+                std = 0.02 / math.sqrt(2 * self.cfg.depth) if getattr(m, "residual_out", False) else 0.02
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+
+    def forward(self, idx, cache: DecodeCache | None = None):
+        """idx (b, l) token ids -> logits (b, l, vocab). With a cache: prefill or decode from cache.pos."""
+        b, l = idx.shape
+        pos = cache.pos if cache is not None else 0
+        if pos + l > self.cfg.max_len:
+            raise ValueError(f"sequence of {pos + l} tokens is longer than max_len={self.cfg.max_len}")
+        x = self.embed(idx)  # (b, l, d)
+        feats = {}
+        for i, (p, norm, liv) in enumerate(zip(self.plans, self.norms, self.livs)):
+            shared = feats[p.share_owner] if p.shared_groups else None
+            y, f = liv(norm(x), shared=shared, cache=cache.layers[i] if cache is not None else None, pos=pos)
+            if i in self._owners:
+                feats[i] = f
+            x = x + y
+        if cache is not None:
+            cache.pos += l
+        return F.linear(self.norm_f(x), self.embed.weight)  # tied head (D1)
+
+    def new_cache(self, batch: int, T: int, dtype=None, device=None) -> DecodeCache:
+        """Allocate the decoding cache for `batch` sequences of up to T positions (D7)."""
+        dtype = dtype or self.embed.weight.dtype
+        device = device or self.embed.weight.device
+        return DecodeCache([liv.new_cache(batch, T, dtype, device, i in self._stream_full)
+                            for i, liv in enumerate(self.livs)])
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Prefill the prompt with the parallel path, then decode one token at a time from the cache."""
+        keep = max(1, self.cfg.max_len - max_new_tokens)
+        idx = idx[:, -keep:]
+        cache = self.new_cache(idx.shape[0], min(self.cfg.max_len, idx.shape[1] + max_new_tokens))
+        logits = self(idx, cache)[:, -1]  # (b, vocab)
+        out = [idx]
+        for i in range(max_new_tokens):
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -torch.inf)
+                nxt = torch.multinomial(F.softmax(logits.float(), -1), 1, generator=generator)
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                logits = self(nxt, cache)[:, -1]
+        return torch.cat(out, dim=1)
+
+
+def measure_cache_bytes(model: Backbone, seq_len: int, dtype=torch.bfloat16, device="meta") -> int:
+    """The cache a decoder of this model allocates for batch 1 and `seq_len` positions, in bytes (D7).
+
+    The same allocation the decoding path uses; on the meta device nothing is really allocated.
+    """
+    return model.new_cache(1, seq_len, dtype=dtype, device=device).nbytes()
+
+
+# ----------------------------------------------------------------------------------------------------
+# `python liv.py --d-model 768`: the option pool as a table
+# ----------------------------------------------------------------------------------------------------
+
+
+def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
+    rows = [f"{'id':>3}  {'name':<13} {'operator':<8} {'family':<8} {'params/LIV':>11} {'cache bytes @T=' + str(T):>20}"]
+    for cid, spec in REGISTRY.items():
+        with torch.device("meta"):
+            m = make_liv(cfg, cid, 0)
+        params = sum(p.numel() for p in m.parameters())
+        cache = DecodeCache([m.new_cache(1, T, torch.bfloat16, "meta")]).nbytes()
+        rows.append(f"{cid:>3}  {spec.name:<13} {spec.operator:<8} {spec.family:<8} {params:>11,} {cache:>20,}")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (SPEC §3.1) at a given width.")
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache column (D7)")
+    args = ap.parse_args(argv)
+    try:
+        cfg = ModelConfig(d_model=args.d_model, head_dim=args.head_dim, max_len=max(args.cache_len, 1))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"d_model={cfg.d_model}, heads={cfg.n_heads}x{cfg.head_dim}, ffn_hidden={cfg.ffn_hidden}, "
+          f"bf16 cache, batch 1")
+    print(option_pool_table(cfg, args.cache_len))
+
+
+if __name__ == "__main__":
+    main()
