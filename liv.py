@@ -429,7 +429,8 @@ class Featurizer(nn.Module):
         widths = feature_widths(cfg, spec)
         self.groups = frozenset(groups)
         self.layout = [(g, widths[g]) for g in "CBV" if g in groups] + [(g, widths[g]) for g in ("z", "dt") if g in widths]
-        self.proj = nn.Linear(cfg.d_model, sum(w for _, w in self.layout), bias=False)
+        # an LIV that receives C, B and V (D10) and has no extras projects nothing
+        self.proj = nn.Linear(cfg.d_model, sum(w for _, w in self.layout), bias=False) if self.layout else None
         self.kernel = featurizer_kernel(cfg, spec)
         if self.kernel:
             ch = sum(w for g, w in self.layout if g in "CBV")
@@ -450,6 +451,8 @@ class Featurizer(nn.Module):
 
         With a cache, the conv continues from cache["conv_tail"] and updates it (prefill / decoding).
         """
+        if self.proj is None:
+            return {}
         parts = dict(zip([g for g, _ in self.layout], self.proj(x).split([w for _, w in self.layout], dim=-1)))
         out = {g: t for g, t in parts.items() if g in groups or g in ("z", "dt")}
         conv_groups = [g for g in "CBV" if g in groups]
