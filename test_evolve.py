@@ -1,0 +1,427 @@
+"""Tests for evolve.py: NSGA-II against brute force, hypervolume against independent oracles, and
+the search loop (reaches a known front, same seed = same run, killed + resumed = uninterrupted)."""
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from evolve import (TIMING_FIELDS, Evaluation, crowding_distance, default_ref_point, dominates,
+                    hypervolume, non_dominated_sort, nsga2, rank_and_crowding, select_survivors,
+                    sequential, tournament)
+
+# ----------------------------------------------------------------------------------------------------
+# Oracles
+# ----------------------------------------------------------------------------------------------------
+
+
+def brute_fronts(F):
+    """Fronts by the definition: repeatedly take the points no remaining point dominates (O(n^3))."""
+    F = np.asarray(F, dtype=float)
+    finite = [i for i in range(len(F)) if np.isfinite(F[i]).all()]
+    dom = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    left, fronts = set(finite), []
+    while left:
+        front = sorted(i for i in left if not any(dom(F[j], F[i]) for j in left))
+        fronts.append(front)
+        left -= set(front)
+    bad = [i for i in range(len(F)) if i not in set(finite)]
+    return fronts + ([bad] if bad else [])
+
+
+def hv_inclusion_exclusion(F, ref):
+    """Exact hypervolume of a few points in any dimension: the union of boxes by inclusion-exclusion."""
+    F = [p for p in np.asarray(F, dtype=float) if np.isfinite(p).all() and (p < ref).all()]
+    total = 0.0
+    for k in range(1, len(F) + 1):
+        for subset in itertools.combinations(F, k):
+            corner = np.max(subset, axis=0)  # the boxes' intersection starts at the worst corner
+            total += (-1) ** (k + 1) * np.prod(np.asarray(ref) - corner)
+    return total
+
+
+def hv_monte_carlo(F, ref, n=200_000, seed=0):
+    F = np.asarray(F, dtype=float)
+    lo = F.min(axis=0)
+    rng = np.random.default_rng(seed)
+    U = lo + rng.random((n, len(ref))) * (np.asarray(ref) - lo)
+    covered = (F[None, :, :] <= U[:, None, :]).all(-1).any(-1)
+    box = np.prod(np.asarray(ref) - lo)
+    p = covered.mean()
+    return box * p, box * math.sqrt(p * (1 - p) / n)  # estimate, standard error
+
+
+# points with many ties and duplicates: small integers; optionally a constant objective
+def point_sets(min_m=2, max_m=3, max_n=24, non_finite=False):
+    @st.composite
+    def build(draw):
+        m = draw(st.integers(min_m, max_m))
+        n = draw(st.integers(0, max_n))
+        F = np.array(draw(st.lists(st.lists(st.integers(0, 4), min_size=m, max_size=m),
+                                   min_size=n, max_size=n)), dtype=float).reshape(n, m)
+        if n and draw(st.booleans()):
+            F[:, draw(st.integers(0, m - 1))] = 2.0  # a constant objective
+        if n and non_finite:
+            rows = draw(st.lists(st.integers(0, n - 1), max_size=3))
+            for r in rows:
+                F[r, draw(st.integers(0, m - 1))] = draw(st.sampled_from([np.inf, np.nan, -np.inf]))
+        return F
+    return build()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Non-dominated sort, crowding, survival, tournament
+# ----------------------------------------------------------------------------------------------------
+
+
+@given(point_sets(non_finite=True))
+def test_fronts_equal_the_definition(F):
+    fronts = non_dominated_sort(F)
+    assert [f.tolist() for f in fronts] == brute_fronts(F)
+    assert sorted(np.concatenate(fronts).tolist() if fronts else []) == list(range(len(F)))
+
+
+def test_fronts_by_hand_and_non_finite_last():
+    F = np.array([[1, 2], [2, 1], [2, 2], [1, 2], [np.nan, 0], [0, np.inf], [3, 3]])
+    assert [f.tolist() for f in non_dominated_sort(F)] == [[0, 1, 3], [2], [6], [4, 5]]
+    assert non_dominated_sort(np.zeros((0, 2))) == []
+    D = dominates(np.array([[0, 0], [0, 1], [0, 0]]))
+    assert D.tolist() == [[False, True, False], [False, False, False], [False, True, False]]
+
+
+def test_crowding_by_hand():
+    F = np.array([[0, 3], [1, 2], [2, 1], [3, 0]], dtype=float)
+    assert np.allclose(crowding_distance(F), [np.inf, 4 / 3, 4 / 3, np.inf])
+    assert np.isinf(crowding_distance(F[:2])).all()  # a front of two: both are extremes
+    # non-finite rows get 0 and do not change the others
+    G = np.vstack([F, [[np.nan, 1.0], [np.inf, 0.0]]])
+    assert np.allclose(crowding_distance(G), [np.inf, 4 / 3, 4 / 3, np.inf, 0, 0])
+
+
+@given(point_sets(min_m=1, max_m=3))
+def test_crowding_extremes_infinite_and_constant_objective_adds_zero(F):
+    d = crowding_distance(F)
+    assert d.shape == (len(F),) and (d >= 0).all()
+    for j in range(F.shape[1]):
+        v = F[:, j]
+        if len(v) and v.max() > v.min():
+            assert np.isinf(d[(v == v.min()) | (v == v.max())]).all()
+    with_constant = np.hstack([F, np.full((len(F), 1), 7.0)])
+    assert np.array_equal(crowding_distance(with_constant), d)
+    if len(F) and all(F[:, j].max() == F[:, j].min() for j in range(F.shape[1])):
+        assert (d == 0).all()  # every objective constant: nobody is an extreme
+
+
+@given(point_sets(non_finite=True), st.integers(0, 30), st.integers(0, 2**32 - 1))
+def test_survival_keeps_whole_fronts_first(F, n, seed):
+    keep = select_survivors(F, n, np.random.default_rng(seed))
+    assert len(keep) == min(n, len(F)) and len(set(keep.tolist())) == len(keep)
+    kept = set(keep.tolist())
+    fronts = non_dominated_sort(F)
+    partial = [f for f in fronts if 0 < len(kept & set(f.tolist())) < len(f)]
+    assert len(partial) <= 1  # at most one front is cut ...
+    for k, f in enumerate(fronts):  # ... and it is the last one touched; earlier ones are whole
+        if kept & set(f.tolist()):
+            assert all(set(g.tolist()) <= kept for g in fronts[:k])
+    if partial:  # the cut front keeps its most isolated members
+        f = partial[0]
+        crowd = dict(zip(f.tolist(), crowding_distance(F[f])))
+        inside = [crowd[i] for i in f.tolist() if i in kept]
+        outside = [crowd[i] for i in f.tolist() if i not in kept]
+        assert min(inside) >= max(outside)
+    # same seed, same survivors
+    assert np.array_equal(keep, select_survivors(F, n, np.random.default_rng(seed)))
+
+
+def test_survival_tie_breaks_are_seeded_and_random():
+    F = np.ones((10, 2))  # one front of equal points: crowding all 0, the choice is the coin's
+    picks = {tuple(select_survivors(F, 3, np.random.default_rng(s))) for s in range(20)}
+    assert len(picks) > 1
+    assert all(tuple(select_survivors(F, 3, np.random.default_rng(s))) ==
+               tuple(select_survivors(F, 3, np.random.default_rng(s))) for s in range(5))
+
+
+def test_tournament_rules():
+    rng = np.random.default_rng(0)
+    assert (tournament([0, 1], [0.0, 5.0], rng, 200) == 0).all()           # lower rank wins
+    assert (tournament([1, 1], [np.inf, 2.0], rng, 200) == 0).all()        # then larger crowding
+    w = tournament([0, 0], [1.0, 1.0], rng, 400)                           # then a coin flip
+    assert 100 < (w == 0).sum() < 300
+    assert (tournament([3], [0.0], rng, 5) == 0).all()                     # a population of one
+    ranks, crowd = rank_and_crowding(np.array([[0, 1], [1, 0], [1, 1], [np.inf, 0]]))
+    assert ranks.tolist() == [0, 0, 1, 2] and np.isinf(crowd[:2]).all()
+    assert crowd[2] == 0 and crowd[3] == 0  # a front of one point has constant objectives: 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hypervolume
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_hypervolume_by_hand():
+    # staircase (1,3), (2,2), (3,1) under ref (4,4): strips of 3 + 2 + 1
+    assert hypervolume([[1, 3], [2, 2], [3, 1]], [4, 4]) == 6.0
+    assert hypervolume([[1, 3], [2, 2], [3, 1], [3, 3], [2, 2]], [4, 4]) == 6.0  # dominated, duplicate
+    assert hypervolume([[1, 3], [5, 0], [np.nan, 0], [0, np.inf], [4, 0]], [4, 4]) == 3.0  # ignored
+    assert hypervolume(np.zeros((0, 2)), [1, 1]) == 0.0
+    assert hypervolume([[2.0], [0.5]], [3.0]) == 2.5                          # 1-D: a length
+    assert hypervolume([[1, 1, 1]], [2, 3, 4]) == 6.0                         # 3-D: one box
+    assert hypervolume([[0, 0, 1], [1, 1, 0]], [2, 2, 2]) == 4 + 2 - 1         # two boxes, overlap 1
+
+
+@given(point_sets(max_n=7, non_finite=True))
+def test_hypervolume_equals_inclusion_exclusion(F):
+    ref = np.full(F.shape[1], 4.5)
+    assert hypervolume(F, ref) == pytest.approx(hv_inclusion_exclusion(F, ref), abs=1e-9)
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_hypervolume_against_monte_carlo(m):
+    rng = np.random.default_rng(m)
+    F = rng.random((12, m))
+    F = F / np.linalg.norm(F, axis=1, keepdims=True)  # points on a sphere: a curved front
+    ref = np.full(m, 1.1)
+    estimate, se = hv_monte_carlo(F, ref)
+    assert abs(hypervolume(F, ref) - estimate) < 5 * se
+
+
+@given(point_sets(max_n=12), st.lists(st.integers(0, 4), min_size=3, max_size=3))
+def test_hypervolume_never_decreases_when_a_point_is_added(F, p):
+    ref = np.full(F.shape[1], 5.0)
+    p = np.array(p[: F.shape[1]], dtype=float)[None, :]
+    before, after = hypervolume(F, ref), hypervolume(np.vstack([F, p]), ref)
+    assert after >= before - 1e-12
+    if len(F) and not dominates(np.vstack([F, p]))[: len(F), -1].any():  # non-dominated: it adds
+        assert after > before or (F == p).all(axis=1).any() or (p >= ref).any()
+
+
+def test_default_ref_point():
+    F = np.array([[1.0, 10.0, 5.0], [3.0, 20.0, 5.0], [np.inf, 0.0, 0.0]])
+    assert default_ref_point(F) == pytest.approx((3.2, 21.0, 5.5))
+    assert default_ref_point(np.zeros((1, 2))) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        default_ref_point(np.full((2, 2), np.inf))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The search loop on a small integer bi-objective problem with a known Pareto front
+# ----------------------------------------------------------------------------------------------------
+# Individuals are tuples of D integers in 0..R-1. f1 = x0, f2 = (R-1-x0) + sum(x1..): the Pareto
+# front is x1 = ... = 0 with any x0, i.e. the R points (k, R-1-k).
+
+R, D = 10, 4
+
+
+def objectives(x):
+    return (float(x[0]), float(R - 1 - x[0] + sum(x[1:])))
+
+
+def problem(**over):
+    """Keyword arguments for nsga2 on the toy problem; a test overrides what it needs."""
+    calls = []
+
+    def evaluate_one(x, generation):
+        calls.append(x)
+        return Evaluation(objectives(x), {"status": "ok", "sum": sum(x)})
+
+    def mutate(x, rng):  # steps of -2..2 that repair must clip back into range
+        return tuple(int(v + rng.integers(-2, 3)) if rng.random() < 0.3 else v for v in x)
+
+    def repair(x, rng):
+        fixed = tuple(min(max(v, 0), R - 1) for v in x)
+        return fixed, sum(a != b for a, b in zip(x, fixed))
+
+    kw = dict(initial=[(R - 1,) * D], sample=lambda rng: tuple(int(v) for v in rng.integers(0, R, D)),
+              evaluate=sequential(evaluate_one),
+              crossover=lambda a, b, rng: tuple(u if rng.random() < 0.5 else v for u, v in zip(a, b)),
+              mutate=mutate, repair=repair, encode=lambda x: ".".join(map(str, x)),
+              decode=lambda s: tuple(int(v) for v in s.split(".")), key=lambda x: ".".join(map(str, x)),
+              pop_size=12, n_offspring=12, generations=12, seed=3, log=lambda s: None)
+    kw.update(over)
+    return kw, calls
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def untimed(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+
+
+def run_files(d):
+    snaps = {p.name: json.loads(p.read_text()) for p in sorted(d.glob("population_*.json"))}
+    return read_jsonl(d / "archive.jsonl"), untimed(read_jsonl(d / "generations.jsonl")), snaps
+
+
+def test_loop_reaches_the_known_pareto_front():
+    kw, calls = problem(generations=25)
+    res = nsga2(**kw)
+    front = {tuple(p) for p in res.objectives[non_dominated_sort(res.objectives)[0]].tolist()}
+    assert front == {(float(k), float(R - 1 - k)) for k in range(R)}
+    # no key evaluated twice, every evaluation archived, the archive front is the true front too
+    keys = [r["key"] for r in res.records]
+    assert len(keys) == len(set(keys)) == len(calls)
+    assert {tuple(r["objectives"]) for r in res.pareto_records()} == front
+    hv = [s["hypervolume_archive"] for s in res.stats]
+    assert all(b >= a for a, b in zip(hv, hv[1:]))  # the archive's hypervolume never falls
+    assert hv[-1] == pytest.approx(hypervolume(list(front), res.ref_point))
+    assert any(s["repaired"] > 0 for s in res.stats)  # mutation steps out of range: repair counted
+    assert sum(r["repairs"] > 0 for r in res.records) == sum(s["repaired"] for s in res.stats)
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    a = nsga2(**problem()[0])
+    b = nsga2(**problem()[0])
+    c = nsga2(**problem(seed=4)[0])
+    assert a.records == b.records and untimed(a.stats) == untimed(b.stats)
+    assert a.population == b.population and np.array_equal(a.objectives, b.objectives)
+    assert [r["key"] for r in a.records] != [r["key"] for r in c.records]
+
+
+def test_records_and_files(tmp_path):
+    kw, _ = problem(generations=2, run_dir=tmp_path / "run")
+    res = nsga2(**kw)
+    archive, stats, snaps = run_files(tmp_path / "run")
+    assert archive == res.records and len(archive) == 12 * 3
+    first = archive[0]
+    assert first["generation"] == 0 and first["origin"] == "initial" and first["genome"] == "9.9.9.9"
+    assert first["objectives"] == list(objectives((9, 9, 9, 9))) and first["status"] == "ok"
+    assert set(first) == {"generation", "genome", "key", "objectives", "repairs", "origin", "parents",
+                          "status", "sum"}
+    assert all(len(r["parents"]) in (1, 2) for r in archive if r["generation"] > 0)
+    assert [s["generation"] for s in stats] == [0, 1, 2] == [s["generation"] for s in snaps.values()]
+    assert list(snaps) == ["population_000.json", "population_001.json", "population_002.json"]
+    last = snaps["population_002.json"]
+    assert [m["genome"] for m in last["population"]] == [".".join(map(str, x)) for x in res.population]
+    assert last["ref_point"] == list(res.ref_point) and last["seed"] == 3
+    assert all(k in res.stats[0] for k in ("hypervolume", "front_size", "duplicates", "repair_share",
+                                           "wall_s", "bookkeeping_s"))
+    with pytest.raises(FileExistsError):  # never clobber a run
+        nsga2(**kw)
+    # resuming a finished run evaluates nothing and returns the same state
+    kw2, calls = problem(generations=2, run_dir=tmp_path / "run", resume=True)
+    again = nsga2(**kw2)
+    assert calls == [] and again.records == res.records and again.population == res.population
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_after", [0, 3])
+def test_killed_after_a_generation_resumes_to_the_same_archive(tmp_path, kill_after):
+    kw, _ = problem(run_dir=tmp_path / "whole", generations=6)
+    nsga2(**kw)
+
+    def die(state):
+        if state.generation == kill_after:
+            raise Killed
+
+    kw, first = problem(run_dir=tmp_path / "killed", generations=6, on_generation=die)
+    with pytest.raises(Killed):
+        nsga2(**kw)
+    kw, second = problem(run_dir=tmp_path / "killed", generations=6, resume=True)
+    nsga2(**kw)
+    assert run_files(tmp_path / "killed") == run_files(tmp_path / "whole")
+    assert len(first) + len(second) == len(read_jsonl(tmp_path / "whole" / "archive.jsonl"))
+
+
+# killed during generation 0; after generation 1's last report but before its snapshot; in the
+# middle of generation 2 (12 evaluations per generation)
+@pytest.mark.parametrize("kill_at", [5, 24, 30])
+def test_killed_mid_generation_repeats_no_evaluation(tmp_path, kill_at):
+    kw, _ = problem(run_dir=tmp_path / "whole", generations=4)
+    whole = nsga2(**kw)
+    evaluated = []
+
+    def evaluate(inds, generation, report):
+        for i, x in enumerate(inds):
+            if len(evaluated) == kill_at:
+                raise Killed  # the process dies in the middle of evaluating x
+            evaluated.append(x)
+            report(i, Evaluation(objectives(x), {"status": "ok", "sum": sum(x)}))
+        if len(evaluated) == kill_at:
+            raise Killed  # all reported, but the generation's snapshot is never written
+
+    kw, _ = problem(run_dir=tmp_path / "killed", generations=4, evaluate=evaluate)
+    with pytest.raises(Killed):
+        nsga2(**kw)
+    assert len(read_jsonl(tmp_path / "killed" / "archive.jsonl")) == kill_at  # nothing lost
+    kill_at = -1  # the resumed process is not killed
+    kw, _ = problem(run_dir=tmp_path / "killed", generations=4, evaluate=evaluate, resume=True)
+    resumed = nsga2(**kw)
+    assert len(evaluated) == len(set(evaluated)) == len(whole.records)  # none repeated
+    assert run_files(tmp_path / "killed") == run_files(tmp_path / "whole")
+    assert resumed.population == whole.population
+
+
+def test_resume_drops_a_torn_last_line_and_extends_a_run(tmp_path):
+    kw, _ = problem(run_dir=tmp_path / "whole", generations=5)
+    nsga2(**kw)
+    kw, _ = problem(run_dir=tmp_path / "r", generations=3)
+    nsga2(**kw)
+    with open(tmp_path / "r" / "archive.jsonl", "a") as fh:
+        fh.write('{"generation": 4, "genome": "1.2')  # killed while writing a record
+    kw, calls = problem(run_dir=tmp_path / "r", generations=5, resume=True)  # two more generations
+    nsga2(**kw)
+    assert len(calls) == 24
+    assert run_files(tmp_path / "r") == run_files(tmp_path / "whole")
+
+
+def test_resume_refuses_other_parameters(tmp_path):
+    kw, _ = problem(run_dir=tmp_path / "r", generations=1)
+    nsga2(**kw)
+    with pytest.raises(ValueError, match="seed"):
+        nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True, seed=99)[0])
+    with pytest.raises(ValueError, match="ref_point"):
+        nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True, ref_point=(1.0, 2.0))[0])
+    # killed mid-generation, resumed with other variation code: the replay cannot match the archive
+    def stop(inds, generation, report):
+        report(0, Evaluation(objectives(inds[0]), {"status": "ok"}))
+        raise Killed
+
+    with pytest.raises(Killed):
+        nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True, evaluate=stop)[0])
+    assert read_jsonl(tmp_path / "r" / "archive.jsonl")[-1]["generation"] == 2
+    with pytest.raises(RuntimeError, match="replay"):
+        nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True,
+                        mutate=lambda x, rng: tuple(int(v) for v in rng.integers(0, R, D)))[0])
+
+
+def test_failed_candidates_rank_last_and_are_recorded(tmp_path):
+    def evaluate_one(x, generation):
+        if x[1] == 9:  # this "training" diverges
+            return Evaluation((math.nan, math.inf), {"status": "diverged", "error": "loss is nan"})
+        return Evaluation(objectives(x), {"status": "ok"})
+
+    kw, _ = problem(run_dir=tmp_path / "r", generations=3, evaluate=sequential(evaluate_one))
+    res = nsga2(**kw)
+    failed = [r for r in res.records if r["status"] == "diverged"]
+    assert failed and all(r["objectives"] == [None, None] and r["error"] for r in failed)
+    assert np.isfinite(res.objectives).all()  # elitism drops them once enough finite ones exist
+    assert res.stats[0]["failed"] >= 1
+    assert read_jsonl(tmp_path / "r" / "archive.jsonl") == res.records  # strict JSON: null, not NaN
+
+
+def test_evaluator_contract_is_checked():
+    def lazy(inds, generation, report):
+        report(0, Evaluation(objectives(inds[0])))  # forgets the others
+
+    with pytest.raises(RuntimeError, match="without reporting"):
+        nsga2(**problem(evaluate=lazy)[0])
+    with pytest.raises(ValueError, match="loop's fields"):
+        nsga2(**problem(evaluate=sequential(lambda x, g: Evaluation(objectives(x), {"key": 1})))[0])
+    with pytest.raises(ValueError, match="objectives"):
+        nsga2(**problem(evaluate=sequential(lambda x, g: Evaluation(objectives(x)[: 1 + x[0] % 2])))[0])
+
+
+def test_progress_lines():
+    lines = []
+    nsga2(**problem(generations=1, log=lines.append)[0])
+    per_eval = [s for s in lines if "[" in s and "ETA" in s]
+    per_gen = [s for s in lines if "done: hypervolume" in s]
+    assert len(per_eval) == 24 and per_eval[0].startswith("gen 0 [1/12] 9.9.9.9 (9, 27) ok")
+    assert len(per_gen) == 2 and "front" in per_gen[0] and "duplicates" in per_gen[0]
