@@ -18,3 +18,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs sized for CPU (still run in CI)")
+
+
+# Tiny models: one thread is much faster than two contending ones on a 2-core machine.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

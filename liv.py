@@ -241,7 +241,9 @@ def causal_conv(x, w, tail=None):
     c, k = w.shape
     xin = F.pad(x, (0, 0, k - 1, 0)) if tail is None else torch.cat([tail.to(x.dtype), x], dim=1)
     y = F.conv1d(rearrange(xin, "b l c -> b c l"), rearrange(w.to(x.dtype), "c k -> c 1 k"), groups=c)
-    return rearrange(y, "b c l -> b l c"), xin[:, xin.shape[1] - (k - 1):]
+    # contiguous: a transposed view would reach SDPA with last-dim stride != 1, which sends SA-2 to the math
+    # path (an l x l matrix); bench.py, b 8, l 512, d 256: SA-2 step 1.26 -> 0.99 s, peak 145 -> 103 MB
+    return rearrange(y, "b c l -> b l c").contiguous(), xin[:, xin.shape[1] - (k - 1):]
 
 
 def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
@@ -311,9 +313,11 @@ def scan_loop(x, log_a, B, C, h0=None):
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1]) if h0 is None else h0
     ys = []
-    for t in range(l):
-        state = torch.exp(log_a[:, t])[:, :, None, None] * state + x[:, t, :, :, None] * B[:, t, None, None, :]
-        ys.append(torch.einsum("bhpn,bn->bhp", state, C[:, t]))
+    # unbind, not x[:, t]: the backward of an index writes a full-size zero gradient per step, O(l²)
+    # (bench.py: l 1024 fwd+bwd 1.4-7.3 s -> 0.65 s)
+    for x_t, la_t, B_t, C_t in zip(x.unbind(1), log_a.unbind(1), B.unbind(1), C.unbind(1)):
+        state = torch.exp(la_t)[:, :, None, None] * state + x_t[:, :, :, None] * B_t[:, None, None, :]
+        ys.append(torch.einsum("bhpn,bn->bhp", state, C_t))
     return torch.stack(ys, dim=1), state
 
 
@@ -723,13 +727,19 @@ class GatedConv(LIV):
                 z, _ = causal_conv(window[:, k - 1:], w, window[:, :k - 1])
         else:
             n = pos + l
-            h = cache["_filter"][:, :n] if cache is not None and "_filter" in cache else fz.filter(n)  # (r d, n)
             if cache is None:
-                z = fft_conv(u, h)
-            elif l == 1:  # decoding: y_t = sum_j h_j u_{t-j}, a dot product with the reversed history
-                z = torch.einsum("blc,cl->bc", hist.float().flip(1), h.float())[:, None].to(u.dtype)
-            else:
-                z = fft_conv(hist, h)[:, -l:]
+                z = fft_conv(u, fz.filter(n))  # filter (r d, n)
+            else:  # the taps depend on the weights alone: computed once per cache, not at every step, and
+                # stored reversed (tap T-1 ... tap 0) so that a step reads a slice (bench.py: GConv-2 decode
+                # at 4096 cached tokens, d 256: 20 ms -> see README)
+                T = max(n, cache["u"].shape[1] if "u" in cache else self.cfg.max_len)
+                if "_filter" not in cache or cache["_filter"].shape[1] < n:
+                    cache["_filter"] = fz.filter(T).flip(-1)  # (r d, T)
+                h_rev = cache["_filter"][:, cache["_filter"].shape[1] - n:]  # taps n-1 ... 0
+                if l == 1:  # decoding: y_t = sum_s h_{t-s} u_s, a dot product of the history and the reversed taps
+                    z = torch.einsum("blc,cl->bc", hist.float(), h_rev.float())[:, None].to(u.dtype)
+                else:
+                    z = fft_conv(hist, h_rev.flip(-1))[:, -l:]
             z = z + repeat(self.D, "d -> (r d)", r=r).to(u.dtype) * u
         y = f["C"] * rearrange(z, "b l (r d) -> r b l d", r=r)  # (r, b, l, d)
         y = self.merge(rearrange(y, "r b l (h p) -> r b l h p", p=self.cfg.head_dim))
@@ -773,11 +783,19 @@ FAMILY_MODULE = {"SA": Attention, "Rec": Recurrence, "GConv": GatedConv, "Memles
 
 
 def make_liv(cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
-             featurizer: Featurizer | None = None) -> nn.Module:
-    """Build one LIV of class `class_id` (1-17) from the registry."""
+             featurizer: Featurizer | None = None, owned: bool = False) -> nn.Module:
+    """Build one LIV of class `class_id` (1-17) from the registry.
+
+    featurizer: None builds its own; else this LIV uses that one's weights (D9) and, with owned=True,
+    registers it as its own parameters (the owner of a featurizer-sharing group).
+    """
     if class_id not in REGISTRY:
         raise ValueError(f"LIV class must be 1..{N_CLASSES}, got {class_id}")
-    return FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer)
+    m = FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer)
+    if owned:
+        del m._borrowed
+        m.featurizer = featurizer
+    return m
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -841,8 +859,7 @@ class Backbone(nn.Module):
             if fo == i:  # the owner builds the featurizer with the groups of all its users
                 groups = frozenset().union(*(computes[j] for j, q in enumerate(plans) if q.featurizer_owner == i))
                 featurizers[i] = Featurizer(cfg, specs[i], groups)
-                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, None))
-                livs[-1].featurizer = featurizers[i]
+                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizers[i], owned=True))
             else:
                 livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizers[fo]))
         self.livs = nn.ModuleList(livs)

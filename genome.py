@@ -1,0 +1,657 @@
+"""The STAR genome: an integer encoding of a backbone, and how it decodes into a model.
+
+STAR describes an architecture on three levels (SPEC §4.1, D8):
+
+    featurizer genome  per feature group of a class: how the featurizer computes C, B, V or S
+                       (token mixing, sparsity, nonlinearity, channel mixing, expansion, repeat).
+    operator genome    per class, 5 digits: featurizer class, token mixing, sparsity, nonlinearity,
+                       channel mixing of the LIV's own linear map T(x).
+    backbone genome    per *backbone*: one 5-tuple per LIV, ``depth`` tuples in all.
+
+The first two are fixed data of the option pool (``liv.REGISTRY``, printed by ``explain_classes``); only
+the backbone genome is evolved. Its five entries are
+
+    entry  name                     values
+    1      class                    1-17 (liv.REGISTRY: 1 SA-1 ... 9 GMemless ... 17 GConv-2-Diff)
+    2      featurizer group         1-depth
+    3      featurizer strategy      1 own weights · 2 use the group owner's featurizer weights (D9)
+    4      feature-group group      1-depth
+    5      feature-group strategy   1 none · 2 share B,V · 3 share C,B · 4 share C,B,V (D10)
+
+Sharing semantics. A *group* (at either level) is the set of LIVs with the same group id; its
+**owner** is its first member (lowest LIV index). The owner's own strategy does not matter to what it
+computes. A later member with a sharing strategy (featurizer 2; feature group 2/3/4) takes, from the
+owner, either the featurizer *weights* (D9; it still applies them to its own input) or the *computed*
+feature groups ``liv.SHARED_GROUPS[s]`` (D10, e.g. cross-layer KV sharing). A member with strategy 1
+shares nothing, whatever its group id. Legality:
+
+    D9   featurizer sharing needs the owner's class exactly.
+    D10  feature-group sharing needs equal, non-None ``REGISTRY[c].share_key`` (same family, head
+         layout, state size, differential status); D6: GMemless (class 9) shares no feature groups,
+         so its only legal feature-group strategy is 1.
+
+Variation (D14) edits the flat list of ``5·depth`` integers: ``mutate`` re-samples each integer with
+probability p, ``crossover`` is k-point. Either can produce illegal genomes; ``repair`` (D11) fixes them
+and counts its changes. Many genomes decode to the same architecture (group ids are labels, strategy 1
+members may sit in any group); ``canonical`` (D12) picks one representative, so the search never
+trains the same architecture twice. Text form (D13): ``1.1.1.1.1-9.2.1.2.1``, or the paper's compact
+``21211-31112`` when every entry is one digit.
+
+Decoding: ``plans(g)`` turns a valid genome into ``liv.LayerPlan``s (who owns my featurizer weights,
+whose feature groups I reuse); ``build_model`` hands them to ``liv.Backbone``.
+
+What this module does not do: it does not evolve the featurizer or operator genomes (they are tables),
+and it does not vary depth (every genome of a search has the search's depth).
+"""
+from __future__ import annotations
+
+import argparse
+import operator
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+import liv
+
+# ----------------------------------------------------------------------------------------------------
+# Entries of the backbone genome
+# ----------------------------------------------------------------------------------------------------
+
+ENTRY_NAMES = ("class", "featurizer group", "featurizer strategy", "feature-group group", "feature-group strategy")
+CLASS, FEAT_GROUP, FEAT_STRATEGY, FG_GROUP, FG_STRATEGY = range(5)  # positions inside a 5-tuple
+
+FEATURIZER_STRATEGIES = {1: "own weights", 2: "share all featurizer weights"}  # D9
+FG_STRATEGIES = {1: "none", 2: "share B,V", 3: "share C,B", 4: "share C,B,V"}  # D10
+
+Row = tuple[int, int, int, int, int]
+
+
+def entry_range(entry: int, depth: int) -> tuple[int, int]:
+    """Full range (inclusive) of one entry, independent of the class: what mutation samples from (D14)."""
+    return ((1, liv.N_CLASSES), (1, depth), (1, 2), (1, depth), (1, 4))[entry]
+
+
+def legal_fg_strategies(class_id: int) -> tuple[int, ...]:
+    """D6: a class that shares no feature groups (share_key None: GMemless) only allows strategy 1."""
+    return (1, 2, 3, 4) if liv.REGISTRY[class_id].share_key is not None else (1,)
+
+
+def legal_values(entry: int, class_id: int, depth: int) -> tuple[int, ...]:
+    """Values of `entry` that are legal on their own for an LIV of `class_id` (links are checked apart)."""
+    if entry == FG_STRATEGY:
+        return legal_fg_strategies(class_id)
+    lo, hi = entry_range(entry, depth)
+    return tuple(range(lo, hi + 1))
+
+
+def _fmt_allowed(values: Sequence[int]) -> str:
+    if len(values) > 2 and list(values) == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _where(i: int, entry: int) -> str:
+    return f"LIV {i + 1}, entry {entry + 1} ({ENTRY_NAMES[entry]})"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The genome value type (D13)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Genome:
+    """A backbone genome: one 5-tuple per LIV. Immutable, hashable, compared by value.
+
+    Construction checks only the *shape* (at least one LIV, five integers each), so that mutation and
+    crossover can produce illegal genomes for `repair` to fix; `validate` (and `parse`) check values.
+    """
+
+    livs: tuple[Row, ...]
+
+    def __post_init__(self):
+        rows = []
+        for i, row in enumerate(self.livs):
+            row = tuple(operator.index(v) for v in row)  # accepts numpy ints; rejects floats and str
+            if len(row) != 5:
+                raise ValueError(f"LIV {i + 1}: a backbone genome has 5 entries per LIV, got {len(row)}")
+            rows.append(row)
+        if not rows:
+            raise ValueError("a genome needs at least one LIV")
+        object.__setattr__(self, "livs", tuple(rows))
+
+    @property
+    def depth(self) -> int:
+        return len(self.livs)
+
+    def flat(self) -> list[int]:
+        """The 5·depth integers that variation operates on (D14)."""
+        return [v for row in self.livs for v in row]
+
+    @classmethod
+    def from_flat(cls, ints: Iterable[int]) -> Genome:
+        ints = [operator.index(v) for v in ints]
+        if not ints or len(ints) % 5:
+            raise ValueError(f"a flat genome has 5·depth integers, got {len(ints)}")
+        return cls(tuple(tuple(ints[k:k + 5]) for k in range(0, len(ints), 5)))
+
+    def __str__(self) -> str:
+        return "-".join(".".join(map(str, row)) for row in self.livs)  # D13
+
+    def compact(self) -> str:
+        """The paper's compact form (`21211-31112`); only defined when every entry is one digit."""
+        if any(not 0 <= v <= 9 for v in self.flat()):
+            raise ValueError(f"compact form needs every entry to be one digit: {self}")
+        return "-".join("".join(map(str, row)) for row in self.livs)
+
+    @classmethod
+    def parse(cls, text: str, check: bool = True) -> Genome:
+        """Read `1.1.1.1.1-9.2.1.2.1` or the compact `11111-92121`; with `check`, also validate (D11)."""
+        s = text.strip()
+        if not s:
+            raise ValueError("empty genome string; expected e.g. '1.1.1.1.1-9.2.1.2.1' or '11111-92121'")
+        dotted = "." in s
+        rows = []
+        for i, part in enumerate(s.split("-")):
+            part = part.strip()
+            if dotted:
+                fields = part.split(".")
+                if len(fields) != 5:
+                    raise ValueError(f"LIV {i + 1}: expected 5 entries joined by '.', got {part!r}")
+            else:
+                if len(part) != 5:
+                    raise ValueError(f"LIV {i + 1}: expected 5 digits (compact form) or 5 entries joined "
+                                     f"by '.', got {part!r}")
+                fields = list(part)
+            for e, f in enumerate(fields):
+                if not f.strip().isdigit():  # isdigit: no sign, no spaces inside, no empty field
+                    raise ValueError(f"{_where(i, e)}: expected a positive integer, got {f!r}")
+            rows.append(tuple(int(f) for f in fields))
+        g = cls(tuple(rows))
+        if check:
+            validate(g)
+        return g
+
+
+# ----------------------------------------------------------------------------------------------------
+# Owners, validation, repair (D9-D11)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _owners(group_ids: Sequence[int]) -> list[int]:
+    """Index of each LIV's group owner: the first LIV carrying the same group id."""
+    first: dict[int, int] = {}
+    return [first.setdefault(gid, i) for i, gid in enumerate(group_ids)]
+
+
+def _featurizer_compatible(owner_class: int, member_class: int) -> bool:
+    return owner_class == member_class  # D9: the weights must fit exactly
+
+
+def _fg_compatible(owner_class: int, member_class: int) -> bool:
+    key = liv.REGISTRY[owner_class].share_key  # D10 / D6
+    return key is not None and key == liv.REGISTRY[member_class].share_key
+
+
+# (group entry, strategy entry, compatibility, what the link shares) for the two sharing levels.
+_LEVELS: tuple[tuple[int, int, Callable[[int, int], bool], str], ...] = (
+    (FEAT_GROUP, FEAT_STRATEGY, _featurizer_compatible, "D9: featurizer weights are shared only within one class"),
+    (FG_GROUP, FG_STRATEGY, _fg_compatible,
+     "D10: feature groups are shared only between classes with the same family, head layout, state size "
+     "and differential status; GMemless shares none"),
+)
+
+
+def _bad_value(rows: Sequence[Row], i: int, entry: int) -> bool:
+    depth = len(rows)
+    v = rows[i][entry]
+    if entry == FG_STRATEGY:
+        return v not in legal_fg_strategies(rows[i][CLASS])
+    lo, hi = entry_range(entry, depth)
+    return not lo <= v <= hi
+
+
+def _bad_links(rows: Sequence[Row], level: int) -> list[tuple[int, int]]:
+    """(member, owner) pairs whose link at `level` (0 featurizer, 1 feature group) is illegal."""
+    ge, se, ok, _ = _LEVELS[level]
+    owners = _owners([r[ge] for r in rows])
+    return [(i, o) for i, o in enumerate(owners)
+            if o != i and rows[i][se] != 1 and not ok(rows[o][CLASS], rows[i][CLASS])]
+
+
+def validate(g: Genome) -> Genome:
+    """Raise ValueError naming the first LIV and entry that is out of range or illegal; return g."""
+    rows = g.livs
+    for i, row in enumerate(rows):
+        for e in (CLASS, FEAT_GROUP, FEAT_STRATEGY, FG_GROUP, FG_STRATEGY):  # class first: entry 5 needs it
+            if _bad_value(rows, i, e):
+                allowed = legal_values(e, row[CLASS], g.depth)
+                why = (f" for {liv.REGISTRY[row[CLASS]].name} (D6: it shares no feature groups)"
+                       if e == FG_STRATEGY and len(allowed) == 1 else "")
+                raise ValueError(f"{_where(i, e)}: got {row[e]}, allowed {_fmt_allowed(allowed)}{why}")
+    for level, (ge, se, _, rule) in enumerate(_LEVELS):
+        for i, o in _bad_links(rows, level):
+            raise ValueError(
+                f"{_where(i, ge)}: group {rows[i][ge]} is owned by LIV {o + 1} "
+                f"({liv.REGISTRY[rows[o][CLASS]].name}), which LIV {i + 1} "
+                f"({liv.REGISTRY[rows[i][CLASS]].name}) cannot share from with {ENTRY_NAMES[se]} {rows[i][se]} "
+                f"({rule}); allowed: {ENTRY_NAMES[se]} 1, or a group whose owner is compatible")
+    return g
+
+
+def is_valid(g: Genome) -> bool:
+    try:
+        validate(g)
+    except ValueError:
+        return False
+    return True
+
+
+def repair(g: Genome, rng: np.random.Generator) -> tuple[Genome, int]:
+    """D11: make `g` valid; return (repaired genome, number of entries changed).
+
+    1. Values out of range or illegal for the class (entries 1, 3, 5, and group ids outside 1..depth)
+       are re-sampled uniformly from the legal values; the class is fixed first, since entry 5 depends
+       on it.
+    2. An illegal link (entries 2, 4) is removed by moving that LIV to a fresh group id: the smallest id
+       in 1..depth that no LIV uses (deterministic, so repair draws no randomness for links). A free id
+       always exists: the moved LIV shares a group with its owner, so fewer than `depth` ids are in use.
+       Moving a non-owner never changes who owns any other group, so one pass suffices.
+
+    The count is the number of entries whose value differs afterwards (an out-of-range group id that is
+    re-sampled and then moved counts once). A valid genome comes back unchanged with count 0, so repair
+    is idempotent.
+    """
+    rows = [list(r) for r in g.livs]
+    depth = g.depth
+    for i, row in enumerate(rows):
+        for e in (CLASS, FEAT_GROUP, FEAT_STRATEGY, FG_GROUP, FG_STRATEGY):
+            if _bad_value(rows, i, e):
+                allowed = legal_values(e, row[CLASS], depth)
+                row[e] = int(allowed[rng.integers(len(allowed))])
+    for level, (ge, _, _, _) in enumerate(_LEVELS):
+        for i, _owner in _bad_links(rows, level):  # computed once: moving i cannot break or heal others
+            used = {r[ge] for r in rows}
+            rows[i][ge] = min(set(range(1, depth + 1)) - used)
+    fixed = Genome(tuple(tuple(r) for r in rows))
+    changed = sum(a != b for a, b in zip(g.flat(), fixed.flat()))  # entries, each counted once
+    return fixed, changed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding and the canonical form (D12)
+# ----------------------------------------------------------------------------------------------------
+
+
+def plans(g: Genome) -> list[liv.LayerPlan]:
+    """Decode a valid genome into one LayerPlan per LIV (indices 0-based, as in the list)."""
+    validate(g)
+    rows = g.livs
+    f_own = _owners([r[FEAT_GROUP] for r in rows])
+    s_own = _owners([r[FG_GROUP] for r in rows])
+    out = []
+    for i, r in enumerate(rows):
+        fo = f_own[i] if f_own[i] != i and r[FEAT_STRATEGY] == 2 else i  # D9
+        shares = s_own[i] != i and r[FG_STRATEGY] != 1  # D10
+        so = s_own[i] if shares else i
+        out.append(liv.LayerPlan(r[CLASS], fo, so, liv.SHARED_GROUPS[r[FG_STRATEGY]] if shares else frozenset()))
+    return out
+
+
+def from_plans(ps: Sequence[liv.LayerPlan]) -> Genome:
+    """The canonical genome of a list of plans (D12).
+
+    Each LIV's group is its owner's group; owners and non-sharers get strategy 1; sharers keep their
+    strategy (featurizer 2; feature group 2/3/4, read back from shared_groups); group ids are numbered in
+    order of first use. A singleton group therefore always has strategy 1.
+    """
+    strategy_of = {frozenset(v): k for k, v in liv.SHARED_GROUPS.items()}
+
+    def labels(owner_of: Sequence[int]) -> list[int]:
+        label: dict[int, int] = {}
+        return [label.setdefault(o, len(label) + 1) for o in owner_of]
+
+    fg = labels([p.featurizer_owner for p in ps])
+    sg = labels([p.share_owner for p in ps])
+    rows = []
+    for i, p in enumerate(ps):
+        fs = 2 if p.featurizer_owner != i else 1
+        ss = strategy_of[frozenset(p.shared_groups)] if p.share_owner != i else 1
+        rows.append((p.class_id, fg[i], fs, sg[i], ss))
+    return Genome(tuple(rows))
+
+
+def canonical(g: Genome) -> Genome:
+    """D12: one representative per architecture. A function of `plans(g)` only, hence idempotent,
+    invariant to relabelling group ids, and equal for any two genomes that decode to the same plans."""
+    return from_plans(plans(g))
+
+
+def canonical_str(g: Genome) -> str:
+    return str(canonical(g))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Variation (D14)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sample_flat(depth: int, rng: np.random.Generator) -> np.ndarray:
+    lo = np.array([entry_range(e, depth)[0] for e in range(5)] * depth)
+    hi = np.array([entry_range(e, depth)[1] for e in range(5)] * depth)
+    return rng.integers(lo, hi + 1)
+
+
+def random_genome(depth: int, rng: np.random.Generator) -> Genome:
+    """A valid random genome: every integer uniform over its full range, then repaired (D14)."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    return repair(Genome.from_flat(_sample_flat(depth, rng)), rng)[0]
+
+
+def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
+    """Re-sample each of the 5·depth integers uniformly from its full range with probability p.
+
+    Not repaired: the caller repairs (and counts the repair), as the search loop does after every
+    variation (D11, D14).
+    """
+    flat = np.array(g.flat())
+    hit = rng.random(flat.size) < p
+    flat[hit] = _sample_flat(g.depth, rng)[hit]
+    return Genome.from_flat(flat)
+
+
+def crossover(a: Genome, b: Genome, rng: np.random.Generator, k: int = 2) -> Genome:
+    """k-point crossover on the flat lists: one child, starting with a's segment (D14). Not repaired.
+
+    Cut points are k distinct positions between integers, uniform over all 5·depth − 1 of them (fewer
+    when there are not that many). For the mirrored child call crossover(b, a, ...).
+    """
+    if a.depth != b.depth:
+        raise ValueError(f"crossover needs equal depths, got {a.depth} and {b.depth}")
+    fa, fb = a.flat(), b.flat()
+    n = len(fa)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=min(k, n - 1), replace=False))
+    parent = np.searchsorted(cuts, np.arange(n), side="right") % 2  # segment number mod 2: 0 = a, 1 = b
+    return Genome.from_flat([fb[j] if parent[j] else fa[j] for j in range(n)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Baselines (D15)
+# ----------------------------------------------------------------------------------------------------
+
+SA1, REC1, GMEMLESS = 1, 5, 9
+
+
+def _unshared(classes: Sequence[int]) -> Genome:
+    """Every LIV in its own groups with strategy 1: no sharing of any kind (already canonical)."""
+    return Genome(tuple((c, i + 1, 1, i + 1, 1) for i, c in enumerate(classes)))
+
+
+def _need_even(depth: int, name: str) -> int:
+    if not isinstance(depth, int) or depth < 2 or depth % 2:
+        raise ValueError(f"{name} needs an even depth >= 2 (mixer + GMemless pairs), got {depth}")
+    return depth // 2
+
+
+def transformer_pp(depth: int) -> Genome:
+    """Transformer++ (Llama): [SA-1, GMemless] × depth/2 (D3, D15)."""
+    m = _need_even(depth, "transformer++")
+    return _unshared([SA1, GMEMLESS] * m)
+
+
+def striped_mamba(depth: int) -> Genome:
+    """StripedMamba (D15): depth/2 sequence mixers, each followed by GMemless; mixer j is SA-1 when
+    j % 6 == min(3, m − 1) (one SA-1 per six mixers, Jamba-like; the last mixer when there are fewer
+    than four), Rec-1 otherwise."""
+    m = _need_even(depth, "striped-mamba")
+    mixers = [SA1 if j % 6 == min(3, m - 1) else REC1 for j in range(m)]
+    return _unshared([c for x in mixers for c in (x, GMEMLESS)])
+
+
+BASELINES: dict[str, Callable[[int], Genome]] = {"transformer++": transformer_pp, "striped-mamba": striped_mamba}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables and pictures (D8)
+# ----------------------------------------------------------------------------------------------------
+
+_TOKEN_MIXING = {1: "diagonal", 2: "low-rank", 3: "Toeplitz", 4: "SSS"}
+_SPARSITY = {1: "none", 2: "banded"}
+_NONLIN = {1: "none", 2: "softmax", 3: "relu", 4: "silu"}
+_CHANNEL = {1: "diagonal", 2: "dense", 3: "grouped"}
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned text columns, two spaces apart."""
+    widths = [max(len(str(r[k])) for r in [head, *rows]) for k in range(len(head))]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+
+
+def explain_classes() -> str:
+    """The option pool as text: operator genome and featurizer genome of each class (D4, D8)."""
+    reg = liv.REGISTRY
+    op_rows = []
+    for cid, c in reg.items():
+        d = [int(ch) for ch in c.operator]
+        op_rows.append((f"{cid:>2}", c.name, c.shorthand, c.operator, c.family, "yes" if c.differential else "no",
+                        _TOKEN_MIXING[d[1]], _SPARSITY[d[2]], _NONLIN[d[3]], _CHANNEL[d[4]],
+                        _fmt_allowed(legal_fg_strategies(cid))))
+    feat_rows = []
+    for cid, c in reg.items():
+        for k, (grp, (tm, sp, nl, cm, ex, rep)) in enumerate(c.featurizer.items()):
+            first = k == 0
+            feat_rows.append((f"{cid:>2}" if first else "", c.name if first else "", grp, _TOKEN_MIXING[tm],
+                              _SPARSITY[sp], _NONLIN[nl], _CHANNEL[cm], f"{ex:.3g}", str(rep)))
+    lines = ["Operator genome (fixed per class, D4): featurizer class, token mixing, sparsity, nonlinearity, "
+             "channel mixing; the last column lists the legal feature-group strategies (D6, D10)"]
+    lines += _table(("id", "name", "short", "operator", "family", "diff", "token mixing", "sparsity", "nonlinearity",
+                     "channel mixing", "fg strategies"), op_rows)
+    lines += ["", "Featurizer genome (fixed per class and feature group, D8): expansion = output width / d, "
+                  "repeat = query heads per key/value head"]
+    lines += _table(("id", "name", "group", "token mixing", "sparsity", "nonlinearity", "channel mixing",
+                     "expansion", "repeat"), feat_rows)
+    lines += ["", "Backbone genome (evolved): one 5-tuple per LIV",
+              "  1 class 1-17 · 2 featurizer group 1-depth · 3 featurizer strategy: "
+              + " · ".join(f"{k} {v}" for k, v in FEATURIZER_STRATEGIES.items()),
+              "  4 feature-group group 1-depth · 5 feature-group strategy: "
+              + " · ".join(f"{k} {v}" for k, v in FG_STRATEGIES.items())]
+    return "\n".join(lines)
+
+
+def _lane_columns(owner_of: Sequence[int]) -> list[str]:
+    """ASCII lanes for one sharing level: a vertical line from each owner down to its last sharer.
+
+    Overlapping groups get separate lanes (greedy interval colouring), like `git log --graph`.
+    """
+    n = len(owner_of)
+    groups: dict[int, list[int]] = {}
+    for i, o in enumerate(owner_of):
+        if o != i:
+            groups.setdefault(o, []).append(i)
+    lane_end: list[int] = []  # last row of the group currently in each lane
+    lane_of: dict[int, int] = {}
+    for o in sorted(groups):
+        free = [k for k, end in enumerate(lane_end) if end < o]
+        k = free[0] if free else len(lane_end)
+        if k == len(lane_end):
+            lane_end.append(-1)
+        lane_end[k] = groups[o][-1]
+        lane_of[o] = k
+    cols = [[" "] * len(lane_end) for _ in range(n)]
+    for o, members in groups.items():
+        k = lane_of[o]
+        cols[o][k] = "┬"
+        for i in range(o + 1, members[-1] + 1):
+            cols[i][k] = ("└" if i == members[-1] else "├") if i in members else "│"
+    for i, o in enumerate(owner_of):
+        if o != i:  # lead the sharer's arm right, towards its note, through empty lanes
+            k = lane_of[o]
+            cols[i][k + 1:] = ["─" if ch == " " else ch for ch in cols[i][k + 1:]]
+    return ["".join(c) for c in cols]
+
+
+def describe(g: Genome) -> str:
+    """A text picture of the backbone, one line per LIV, with the sharing links drawn between LIVs."""
+    ps = plans(g)
+    f_lanes = _lane_columns([p.featurizer_owner for p in ps])
+    s_lanes = _lane_columns([p.share_owner for p in ps])
+    rows = []
+    for i, p in enumerate(ps):
+        c = liv.REGISTRY[p.class_id]
+        f_note = f" weights of {p.featurizer_owner + 1}" if p.featurizer_owner != i else ""
+        groups = ",".join(x for x in "CBV" if x in p.shared_groups)
+        s_note = f" {groups} from {p.share_owner + 1}" if p.share_owner != i else ""
+        rows.append((f"{i + 1:>3}", c.name, c.shorthand, ".".join(map(str, g.livs[i])),
+                     f_lanes[i] + f_note, s_lanes[i] + s_note))
+    head = ("LIV", "class", "short", "genome", "featurizer (D9)", "feature groups (D10)")
+    lines = [f"genome {g}  (depth {g.depth}, canonical {canonical_str(g)})"]
+    lines += _table(head, rows)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building and counting
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_depth(g: Genome, cfg: liv.ModelConfig) -> None:
+    if cfg.depth != g.depth:
+        raise ValueError(f"cfg.depth={cfg.depth} but the genome has {g.depth} LIVs")
+
+
+def build_model(g: Genome, cfg: liv.ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """Decode `g` into a liv.Backbone. Same genome + seed -> same initial weights; the global torch RNG
+    is left as it was (forked)."""
+    _check_depth(g, cfg)
+    ps = plans(g)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return liv.Backbone(cfg, ps)
+
+
+def count_params(g: Genome, cfg: liv.ModelConfig) -> dict[str, int]:
+    """Unique parameters (shared tensors once, the tied embedding once), without allocating the model:
+    the Backbone is built on the meta device, which records shapes only."""
+    _check_depth(g, cfg)
+    ps = plans(g)
+    with torch.device("meta"):
+        model = liv.Backbone(cfg, ps)
+    unique = {id(p): p.numel() for p in model.parameters()}  # identity: a shared tensor counts once
+    total = sum(unique.values())
+    return dict(total=total, non_embedding=total - cfg.vocab_size * cfg.d_model)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def cache_bytes(g: Genome, cfg: liv.ModelConfig, seq_len: int = 4096, bytes_per_element: int = 2) -> int:
+    """D7: the bytes a decoder keeps between steps, for batch 1 and a context of ``seq_len`` tokens.
+
+    Written from the formulas of SPEC §3.1, independently of the allocation in liv.py (the tests
+    check the two agree exactly), with sharing (D10): an LIV keeps state only for what it computes.
+
+        SA        keys r·H_kv·P per position if it computes B, values H_kv·P if it computes V;
+                  SA-2 adds conv tails (k-1)·(channels of the groups it computes)
+        Rec       its own state r·H·P·N always (its decay is its own), plus conv tails
+                  3·(channels of the groups it computes) — Mamba's kernel 4
+        GConv     the stream B⊙V, unless it takes B and V from an earlier LIV: its last k-1 values
+                  (GConv-1), or its whole history of T values (GConv-2, or a GConv-1 whose stream a
+                  GConv-2 reads); GConv-2 adds conv tails (k-1)·(channels of the groups it computes)
+        GMemless  nothing
+
+    r = 2 branches for a differential class (D5), else 1; k = cfg.short_conv; T = seq_len.
+    """
+    ps = plans(g)
+    _check_depth(g, cfg)
+    d, H, P, k, T = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.short_conv, seq_len
+    read_whole = {p.share_owner for p in ps if liv.REGISTRY[p.class_id].long_conv and {"B", "V"} <= p.shared_groups}
+    total = 0
+    for i, p in enumerate(ps):
+        s = liv.REGISTRY[p.class_id]
+        r = 2 if s.differential else 1
+        own = {x for x in "CBV" if x in s.groups} - p.shared_groups
+        if s.family == "SA":
+            hk = liv.kv_heads(cfg, s)
+            width = {"C": r * H * P, "B": r * hk * P, "V": hk * P}
+            total += T * (width["B"] * ("B" in own) + width["V"] * ("V" in own))
+            if s.base == 2:
+                total += (k - 1) * sum(width[x] for x in own)
+        elif s.family == "Rec":
+            width = {"C": r * s.state, "B": r * s.state, "V": d}
+            total += r * H * P * s.state + 3 * sum(width[x] for x in own)
+        elif s.family == "GConv":
+            if not {"B", "V"} <= p.shared_groups:
+                total += r * d * (T if (s.long_conv or i in read_whole) else k - 1)
+            if s.long_conv:
+                width = {"C": r * d, "B": r * d, "V": d}
+                total += (k - 1) * sum(width[x] for x in own)
+    return total * bytes_per_element
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line, exit 2, no usage dump
+        print(f"genome.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = _Parser(description="Print, check and describe STAR backbone genomes (D8-D15).")
+    ap.add_argument("genome", nargs="?", help="e.g. 1.1.1.1.1-9.2.1.2.1 or the compact 11111-92121")
+    ap.add_argument("--random", type=int, metavar="DEPTH", help="print a random valid genome of this depth")
+    ap.add_argument("--seed", type=int, default=0, help="seed for --random")
+    ap.add_argument("--baseline", choices=sorted(BASELINES), help="print a baseline genome (needs --depth)")
+    ap.add_argument("--classes", "--explain", action="store_true", help="print the option pool tables (D8)")
+    ap.add_argument("--depth", type=int, help="depth for --baseline (a genome's depth is inferred)")
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--vocab-size", type=int, default=256)
+    ap.add_argument("--no-params", action="store_true", help="skip the parameter count")
+    args = ap.parse_args(argv)
+
+    try:
+        if args.classes:
+            print(explain_classes())
+            if args.genome is None and args.random is None and args.baseline is None:
+                return 0
+        picked = sum(x is not None for x in (args.genome, args.random, args.baseline))
+        if picked != 1:
+            ap.error("give exactly one of GENOME, --random DEPTH, --baseline NAME (or --classes)")
+        if args.random is not None:
+            g = random_genome(args.random, np.random.default_rng(args.seed))
+        elif args.baseline is not None:
+            if args.depth is None:
+                ap.error("--baseline needs --depth N")
+            g = BASELINES[args.baseline](args.depth)
+        else:
+            g = Genome.parse(args.genome)
+            if args.depth is not None and args.depth != g.depth:
+                ap.error(f"--depth {args.depth} disagrees with the genome's {g.depth} LIVs")
+        print(describe(g))
+        if not args.no_params:
+            cfg = liv.ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, depth=g.depth,
+                                  head_dim=args.head_dim)
+            n = count_params(g, cfg)
+            print(f"parameters: {n['total']:,} ({_human(n['total'])}), non-embedding {n['non_embedding']:,} "
+                  f"({_human(n['non_embedding'])})  [d_model {cfg.d_model}, vocab {cfg.vocab_size}]")
+            print(f"cache: {cache_bytes(g, cfg):,} bytes (bf16, batch 1, T = 4096; D7)")
+    except ValueError as e:
+        print(f"genome.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
