@@ -288,7 +288,8 @@ def nsga2(*, initial: list, sample: Callable[[np.random.Generator], Any], evalua
           p_mutation: float = 1.0, seed: int = 0, run_dir: Optional[str | Path] = None,
           resume: bool = False, ref_point: Optional[Sequence[float]] = None, max_retries: int = 50,
           log: Callable[[str], None] = print,
-          on_generation: Optional[Callable[[SearchResult], None]] = None) -> SearchResult:
+          on_generation: Optional[Callable[[SearchResult], None]] = None,
+          format_info: Optional[Callable[[dict], str]] = None) -> SearchResult:
     """Run NSGA-II (D16): generation 0 evaluates ``initial`` plus ``sample``-d individuals up to
     ``pop_size``; generations 1..``generations`` each breed ``n_offspring`` new individuals.
 
@@ -312,6 +313,8 @@ def nsga2(*, initial: list, sample: Callable[[np.random.Generator], Any], evalua
     ``Evaluation.info``), ``generations.jsonl`` (one stats line per generation) and
     ``population_{g:03d}.json`` (the survivors); ``resume=True`` continues the run found there.
     ``ref_point`` defaults to ``default_ref_point`` of generation 0's objectives, fixed for the run.
+    ``format_info(record) -> str``, if given, words the progress line of each evaluation (e.g. the
+    measured perplexity, parameters and cache), instead of the bare status.
     """
     if pop_size < 1 or n_offspring < 0 or generations < 0 or max_retries < 0:
         raise ValueError("need pop_size >= 1, n_offspring >= 0, generations >= 0, max_retries >= 0")
@@ -324,7 +327,7 @@ def nsga2(*, initial: list, sample: Callable[[np.random.Generator], Any], evalua
                      pop_size=pop_size, n_offspring=n_offspring, generations=generations,
                      p_crossover=p_crossover, p_mutation=p_mutation, seed=seed,
                      run_dir=None if run_dir is None else Path(run_dir), ref_point=ref_point,
-                     max_retries=max_retries, log=log, on_generation=on_generation)
+                     max_retries=max_retries, log=log, on_generation=on_generation, format_info=format_info)
     return search.run(resume)
 
 
@@ -432,14 +435,14 @@ def _write_atomic(path: Path, text: str) -> None:
 class _Search:
     def __init__(self, *, initial, sample, evaluate, crossover, mutate, repair, encode, decode, key,
                  pop_size, n_offspring, generations, p_crossover, p_mutation, seed, run_dir,
-                 ref_point, max_retries, log, on_generation):
+                 ref_point, max_retries, log, on_generation, format_info):
         self.initial, self.sample, self.evaluate = initial, sample, evaluate
         self.crossover, self.mutate, self.repair = crossover, mutate, repair
         self.encode, self.decode, self.key = encode, decode, key
         self.pop_size, self.n_offspring, self.generations = pop_size, n_offspring, generations
         self.p_crossover, self.p_mutation, self.seed = p_crossover, p_mutation, seed
         self.run_dir, self.max_retries = run_dir, max_retries
-        self.log, self.on_generation = log, on_generation
+        self.log, self.on_generation, self.format_info = log, on_generation, format_info
         self.ref: Optional[tuple[float, ...]] = None if ref_point is None else tuple(map(float, ref_point))
         self.n_obj: Optional[int] = None if ref_point is None else len(self.ref)
         # population: texts, keys and objectives of the survivors
@@ -713,7 +716,10 @@ class _Search:
             clock["last"] = t0
             done = n_before + sum(reported)
             left = (n_total - done) + self.n_offspring * (self.generations - g)
-            status = f" {ev.info['status']}" if "status" in ev.info else ""
+            if self.format_info is not None:  # the caller's words for what it measured
+                status = " " + self.format_info(record)
+            else:
+                status = f" {ev.info['status']}" if "status" in ev.info else ""
             self.log(f"gen {g} [{done}/{n_total}] {_short(c.key)} {_fmt_obj(obj)}{status} "
                      f"{_fmt_time(t0 - t_eval)} ETA {_fmt_time(self._per_eval() * left)}")
             clock["bookkeeping"] += time.perf_counter() - t0

@@ -1,0 +1,153 @@
+"""End-to-end tests of the synthesis command (star.py) at a tiny size: seconds, not minutes."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evolve
+import genome
+import star
+
+TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
+        "--batch", "4", "--steps", "3", "--population", "4", "--offspring", "3", "--generations", "2",
+        "--preset", "cpu", "--final-top", "3"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(tmp_path, *extra, name="r"):
+    return star.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
+
+
+@pytest.mark.slow
+def test_whole_synthesis_writes_consistent_outputs(tmp_path, capsys):
+    assert run(tmp_path, "--objective", "quality_size_cache", "--final-steps", "4") == 0
+    out = capsys.readouterr().out
+    d = tmp_path / "r"
+    for f in ("config.json", "archive.jsonl", "baselines.jsonl", "generations.jsonl", "summary.md",
+              "population_000.json", "population_002.json", "final.jsonl"):
+        assert (d / f).exists(), f
+    rc = json.loads((d / "config.json").read_text())
+    assert rc["objective"] == "quality_size_cache" and rc["d_model"] == 32
+    # one progress line per candidate with its measured facts
+    archive = read_jsonl(d / "archive.jsonl")
+    assert len(archive) == 4 + 3 + 3
+    assert sum(line.startswith("gen ") and " params " in line and " cache " in line for line in out.splitlines()) == 10
+    # every record decodes, its key is canonical, its counts are the genome's
+    cfg = star.model_config(rc, 256)
+    for r in archive:
+        g = genome.Genome.parse(r["genome"])
+        assert genome.canonical_str(g) == r["key"]
+        assert r["params"] == genome.count_params(g, cfg)["total"]
+        assert r["cache_bytes"] == r["cache_bytes_measured"] == genome.cache_bytes(g, cfg, seq_len=4096)
+        if r["status"] == "ok":
+            assert r["objectives"] == [r["perplexity"], r["params"], r["cache_bytes"]]
+    assert len({r["key"] for r in archive}) == len(archive)  # never the same architecture twice
+    # baselines are present, trained under the same budget
+    base = {b["name"]: b for b in read_jsonl(d / "baselines.jsonl")}
+    assert set(base) == {"transformer++", "striped-mamba"}
+    assert base["transformer++"]["genome"] == str(genome.transformer_pp(4))
+    assert all(b["status"] == "ok" and math.isfinite(b["perplexity"]) for b in base.values())
+    # the front in summary.md is non-dominated, and is exactly the archive's front
+    summary = (d / "summary.md").read_text()
+    front_part = summary.split("## Pareto front")[1].split("## Selected")[0]
+    front = [line.split("`")[1] for line in front_part.splitlines() if line.startswith("| gen")]
+    recs = {r["genome"]: r for r in archive}
+    F = np.array([[recs[g]["perplexity"], recs[g]["params"], recs[g]["cache_bytes"]] for g in front])
+    assert len(front) >= 1 and len(evolve.non_dominated_sort(F)[0]) == len(front)
+    ok = [r for r in archive if r["status"] == "ok"]
+    want = evolve.non_dominated_sort(np.array([[r["perplexity"], r["params"], r["cache_bytes"]] for r in ok]))[0]
+    assert sorted(front) == sorted(ok[i]["genome"] for i in want)
+    assert "transformer++" in summary and "striped-mamba" in summary and "hypervolume" in summary
+    assert len(read_jsonl(d / "generations.jsonl")) == 3
+    # the top-k were retrained for --final-steps
+    final = read_jsonl(d / "final.jsonl")
+    top = star.select_top_k(archive, base["transformer++"], "quality_size_cache", 3)
+    assert [f["genome"] for f in final] == [t["genome"] for t in top]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
+    assert run(tmp_path, name="whole") == 0
+    whole = read_jsonl(tmp_path / "whole" / "archive.jsonl")
+
+    real, calls = star.evaluate_genome, {"n": 0}
+
+    def dies_in_generation_1(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2 + 4 + 2:  # 2 baselines, 4 initial, then the 2nd offspring of generation 1
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(star, "evaluate_genome", dies_in_generation_1)
+    assert run(tmp_path, name="killed") == 130
+    part = read_jsonl(tmp_path / "killed" / "archive.jsonl")
+    assert len(part) == 4 + 1
+    monkeypatch.setattr(star, "evaluate_genome", real)
+    calls["n"] = 0
+    counting = lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]
+    monkeypatch.setattr(star, "evaluate_genome", counting)
+    assert run(tmp_path, "--resume", name="killed") == 0
+    assert calls["n"] == len(whole) - len(part)  # no baseline and no finished candidate re-trained
+    resumed = read_jsonl(tmp_path / "killed" / "archive.jsonl")
+    strip = lambda rs: [(r["genome"], r["key"], r["generation"], r["objectives"]) for r in rs]
+    assert strip(resumed) == strip(whole)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--objective", "quality_speed"], "unknown --objective"),
+    (["--preset", "huge"], "unknown --preset"),
+    (["--explain", "1.1.1.1"], "LIV 1"),
+    (["--explain", "99.1.1.1.1"], "class"),
+    (["--data", "/nonexistent/corpus.txt"], "--data"),
+    (["--d-model", "40"], "head_dim"),
+    (["--depth", "5"], "even"),
+    (["--resume"], "holds no run"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
+    assert star.main(TINY + ["--out", str(tmp_path), "--name", "x"] + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "x" / "archive.jsonl").exists()
+
+
+def test_resume_with_another_configuration_is_refused(tmp_path, capsys, monkeypatch):
+    d = tmp_path / "r"
+    d.mkdir()
+    rc = star.run_config(star.build_parser().parse_args(TINY))
+    (d / "config.json").write_text(json.dumps(rc))
+    (d / "archive.jsonl").write_text("")
+    assert run(tmp_path, "--resume", "--steps", "5") == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "steps" in err
+    assert (d / "archive.jsonl").read_text() == ""  # nothing written or lost
+    assert run(tmp_path) == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_explain_prints_picture_params_and_cache(capsys):
+    assert star.main(["--explain", "1.1.1.1.1-9.2.1.2.1", "--d-model", "768"]) == 0
+    out = capsys.readouterr().out
+    assert "SA-1" in out and "GMemless" in out
+    assert "7,276,800 parameters" in out and "12,582,912 bytes" in out
+
+
+def test_command_line_exit_status_is_real():
+    p = subprocess.run([sys.executable, "star.py", "--objective", "nope"], capture_output=True, text=True,
+                       cwd=Path(__file__).parent)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown --objective" in p.stderr
+
+
+def test_selection_rule():
+    recs = [dict(key=k, genome=k, status="ok", perplexity=p, params=n, cache_bytes=c)
+            for k, p, n, c in [("a", 10, 5, 5), ("b", 9, 20, 1), ("c", 8, 5, 50), ("d", 11, 1, 1), ("e", math.inf, 1, 1)]]
+    base = dict(perplexity=9.5, params=10, cache_bytes=10)
+    assert [r["key"] for r in star.select_top_k(recs, base, "quality_cache", 8)] == ["b", "a", "d"]
+    assert [r["key"] for r in star.select_top_k(recs, base, "quality_size", 2)] == ["c", "a"]
+    assert [r["key"] for r in star.select_top_k(recs, base, "quality_size_cache", 8)] == ["a", "d"]
+    assert [r["key"] for r in star.select_top_k(recs, base, "quality", 1)] == ["c"]
