@@ -237,13 +237,19 @@ def causal_conv(x, w, tail=None):
 
     x (b, l, c), w (c, k); tail (b, k-1, c) holds the k-1 inputs before x (zeros when None).
     Returns y (b, l, c) and the new tail — the same code serves training, prefill and decoding.
+
+    Computed as k shifted multiply-adds rather than a depthwise F.conv1d: on CPU, conv1d's backward through
+    oneDNN took 0.07-35 s (erratic, layout-dependent) at b 8, l 512, 260 channels where the shifts take
+    0.1-0.5 s, and the output is contiguous (b, l, c), so that SDPA keeps its fast path for SA-2.
     """
     c, k = w.shape
-    xin = F.pad(x, (0, 0, k - 1, 0)) if tail is None else torch.cat([tail.to(x.dtype), x], dim=1)
-    y = F.conv1d(rearrange(xin, "b l c -> b c l"), rearrange(w.to(x.dtype), "c k -> c 1 k"), groups=c)
-    # contiguous: a transposed view would reach SDPA with last-dim stride != 1, which sends SA-2 to the math
-    # path (an l x l matrix); bench.py, b 8, l 512, d 256: SA-2 step 1.26 -> 0.99 s, peak 145 -> 103 MB
-    return rearrange(y, "b c l -> b l c").contiguous(), xin[:, xin.shape[1] - (k - 1):]
+    l = x.shape[1]
+    xin = F.pad(x, (0, 0, k - 1, 0)) if tail is None else torch.cat([tail.to(x.dtype), x], dim=1)  # (b, k-1+l, c)
+    w = w.to(x.dtype)
+    y = xin[:, k - 1:] * w[:, k - 1]  # (b, l, c)
+    for j in range(k - 1):
+        y = y + xin[:, j:j + l] * w[:, j]
+    return y, xin[:, xin.shape[1] - (k - 1):]
 
 
 def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
@@ -322,6 +328,8 @@ def scan_loop(x, log_a, B, C, h0=None):
 
 
 # Which scan `scan="auto"` uses on each device, chosen by measurement (bench.py, README "Benchmarks").
+# cpu: `python bench.py --only scan` (2 cores, b 2, h 4, p 64, n 16, fwd+bwd): chunked 17 / 45 / 158 ms vs
+# loop 227 / 907 / 2670 ms at l 256 / 1024 / 4096 -> chunked, 13-20x. cuda: not yet measured (no GPU).
 AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}
 
 
@@ -730,16 +738,16 @@ class GatedConv(LIV):
             if cache is None:
                 z = fft_conv(u, fz.filter(n))  # filter (r d, n)
             else:  # the taps depend on the weights alone: computed once per cache, not at every step, and
-                # stored reversed (tap T-1 ... tap 0) so that a step reads a slice (bench.py: GConv-2 decode
-                # at 4096 cached tokens, d 256: 20 ms -> see README)
+                # stored reversed, one row per tap, so that a step is a contiguous multiply-sum over the history
+                # (d 256, 4096 cached tokens, 1 CPU thread: 44-49 ms -> 5 ms per token)
                 T = max(n, cache["u"].shape[1] if "u" in cache else self.cfg.max_len)
-                if "_filter" not in cache or cache["_filter"].shape[1] < n:
-                    cache["_filter"] = fz.filter(T).flip(-1)  # (r d, T)
-                h_rev = cache["_filter"][:, cache["_filter"].shape[1] - n:]  # taps n-1 ... 0
-                if l == 1:  # decoding: y_t = sum_s h_{t-s} u_s, a dot product of the history and the reversed taps
-                    z = torch.einsum("blc,cl->bc", hist.float(), h_rev.float())[:, None].to(u.dtype)
+                if "_filter" not in cache or cache["_filter"].shape[0] < n:
+                    cache["_filter"] = fz.filter(T).flip(-1).T.contiguous()  # (T, r d): tap T-1 ... tap 0
+                h_rev = cache["_filter"][cache["_filter"].shape[0] - n:]  # (n, r d): taps n-1 ... 0
+                if l == 1:  # decoding: y_t = sum_s h_{t-s} u_s, the history times the reversed taps
+                    z = (hist.float() * h_rev).sum(1, keepdim=True).to(u.dtype)  # (b, 1, r d)
                 else:
-                    z = fft_conv(hist, h_rev.flip(-1))[:, -l:]
+                    z = fft_conv(hist, h_rev.flip(0).T)[:, -l:]
             z = z + repeat(self.D, "d -> (r d)", r=r).to(u.dtype) * u
         y = f["C"] * rearrange(z, "b l (r d) -> r b l d", r=r)  # (r, b, l, d)
         y = self.merge(rearrange(y, "r b l (h p) -> r b l h p", p=self.cfg.head_dim))

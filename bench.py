@@ -1,0 +1,607 @@
+"""Speed benchmarks of the LIV library and the search loop (issue 6): a table on stdout, JSON on disk.
+
+    python bench.py                      # CPU, all sections, < 5 minutes on 2 cores
+    python bench.py --device cuda        # the GPU shapes, bf16 autocast
+    python bench.py --quick              # tiny sizes, seconds (the smoke test uses it)
+    python bench.py --only classes,scan  # some sections
+
+Sections (the JSON keys):
+
+    classes      per LIV class 1-17: training throughput (forward + backward) and peak memory, ratios to SA-1
+    scan         recurrence: scan_chunked vs scan_loop, forward + backward, l in {256, 1024, 4096}
+    conv         GConv-2's long convolution: fft_conv vs direct_conv, forward + backward, same lengths
+    transformer  Transformer++ decoded from its plans vs a plain hand-written Llama: training step time
+    decode       time per generated token per class with 256 and 4096 tokens already cached
+    search       the NSGA-II loop's own bookkeeping as a share of one CPU-preset generation
+
+How we measure: every comparison runs in one process, side by side, after a warm-up, as *interleaved*
+repeats (A B A B ...) whose median is reported — the machine this runs on is shared, so absolute times
+drift; ratios measured this way do not. CUDA timings synchronise around every timed call.
+
+Peak memory. CUDA: torch.cuda.max_memory_allocated during one training step, minus what was allocated
+before it. CPU: torch keeps no allocator statistics on the CPU, so we run one step under
+torch.profiler(profile_memory=True), which records every allocation and free of torch's CPU allocator
+with its size and time, and replay them in order: the peak of live bytes above the step's start. That is
+the same quantity as on CUDA (activations saved for backward, transients, gradients; parameters and the
+input excluded). Process RSS would be the other choice, but it includes the interpreter, is inflated by
+glibc's caching of freed blocks and needs a process per class; the profiler replay is exact and cheap.
+
+The `--device cuda` path (bf16 autocast, torch.cuda.synchronize around timed calls, max_memory_allocated,
+fused AdamW, MFU against the card's bf16 peak) is written to be correct by construction but had not been
+run when this was written: no GPU was available. Its numbers belong in README with the device name.
+
+This file imports no test code: the hand-written Llama below is its own (mirroring test_star.HandLlama).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import liv
+
+SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search")
+
+# ----------------------------------------------------------------------------------------------------
+# Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
+# ----------------------------------------------------------------------------------------------------
+
+SIZES = {
+    "cpu": dict(
+        classes=dict(b=8, l=512, d=256, head_dim=64, repeats=3),
+        scan=dict(b=2, h=4, p=64, n=16, lengths=(256, 1024, 4096), repeats=3),
+        conv=dict(b=1, c=128, lengths=(256, 1024, 4096), repeats=3),
+        transformer=dict(b=4, l=256, d=256, head_dim=64, blocks=2, repeats=7),
+        decode=dict(d=256, head_dim=64, contexts=(256, 4096), steps=8),
+        search=dict(pop=16, offspring=16, generations=3, timed_steps=6, genomes=3),
+    ),
+    "cuda": dict(
+        classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
+        scan=dict(b=8, h=12, p=64, n=16, lengths=(256, 1024, 4096), repeats=10),
+        conv=dict(b=8, c=768, lengths=(256, 1024, 4096), repeats=10),
+        transformer=dict(b=8, l=4096, d=768, head_dim=64, blocks=12, repeats=10),
+        decode=dict(d=768, head_dim=64, contexts=(256, 4096), steps=32),
+        search=dict(pop=16, offspring=16, generations=3, timed_steps=10, genomes=3),
+    ),
+    "quick": dict(
+        classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
+        scan=dict(b=1, h=2, p=8, n=4, lengths=(16, 64), repeats=1),
+        conv=dict(b=1, c=8, lengths=(16, 64), repeats=1),
+        transformer=dict(b=2, l=32, d=64, head_dim=16, blocks=1, repeats=2),
+        decode=dict(d=64, head_dim=16, contexts=(8, 32), steps=2),
+        search=dict(pop=4, offspring=4, generations=1, timed_steps=1, genomes=1),
+    ),
+}
+
+# bf16 dense tensor-core peak (TFLOP/s) for the model-FLOPs utilisation of the transformer row
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing and memory
+# ----------------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (as train.py trains); float32 on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def interleaved(fns: dict, device, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each fn, timed round-robin (A B C A B C ...) after `warmup` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence the profiler's C++ start/stop log lines (they go to file descriptor 2, not sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_bytes(fn, device) -> int:
+    """Peak bytes allocated by torch while fn() runs, above what was allocated before (see module doc)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, n in events:  # n < 0 for a free
+        live += n
+        peak = max(peak, live)
+    return peak
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def fmt_s(s: float) -> str:
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def table(head: list[str], rows: list[list]) -> str:
+    cells = [head] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    line = lambda r: "  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r))
+    return "\n".join([line(head), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Per class: training throughput and peak memory
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_classes(device, s) -> dict:
+    cfg = liv.ModelConfig(d_model=s["d"], head_dim=s["head_dim"], max_len=max(s["l"], 64))
+    b, l = s["b"], s["l"]
+    torch.manual_seed(0)
+    x = torch.randn(b, l, cfg.d_model, device=device, requires_grad=True)
+    steps, mem = {}, {}
+    for cid in liv.REGISTRY:
+        m = liv.make_liv(cfg, cid).to(device)
+
+        def step(m=m):  # one training step of one LIV: forward + backward, gradients freed first
+            m.zero_grad(set_to_none=True)
+            x.grad = None
+            with autocast(device):
+                y, _ = m(x)
+            y.float().square().mean().backward()
+
+        mem[cid] = peak_bytes(step, device)  # also the warm-up call
+        steps[cid] = step
+    t = interleaved(steps, device, s["repeats"], warmup=0)
+    rows = []
+    for cid, spec in liv.REGISTRY.items():
+        rows.append(dict(id=cid, name=spec.name, step_s=t[cid], tokens_per_s=b * l / t[cid], peak_bytes=mem[cid],
+                         time_vs_sa1=t[cid] / t[1], mem_vs_sa1=mem[cid] / mem[1]))
+    slow = max(rows, key=lambda r: r["time_vs_sa1"])
+    big = max(rows, key=lambda r: r["mem_vs_sa1"])
+    return dict(shape=dict(b=b, l=l, d=cfg.d_model, head_dim=cfg.head_dim, dtype="bf16" if device.type == "cuda" else "fp32"),
+                rows=rows, slowest=dict(name=slow["name"], time_vs_sa1=slow["time_vs_sa1"]),
+                largest=dict(name=big["name"], mem_vs_sa1=big["mem_vs_sa1"]))
+
+
+def print_classes(r):
+    sh = r["shape"]
+    print(f"\n## 1. LIV classes: one training step (forward + backward) of one LIV, b {sh['b']}, l {sh['l']}, "
+          f"d {sh['d']}, head_dim {sh['head_dim']}, {sh['dtype']}")
+    print(table(["id", "class", "step", "tokens/s", "peak mem", "time/SA-1", "mem/SA-1"],
+                [[x["id"], x["name"], fmt_s(x["step_s"]), f"{x['tokens_per_s']:,.0f}", fmt_bytes(x["peak_bytes"]),
+                  f"{x['time_vs_sa1']:.2f}", f"{x['mem_vs_sa1']:.2f}"] for x in r["rows"]]))
+    print(f"slowest: {r['slowest']['name']} {r['slowest']['time_vs_sa1']:.2f}x SA-1; "
+          f"largest: {r['largest']['name']} {r['largest']['mem_vs_sa1']:.2f}x SA-1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Recurrence: chunked scan vs loop
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_scan(device, s) -> dict:
+    b, h, p, n = s["b"], s["h"], s["p"], s["n"]
+    chunk = liv.ModelConfig().chunk_size
+    rows = []
+    for l in s["lengths"]:
+        g = torch.Generator().manual_seed(l)
+        mk = lambda *shape: torch.randn(*shape, generator=g).to(device)
+        x, B, C = mk(b, l, h, p), mk(b, l, n) / math.sqrt(n), mk(b, l, n) / math.sqrt(n)
+        log_a = -F.softplus(mk(b, l, h)) * 0.1  # decays a_t in (0, 1), as Rec-1 produces them
+        leaves = [t.requires_grad_() for t in (x, log_a, B, C)]
+
+        def run(chunked):
+            for t in leaves:
+                t.grad = None
+            y, hl = liv.scan_chunked(x, log_a, B, C, chunk=chunk) if chunked else liv.scan_loop(x, log_a, B, C)
+            (y.square().mean() + hl.square().mean()).backward()
+            return y
+
+        with torch.no_grad():
+            err = (liv.scan_chunked(x, log_a, B, C, chunk=chunk)[0] - liv.scan_loop(x, log_a, B, C)[0]).abs().max().item()
+        t = interleaved({"chunked": lambda: run(True), "loop": lambda: run(False)}, device, s["repeats"])
+        rows.append(dict(l=l, chunked_s=t["chunked"], loop_s=t["loop"], loop_over_chunked=t["loop"] / t["chunked"],
+                         max_abs_diff=err))
+    longest = rows[-1]
+    return dict(shape=dict(b=b, h=h, p=p, n=n, chunk=chunk), rows=rows,
+                winner="chunked" if longest["loop_over_chunked"] >= 1 else "loop",
+                winner_all=["chunked" if r["loop_over_chunked"] >= 1 else "loop" for r in rows],
+                auto_scan=liv.AUTO_SCAN.get(device.type))
+
+
+def print_scan(r):
+    sh = r["shape"]
+    print(f"\n## 2. Recurrence scan, forward + backward, b {sh['b']}, h {sh['h']}, p {sh['p']}, n {sh['n']}, "
+          f"chunk {sh['chunk']}, fp32")
+    print(table(["l", "chunked", "loop", "loop/chunked", "max |diff|"],
+                [[x["l"], fmt_s(x["chunked_s"]), fmt_s(x["loop_s"]), f"{x['loop_over_chunked']:.1f}",
+                  f"{x['max_abs_diff']:.1e}"] for x in r["rows"]]))
+    print(f"faster per length: {r['winner_all']}; liv.AUTO_SCAN for this device: {r['auto_scan']!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. GConv-2: FFT vs direct convolution
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_conv(device, s) -> dict:
+    b, c = s["b"], s["c"]
+    rows = []
+    for l in s["lengths"]:
+        g = torch.Generator().manual_seed(l)
+        u = torch.randn(b, l, c, generator=g).to(device).requires_grad_()
+        hf = (torch.randn(c, l, generator=g) * torch.exp(-torch.arange(l) / l * 4)).to(device).requires_grad_()
+
+        def run(fn):
+            u.grad = hf.grad = None
+            fn(u, hf).square().mean().backward()
+
+        with torch.no_grad():
+            ref = liv.direct_conv(u, hf)
+            err = ((liv.fft_conv(u, hf) - ref).abs().max() / ref.abs().max()).item()
+        t = interleaved({"fft": lambda: run(liv.fft_conv), "direct": lambda: run(liv.direct_conv)}, device, s["repeats"])
+        rows.append(dict(l=l, fft_s=t["fft"], direct_s=t["direct"], direct_over_fft=t["direct"] / t["fft"], rel_diff=err))
+    return dict(shape=dict(b=b, c=c), rows=rows)
+
+
+def print_conv(r):
+    sh = r["shape"]
+    print(f"\n## 3. GConv-2 long convolution, forward + backward (input and filter), b {sh['b']}, channels {sh['c']}, fp32")
+    print(table(["l", "fft", "direct", "direct/fft", "rel |diff|"],
+                [[x["l"], fmt_s(x["fft_s"]), fmt_s(x["direct_s"]), f"{x['direct_over_fft']:.1f}",
+                  f"{x['rel_diff']:.1e}"] for x in r["rows"]]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Transformer++ decoded vs a plain hand-written Llama
+# ----------------------------------------------------------------------------------------------------
+
+
+class PlainLlama(nn.Module):
+    """A plain Llama as one would write it by hand: separate q, k, v, o projections, RoPE (rotate-half,
+    tables precomputed once), SDPA, SwiGLU, RMSNorm, tied head. Same parameters as Transformer++ (D3)."""
+
+    def __init__(self, vocab, d, blocks, n_heads, ffn, max_len, eps=1e-5, theta=10000.0):
+        super().__init__()
+        self.h = n_heads
+        self.emb = nn.Embedding(vocab, d)
+        lin = lambda i, o: nn.Linear(i, o, bias=False)
+        self.layers = nn.ModuleList(nn.ModuleDict(dict(
+            q=lin(d, d), k=lin(d, d), v=lin(d, d), o=lin(d, d), gate=lin(d, ffn), up=lin(d, ffn), down=lin(ffn, d),
+            n1=nn.RMSNorm(d, eps=eps), n2=nn.RMSNorm(d, eps=eps))) for _ in range(blocks))
+        self.nf = nn.RMSNorm(d, eps=eps)
+        p = d // n_heads
+        inv = theta ** (-torch.arange(0, p, 2, dtype=torch.float32) / p)
+        ang = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
+        ang = torch.cat([ang, ang], -1)  # (max_len, p)
+        self.register_buffer("cos", ang.cos(), persistent=False)
+        self.register_buffer("sin", ang.sin(), persistent=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def rope(self, x):  # (b, h, l, p)
+        l = x.shape[2]
+        cos, sin = self.cos[:l].to(x.dtype), self.sin[:l].to(x.dtype)
+        x1, x2 = x.chunk(2, -1)
+        return x * cos + torch.cat([-x2, x1], -1) * sin
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        for L in self.layers:
+            a = L["n1"](x)
+            q, k, v = (rearrange(L[n](a), "b l (h p) -> b h l p", h=self.h) for n in "qkv")
+            o = F.scaled_dot_product_attention(self.rope(q), self.rope(k), v, is_causal=True)
+            x = x + L["o"](rearrange(o, "b h l p -> b l (h p)"))
+            m = L["n2"](x)
+            x = x + L["down"](F.silu(L["gate"](m)) * L["up"](m))
+        return self.nf(x) @ self.emb.weight.T
+
+
+def bench_transformer(device, s) -> dict:
+    b, l, d, blocks = s["b"], s["l"], s["d"], s["blocks"]
+    cfg = liv.ModelConfig(d_model=d, head_dim=s["head_dim"], depth=2 * blocks, max_len=l)
+    torch.manual_seed(0)
+    ours = liv.Backbone(cfg, [liv.LayerPlan(1 if i % 2 == 0 else 9, i, i) for i in range(cfg.depth)]).to(device)
+    plain = PlainLlama(cfg.vocab_size, d, blocks, cfg.n_heads, cfg.ffn_hidden, l, cfg.norm_eps).to(device)
+    n_ours, n_plain = (sum(p.numel() for p in m.parameters()) for m in (ours, plain))
+    idx = torch.randint(0, cfg.vocab_size, (b, l + 1), device=device)
+    x, y = idx[:, :-1], idx[:, 1:]
+    fused = device.type == "cuda"
+
+    def trainer(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=fused)
+
+        def step():  # one AdamW step: forward, loss, backward, update
+            opt.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = model(x)
+            F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+            opt.step()
+        return step
+
+    t = interleaved({"decoded": trainer(ours), "plain": trainer(plain)}, device, s["repeats"], warmup=2)
+    out = dict(shape=dict(b=b, l=l, d=d, blocks=blocks, head_dim=cfg.head_dim), params_decoded=n_ours, params_plain=n_plain,
+               decoded_s=t["decoded"], plain_s=t["plain"], ratio=t["decoded"] / t["plain"])
+    # model FLOPs per token (PaLM appendix B): 6 N (non-embedding matmuls, tied head counted) + attention 6·L·l·d
+    # (causal: half of 12·L·l·d), forward + backward
+    n_matmul = sum(p.numel() for p in ours.parameters() if p.ndim >= 2)  # projections + the tied head
+    flops_tok = 6 * n_matmul + 6 * blocks * l * d
+    out["model_tflops"] = flops_tok * b * l / t["decoded"] / 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        out["mfu"] = out["model_tflops"] / peak if peak else None
+    return out
+
+
+def print_transformer(r):
+    sh = r["shape"]
+    print(f"\n## 4. Transformer++ decoded (liv.Backbone, [SA-1, GMemless] x {sh['blocks']}) vs plain hand-written Llama, "
+          f"b {sh['b']}, l {sh['l']}, d {sh['d']}: one AdamW training step")
+    print(table(["model", "params", "step", "ratio"],
+                [["decoded", f"{r['params_decoded']:,}", fmt_s(r["decoded_s"]), f"{r['ratio']:.3f}"],
+                 ["plain", f"{r['params_plain']:,}", fmt_s(r["plain_s"]), "1.000"]]))
+    mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
+    print(f"decoded: {r['model_tflops']:.3f} model TFLOP/s{mfu}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. Decode time per token
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_decode(device, s) -> dict:
+    ctxs, n_steps = s["contexts"], s["steps"]
+    cfg = liv.ModelConfig(d_model=s["d"], head_dim=s["head_dim"], depth=1, max_len=max(ctxs) + n_steps + 2)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    # one CPU thread: a batch-1 step is too small to split, and on a busy machine an OpenMP team waiting for
+    # a descheduled thread costs whole scheduler ticks (4 ms quanta seen with 2 threads)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        for cid, spec in liv.REGISTRY.items():
+            rows.append(_decode_class(cfg, cid, spec, ctxs, n_steps, device, dtype))
+    finally:
+        torch.set_num_threads(threads)
+    return dict(shape=dict(d=cfg.d_model, head_dim=cfg.head_dim, batch=1, layers=1, dtype=str(dtype).split(".")[-1],
+                           threads=1 if device.type == "cpu" else None), contexts=list(ctxs), rows=rows)
+
+
+def _decode_class(cfg, cid, spec, ctxs, n_steps, device, dtype) -> dict:
+    """Prefill a cache with ctx tokens, then time single-token steps (median), for each context length."""
+    torch.manual_seed(cid)
+    m = liv.Backbone(cfg, [liv.LayerPlan(cid, 0, 0)]).to(device=device, dtype=dtype).eval()
+    row = dict(id=cid, name=spec.name, cache_bytes=liv.measure_cache_bytes(m, max(ctxs)))
+    for ctx in ctxs:
+        with torch.no_grad():
+            cache = m.new_cache(1, ctx + n_steps + 1)
+            m(torch.randint(0, cfg.vocab_size, (1, ctx), device=device), cache)  # prefill
+            tok = torch.randint(0, cfg.vocab_size, (1, 1), device=device)
+            m(tok, cache)  # warm-up step
+            ts = []
+            for _ in range(n_steps):
+                sync(device)
+                t = time.perf_counter()
+                m(tok, cache)
+                sync(device)
+                ts.append(time.perf_counter() - t)
+        row[f"ms_per_token@{ctx}"] = statistics.median(ts) * 1e3
+    row["growth"] = row[f"ms_per_token@{ctxs[-1]}"] / row[f"ms_per_token@{ctxs[0]}"]
+    return row
+
+
+def print_decode(r):
+    sh, c = r["shape"], r["contexts"]
+    print(f"\n## 5. Decoding: time per token of a one-LIV model (d {sh['d']}, batch 1, {sh['dtype']}) after prefilling "
+          f"{c[0]} / {c[-1]} tokens")
+    print(table(["id", "class", f"@{c[0]}", f"@{c[-1]}", "growth", f"cache @{c[-1]} (bf16)"],
+                [[x["id"], x["name"], f"{x[f'ms_per_token@{c[0]}']:.2f} ms", f"{x[f'ms_per_token@{c[-1]}']:.2f} ms",
+                  f"{x['growth']:.2f}x", fmt_bytes(x["cache_bytes"])] for x in r["rows"]]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. Search overhead
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_search(device, s, quick: bool) -> dict:
+    try:
+        import evolve
+        import genome as gn
+        evolve.nsga2, evolve.Evaluation, evolve.sequential  # noqa: B018 — the API this section needs
+    except (ImportError, AttributeError) as e:
+        return dict(skipped=f"evolve.nsga2 / genome not available ({e})")
+    try:  # the CPU preset of star.py, when it exists; else the issue's stand-in
+        import star
+        p = star.PRESETS["cpu"]
+        preset = dict(source="star.PRESETS['cpu']", d_model=p.d_model, head_dim=p.head_dim, depth=p.depth,
+                      seq_len=p.seq_len, batch=p.batch, steps=p.steps, offspring=p.offspring)
+    except Exception:  # noqa: BLE001 — star.py is optional here
+        preset = dict(source="stand-in (no star.PRESETS)", d_model=64, head_dim=16, depth=6, seq_len=128, batch=16,
+                      steps=150, offspring=16)
+    if quick:
+        preset.update(d_model=32, head_dim=16, depth=2, seq_len=16, batch=2)
+    depth = preset["depth"]
+
+    # (a) the loop's bookkeeping: NSGA-II with a no-op evaluator, archive written to disk as in a real run
+    def noop(ind, generation):
+        r = np.random.default_rng(abs(hash(gn.canonical_str(ind))) % 2**32)
+        return evolve.Evaluation(tuple(float(v) for v in r.random(2)))
+
+    gens = s["generations"]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        evolve.nsga2(initial=[], sample=lambda rng: gn.random_genome(depth, rng), evaluate=evolve.sequential(noop),
+                     crossover=gn.crossover, mutate=gn.mutate, repair=gn.repair, encode=str,
+                     decode=gn.Genome.parse, key=gn.canonical_str, pop_size=s["pop"], n_offspring=s["offspring"],
+                     generations=gens, seed=0, run_dir=tmp, log=lambda _m: None)
+        bookkeeping = (time.perf_counter() - t0) / (gens + 1)
+
+    # (b) one generation of the preset: offspring x (build the model + `steps` AdamW steps). The step time is
+    # the median over a few random genomes of `timed_steps` steps after a warm-up step; evaluation is left out,
+    # which makes the generation shorter and the overhead share larger (conservative).
+    cfg = liv.ModelConfig(d_model=preset["d_model"], head_dim=preset["head_dim"], depth=depth, max_len=preset["seq_len"])
+    rng = np.random.default_rng(0)
+    builds, step_times = [], []
+    for k in range(s["genomes"]):
+        g = gn.random_genome(depth, rng)
+        t0 = time.perf_counter()
+        model = gn.build_model(g, cfg, seed=k).to(device)
+        builds.append(time.perf_counter() - t0)
+        opt = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.1)
+        idx = torch.randint(0, cfg.vocab_size, (preset["batch"], preset["seq_len"] + 1), device=device)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast(device):
+                logits = model(idx[:, :-1])
+            F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        step_times.append(interleaved({"s": step}, device, s["timed_steps"])["s"])
+    candidate = statistics.median(builds) + preset["steps"] * statistics.median(step_times)
+    generation = preset["offspring"] * candidate
+    return dict(preset=preset, pop=s["pop"], offspring=s["offspring"], generations_timed=gens + 1,
+                bookkeeping_s_per_generation=bookkeeping, step_s=statistics.median(step_times),
+                candidate_s=candidate, generation_s=generation, overhead_share=bookkeeping / generation)
+
+
+def print_search(r):
+    print("\n## 6. Search overhead (NSGA-II bookkeeping with a no-op evaluator vs training one generation)")
+    if "skipped" in r:
+        print(f"skipped: {r['skipped']}")
+        return
+    p = r["preset"]
+    print(f"bookkeeping: {fmt_s(r['bookkeeping_s_per_generation'])} per generation (population {r['pop']}, "
+          f"{r['offspring']} offspring, archive on disk; mean of {r['generations_timed']} generations)")
+    print(f"generation:  {p['offspring']} candidates x (build + {p['steps']} steps x {fmt_s(r['step_s'])}) = "
+          f"{r['generation_s']:.1f} s   [{p['source']}: d {p['d_model']}, depth {p['depth']}, seq {p['seq_len']}, "
+          f"batch {p['batch']}]")
+    print(f"overhead share: {r['overhead_share']:.3%}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Targets and main
+# ----------------------------------------------------------------------------------------------------
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+
+    def add(name, value, limit, ok, unit=""):
+        out.append(dict(target=name, value=value, limit=limit, met=bool(ok), unit=unit))
+
+    if "transformer" in res:
+        add("Transformer++ decoded / plain Llama step time", res["transformer"]["ratio"], 1.05,
+            res["transformer"]["ratio"] <= 1.05, "x")
+    if "classes" in res:
+        c = res["classes"]
+        add(f"slowest class ({c['slowest']['name']}) / SA-1 step time", c["slowest"]["time_vs_sa1"], 4.0,
+            c["slowest"]["time_vs_sa1"] <= 4, "x")
+        add(f"largest class ({c['largest']['name']}) / SA-1 peak memory", c["largest"]["mem_vs_sa1"], 4.0,
+            c["largest"]["mem_vs_sa1"] <= 4, "x")
+    if "search" in res and "skipped" not in res["search"]:
+        add("search overhead / generation", res["search"]["overhead_share"], 0.01, res["search"]["overhead_share"] < 0.01)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="STAR speed benchmarks (issue 6): prints a table, writes JSON.")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
+    ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
+    args = ap.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    bad = [x for x in only if x not in SECTIONS]
+    if bad:
+        ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no CUDA device")
+    sizes = SIZES["quick" if args.quick else device.type]
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    meta = dict(device=str(device), device_name=dev_name, torch=torch.__version__, threads=torch.get_num_threads(),
+                cpus=os.cpu_count(), python=platform.python_version(), quick=args.quick, sections=only)
+    print(f"# bench.py on {dev_name} ({device}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs{', --quick' if args.quick else ''}")
+    print("# times are medians of interleaved repeats after warm-up; ratios are measured side by side in this process")
+    run = dict(classes=(bench_classes, print_classes), scan=(bench_scan, print_scan), conv=(bench_conv, print_conv),
+               transformer=(bench_transformer, print_transformer), decode=(bench_decode, print_decode),
+               search=(lambda d, s: bench_search(d, s, args.quick), print_search))
+    res, t_all = dict(meta=meta), time.perf_counter()
+    for name in SECTIONS:
+        if name in only:
+            t0 = time.perf_counter()
+            res[name] = run[name][0](device, sizes[name])
+            res[name]["wall_s"] = time.perf_counter() - t0
+            run[name][1](res[name])
+            print(f"({name}: {res[name]['wall_s']:.1f} s)", flush=True)
+    res["targets"] = targets(res)
+    res["meta"]["wall_s"] = time.perf_counter() - t_all
+    print("\n## Targets")
+    for t in res["targets"]:
+        v = f"{t['value']:.2%}" if t["unit"] == "" else f"{t['value']:.2f}{t['unit']}"
+        lim = f"{t['limit']:.0%}" if t["unit"] == "" else f"{t['limit']}{t['unit']}"
+        print(f"{'MET   ' if t['met'] else 'MISSED'}  {t['target']}: {v} (target <= {lim})")
+    if device.type == "cpu":
+        print("(GPU targets — chunked scan >= 10x loop, FFT >= 5x direct at l 4096, >= 35% MFU — need --device cuda; "
+              "not measured here)")
+    print(f"\nwall time {res['meta']['wall_s']:.1f} s; JSON written to {args.out}")
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Smoke test of bench.py: every section runs at tiny sizes and writes positive numbers (timings are not
+asserted — a timed test would flake; the benchmark is a script, ENGINEERING.md)."""
+import json
+
+import bench
+
+
+def test_bench_quick_writes_every_section(tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(bench.SECTIONS) <= set(res)
+    rows = res["classes"]["rows"]
+    assert [r["id"] for r in rows] == list(range(1, 18))
+    assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert all(r["chunked_s"] > 0 and r["loop_s"] > 0 and r["max_abs_diff"] < 1e-4 for r in res["scan"]["rows"])
+    assert all(r["fft_s"] > 0 and r["direct_s"] > 0 and r["rel_diff"] < 1e-4 for r in res["conv"]["rows"])
+    t = res["transformer"]
+    assert t["decoded_s"] > 0 and t["plain_s"] > 0 and t["params_decoded"] == t["params_plain"]
+    assert len(res["decode"]["rows"]) == 17
+    assert all(v > 0 for r in res["decode"]["rows"] for k, v in r.items() if k.startswith("ms_per_token"))
+    s = res["search"]
+    assert "skipped" in s or (s["bookkeeping_s_per_generation"] > 0 and s["generation_s"] > 0)
+    assert {t["target"].split(" (")[0] for t in res["targets"]} >= {"Transformer++ decoded / plain Llama step time"}
