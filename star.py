@@ -59,8 +59,8 @@ class Preset:
 
 PRESETS = {
     # measured on 2 CPU cores: see README "Presets"
-    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=16, steps=120, eval_batches=4,
-                  population=8, offspring=8, generations=3),
+    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=150, eval_batches=8,
+                  population=8, offspring=6, generations=3),
     # one GPU: the paper's population and generations at a smaller scale
     "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=32, steps=1000, eval_batches=16,
                   population=16, offspring=16, generations=18),
