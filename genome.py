@@ -286,19 +286,49 @@ def repair(g: Genome, rng: np.random.Generator) -> tuple[Genome, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _featurizer_needed(class_id: int, computes: frozenset) -> bool:
+    """Whether a featurizer of this class that computes the feature groups `computes` has weights:
+    Rec (z, Δ, decay) and GConv (its filter S) always, SA only when it computes something, GMemless
+    always (it computes B and V)."""
+    return bool(computes) or liv.REGISTRY[class_id].family in ("Rec", "GConv")
+
+
+def _fed_class(class_id: int) -> int:
+    """The class an LIV that computes none of its feature groups builds as: the lowest class id with
+    the same share key and the same groups (SA-2 fed C, B and V is SA-1: its conv has nothing to mix)."""
+    s = liv.REGISTRY[class_id]
+    return min(c for c, t in liv.REGISTRY.items()
+               if t.share_key == s.share_key and t.groups == s.groups and not _featurizer_needed(c, frozenset()))
+
+
 def plans(g: Genome) -> list[liv.LayerPlan]:
-    """Decode a valid genome into one LayerPlan per LIV (indices 0-based, as in the list)."""
+    """Decode a valid genome into one LayerPlan per LIV (indices 0-based, as in the list).
+
+    The plans describe what is built, so genome choices that build nothing are normalised away (D12):
+    an LIV whose featurizer would have no weights (an SA that receives C, B and V) uses no featurizer
+    and builds as the lowest equivalent class; a featurizer group's weights belong to its first member
+    that needs them.
+    """
     validate(g)
     rows = g.livs
     f_own = _owners([r[FEAT_GROUP] for r in rows])
     s_own = _owners([r[FG_GROUP] for r in rows])
-    out = []
+    fo, so, shared = [], [], []
     for i, r in enumerate(rows):
-        fo = f_own[i] if f_own[i] != i and r[FEAT_STRATEGY] == 2 else i  # D9
-        shares = s_own[i] != i and r[FG_STRATEGY] != 1  # D10
-        so = s_own[i] if shares else i
-        out.append(liv.LayerPlan(r[CLASS], fo, so, liv.SHARED_GROUPS[r[FG_STRATEGY]] if shares else frozenset()))
-    return out
+        fo.append(f_own[i] if f_own[i] != i and r[FEAT_STRATEGY] == 2 else i)  # D9
+        sharing = s_own[i] != i and r[FG_STRATEGY] != 1  # D10
+        so.append(s_own[i] if sharing else i)
+        shared.append(liv.SHARED_GROUPS[r[FG_STRATEGY]] if sharing else frozenset())
+    computes = [frozenset(x for x in "CBV" if x in liv.REGISTRY[r[CLASS]].groups) - shared[i] for i, r in enumerate(rows)]
+    needs = [_featurizer_needed(r[CLASS], computes[i]) for i, r in enumerate(rows)]
+    first_need: dict[int, int] = {}  # featurizer group (by its genome owner) -> first member needing weights
+    for i in range(len(rows)):
+        if needs[i]:
+            fo[i] = first_need.setdefault(fo[i], i)
+        else:
+            fo[i] = i
+    return [liv.LayerPlan(r[CLASS] if needs[i] else _fed_class(r[CLASS]), fo[i], so[i], shared[i])
+            for i, r in enumerate(rows)]
 
 
 def from_plans(ps: Sequence[liv.LayerPlan]) -> Genome:
@@ -335,46 +365,187 @@ def canonical_str(g: Genome) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Variation (D14)
+# Variation (D18: legal by construction; replaces D14's uniform re-sampling)
 # ----------------------------------------------------------------------------------------------------
+#
+# The paper: "mutations respect the constraints of the genome position". Sampling and mutation work
+# on valid genomes and return valid ones without `repair`: every value they write is drawn from the
+# values legal at that position given the rest of the genome. Joining a group means joining the group
+# of an *earlier* compatible owner (D9: same class; D10: same share key), which stays its owner;
+# leaving means a fresh group id. A class change keeps every link that stays legal and drops the
+# others (the member moves to a fresh group). Crossover splices two parents whose group ids are
+# first rewritten as "the index of my owner" (`anchored`), so a link keeps pointing at the same
+# position; it cuts only where no sharing link of either parent crosses the cut when it can, so the
+# common child is legal as spliced. What is left illegal is fixed by `repair` (D11) and counted.
+
+SHARE_RATE = 0.1  # D18: chance that a sampled LIV joins an earlier compatible group, at each level
+CROSSOVER_CUT = "liv"  # D18: "liv" cuts between LIVs that no link spans; "anywhere" cuts between integers
 
 
-def _sample_flat(depth: int, rng: np.random.Generator) -> np.ndarray:
-    lo = np.array([entry_range(e, depth)[0] for e in range(5)] * depth)
-    hi = np.array([entry_range(e, depth)[1] for e in range(5)] * depth)
-    return rng.integers(lo, hi + 1)
+def _sharing_strategies(strategy_entry: int, class_id: int) -> tuple[int, ...]:
+    """The strategies with which a member actually shares something (featurizer 2; feature group 2-4)."""
+    return (2,) if strategy_entry == FEAT_STRATEGY else tuple(s for s in legal_fg_strategies(class_id) if s != 1)
 
 
-def random_genome(depth: int, rng: np.random.Generator) -> Genome:
-    """A valid random genome: every integer uniform over its full range, then repaired (D14)."""
+def _level_of(entry: int) -> int:
+    return 0 if entry in (FEAT_GROUP, FEAT_STRATEGY) else 1
+
+
+def _fresh_id(rows: Sequence[Sequence[int]], entry: int, i: int) -> int:
+    """A group id for LIV i that no other LIV uses (its current one when nobody else uses it)."""
+    used = {r[entry] for j, r in enumerate(rows) if j != i}
+    return rows[i][entry] if rows[i][entry] not in used else min(set(range(1, len(rows) + 1)) - used)
+
+
+def _joinable(rows: Sequence[Sequence[int]], level: int, i: int, class_id: int) -> list[int]:
+    """Group ids that LIV i, of class `class_id`, may join at `level` and share through: the groups of
+    LIVs before i whose owner is compatible (D9 / D10)."""
+    ge, _, ok, _ = _LEVELS[level]
+    owners = _owners([r[ge] for r in rows])
+    return sorted({rows[o][ge] for o in set(owners[:i]) if ok(rows[o][CLASS], class_id)})
+
+
+def _drop_illegal_links(rows: list[list[int]]) -> None:
+    """Keep every link that is legal, move every member with an illegal one to a fresh group. In place."""
+    for level, (ge, _, _, _) in enumerate(_LEVELS):
+        while bad := _bad_links(rows, level):
+            rows[bad[0][0]][ge] = _fresh_id(rows, ge, bad[0][0])
+
+
+def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHARE_RATE) -> Genome:
+    """A valid random genome, legal by construction (D18).
+
+    LIV by LIV: with probability ``share_rate`` it joins the featurizer group of a random earlier owner,
+    with strategy 2 and the owner's class (D9). Then, with probability ``share_rate``, it joins the
+    feature-group group of a random earlier owner that it may share with (D10), with strategy 2, 3 or
+    4; an LIV whose class is still open takes a class with the owner's share key. A class still open
+    after both is uniform over all 17. What joins nothing has groups of its own and strategy 1.
+    """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    return repair(Genome.from_flat(_sample_flat(depth, rng)), rng)[0]
+    if not 0.0 <= share_rate <= 1.0:
+        raise ValueError(f"share_rate must be in [0, 1], got {share_rate}")
+    rows: list[list[int]] = []
+    for i in range(depth):
+        row = [0, i + 1, 1, i + 1, 1]  # id i+1 is free: LIV j < i uses j+1 or an earlier id
+        f_owners = sorted(set(_owners([r[FEAT_GROUP] for r in rows])))
+        if f_owners and rng.random() < share_rate:  # D9: take the owner's class and its weights
+            o = f_owners[rng.integers(len(f_owners))]
+            row[CLASS], row[FEAT_GROUP], row[FEAT_STRATEGY] = rows[o][CLASS], rows[o][FEAT_GROUP], 2
+        key = liv.REGISTRY[row[CLASS]].share_key if row[CLASS] else None
+        s_owners = sorted(o for o in set(_owners([r[FG_GROUP] for r in rows]))
+                          if liv.REGISTRY[rows[o][CLASS]].share_key is not None
+                          and (not row[CLASS] or liv.REGISTRY[rows[o][CLASS]].share_key == key))
+        if s_owners and rng.random() < share_rate:  # D10: a class with the owner's share key
+            o = s_owners[rng.integers(len(s_owners))]
+            if not row[CLASS]:
+                peers = [c for c, s in liv.REGISTRY.items() if s.share_key == liv.REGISTRY[rows[o][CLASS]].share_key]
+                row[CLASS] = peers[rng.integers(len(peers))]
+            strategies = _sharing_strategies(FG_STRATEGY, row[CLASS])
+            row[FG_GROUP], row[FG_STRATEGY] = rows[o][FG_GROUP], strategies[rng.integers(len(strategies))]
+        if not row[CLASS]:
+            row[CLASS] = int(rng.integers(1, liv.N_CLASSES + 1))
+        rows.append(row)
+    return validate(Genome(tuple(tuple(r) for r in rows)))
 
 
 def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
-    """Re-sample each of the 5·depth integers uniformly from its full range with probability p.
+    """D18: each of the 5·depth entries mutates with probability p to a *different* value that is legal
+    at its position given the rest of the genome (LIV by LIV, each entry seeing the changes before it).
+    A valid genome stays valid, without repair.
 
-    Not repaired: the caller repairs (and counts the repair), as the search loop does after every
-    variation (D11, D14).
+        class              any other class. The LIV's featurizer-sharing partners (its owner and the
+                           members with strategy 2) change with it, so that link stays legal; feature-
+                           group links that stay legal are kept, the others dropped.
+        group (2 or 4)     a fresh group, or the group of an earlier compatible owner. Joining with
+                           strategy 1 also draws a sharing strategy, so that the move is not moot.
+        strategy (3 or 5)  another strategy legal for the class; a member of a group whose owner is
+                           incompatible can only keep strategy 1.
     """
-    flat = np.array(g.flat())
-    hit = rng.random(flat.size) < p
-    flat[hit] = _sample_flat(g.depth, rng)[hit]
-    return Genome.from_flat(flat)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"mutation probability must be in [0, 1], got {p}")
+    validate(g)
+    rows = [list(r) for r in g.livs]
+    for i, e in zip(*np.nonzero(rng.random((g.depth, 5)) < p)):
+        i, e = int(i), int(e)
+        row = rows[i]
+        if e == CLASS:
+            options = [c for c in range(1, liv.N_CLASSES + 1) if c != row[CLASS]]
+            new = options[rng.integers(len(options))]
+            owner = _owners([r[FEAT_GROUP] for r in rows])
+            linked = i == owner[i] or row[FEAT_STRATEGY] == 2
+            for j in range(g.depth):
+                if j == i or (linked and owner[j] == owner[i] and (j == owner[j] or rows[j][FEAT_STRATEGY] == 2)):
+                    rows[j][CLASS] = new
+                    if rows[j][FG_STRATEGY] not in legal_fg_strategies(new):
+                        rows[j][FG_STRATEGY] = 1  # D6: GMemless shares no feature groups
+        elif e in (FEAT_GROUP, FG_GROUP):
+            se = e + 1  # the strategy entry follows its group entry
+            fresh = _fresh_id(rows, e, i)
+            options = [gid for gid in _joinable(rows, _level_of(e), i, row[CLASS]) + [fresh] if gid != row[e]]
+            if not options:
+                continue  # alone, with nothing to join: no other legal value
+            row[e] = options[rng.integers(len(options))]
+            if row[e] != fresh and row[se] == 1:
+                strategies = _sharing_strategies(se, row[CLASS])
+                row[se] = strategies[rng.integers(len(strategies))]
+        else:
+            ge = e - 1
+            owner = _owners([r[ge] for r in rows])[i]
+            allowed = legal_values(e, row[CLASS], g.depth)
+            if owner != i and not _LEVELS[_level_of(e)][2](rows[owner][CLASS], row[CLASS]):
+                allowed = (1,)
+            options = [s for s in allowed if s != row[e]]
+            if not options:
+                continue
+            row[e] = options[rng.integers(len(options))]
+        _drop_illegal_links(rows)
+    return validate(Genome(tuple(tuple(r) for r in rows)))
 
 
-def crossover(a: Genome, b: Genome, rng: np.random.Generator, k: int = 2) -> Genome:
-    """k-point crossover on the flat lists: one child, starting with a's segment (D14). Not repaired.
+def anchored(g: Genome) -> Genome:
+    """The same genome with each group id rewritten as 1 + the index of the group's owner, so that a
+    member's group id names the LIV it shares with. Same plans; what crossover splices (D18)."""
+    rows = [list(r) for r in g.livs]
+    for ge in (FEAT_GROUP, FG_GROUP):
+        for i, o in enumerate(_owners([r[ge] for r in g.livs])):
+            rows[i][ge] = o + 1
+    return Genome(tuple(tuple(r) for r in rows))
 
-    Cut points are k distinct positions between integers, uniform over all 5·depth − 1 of them (fewer
-    when there are not that many). For the mirrored child call crossover(b, a, ...).
+
+def _spans(g: Genome) -> set[int]:
+    """LIV boundaries (b = cut before LIV b) that a sharing link of g crosses: owner < b <= member."""
+    crossed = set()
+    for i, p in enumerate(plans(g)):
+        for o in (p.featurizer_owner, p.share_owner):
+            crossed.update(range(o + 1, i + 1))
+    return crossed
+
+
+def crossover(a: Genome, b: Genome, rng: np.random.Generator, k: int = 2, cut: str = CROSSOVER_CUT) -> Genome:
+    """k-point crossover (D18): one child, starting with a's segment; for the mirrored child call
+    crossover(b, a, ...). Not repaired: the caller repairs and counts.
+
+    Both parents are first `anchored`. cut="liv": the cuts are distinct LIV boundaries that no sharing
+    link of either parent crosses (k of them, or as many as are free; any LIV boundaries when none is), so each LIV arrives
+    with its 5 entries and, in the common case, with the LIVs it shares with. cut="anywhere": the cuts
+    are distinct positions among all 5·depth − 1 gaps between integers (D14's rule).
     """
     if a.depth != b.depth:
         raise ValueError(f"crossover needs equal depths, got {a.depth} and {b.depth}")
-    fa, fb = a.flat(), b.flat()
+    if cut not in ("liv", "anywhere"):
+        raise ValueError(f"crossover cut must be 'liv' or 'anywhere', got {cut!r}")
+    fa, fb = anchored(a).flat(), anchored(b).flat()
     n = len(fa)
-    cuts = np.sort(rng.choice(np.arange(1, n), size=min(k, n - 1), replace=False))
+    if cut == "anywhere":
+        gaps = np.arange(1, n)
+    else:
+        boundaries = set(range(1, a.depth))
+        free = sorted(boundaries - _spans(a) - _spans(b))
+        gaps = 5 * np.array(free or sorted(boundaries), dtype=int)
+    if len(gaps) == 0:
+        return Genome.from_flat(fa)  # depth 1 cut between LIVs: nothing to cross
+    cuts = np.sort(rng.choice(gaps, size=min(k, len(gaps)), replace=False))
     parent = np.searchsorted(cuts, np.arange(n), side="right") % 2  # segment number mod 2: 0 = a, 1 = b
     return Genome.from_flat([fb[j] if parent[j] else fa[j] for j in range(n)])
 

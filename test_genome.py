@@ -152,7 +152,8 @@ def test_legal_links_are_kept():
                 (10, 5, 2, 5, 3)))
     assert G.repair(g, rng_of(0)) == (g, 0)
     ps = G.plans(g)
-    assert (ps[2].featurizer_owner, ps[2].share_owner, ps[2].shared_groups) == (0, 0, frozenset("CBV"))
+    # An SA fed C, B and V computes nothing: it uses no featurizer, so its featurizer link is moot (D12).
+    assert (ps[2].featurizer_owner, ps[2].share_owner, ps[2].shared_groups) == (2, 0, frozenset("CBV"))
     assert (ps[5].featurizer_owner, ps[5].share_owner, ps[5].shared_groups) == (4, 4, frozenset("CB"))
     # Non-owners with strategy 1 share nothing, whatever their group id.
     g2 = Genome(((1, 1, 1, 1, 1), (1, 1, 1, 1, 1)))
@@ -353,7 +354,7 @@ def test_canonical_examples():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Variation (D14)
+# Variation (D18)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -398,20 +399,116 @@ def test_random_genome_is_seeded():
 
 
 def test_repair_rate_is_measured():
-    """The share of offspring that need repair (D11), over 1000 mutations (p = 0.1) and 1000 two-point
-    crossovers of random depth-24 genomes. The paper reports "under 20%"; printed for the record."""
+    """D18's target: over 1000 mutations (p = 0.1) and 1000 two-point crossovers of random depth-24
+    parents, at most 20% of offspring need any repair. Mutation is legal by construction (0%);
+    crossover cut between LIVs that no link spans is measured at 14.4% for this seed."""
     rng = rng_of(2025)
     pool = [G.random_genome(24, rng) for _ in range(64)]
     pick = lambda: pool[rng.integers(len(pool))]  # noqa: E731
     mut_n = [G.repair(G.mutate(pick(), rng, p=0.1), rng)[1] for _ in range(1000)]
     cross_n = [G.repair(G.crossover(pick(), pick(), rng, k=2), rng)[1] for _ in range(1000)]
     mut, cross = np.mean(np.array(mut_n) > 0), np.mean(np.array(cross_n) > 0)
-    both = (mut + cross) / 2
-    per_entry = np.mean(mut_n + cross_n) / (5 * 24)
-    print(f"\nrepair rate at depth 24: offspring needing repair: mutation {mut:.1%}, crossover {cross:.1%}, "
-          f"overall {both:.1%}; entries changed by repair: {per_entry:.2%} of the 120 integers")
-    for r in (mut, cross, both):
-        assert 0 < r < 1
+    print(f"\nrepair rate at depth 24: offspring needing repair: mutation {mut:.1%}, crossover {cross:.1%}")
+    assert mut == 0
+    assert 0 < cross <= 0.2
+
+
+@given(valid_genomes(), SEEDS, st.sampled_from([0.1, 0.5, 1.0]))
+def test_mutation_is_legal_by_construction(g, seed, p):
+    """D18: from any valid genome (not only sampled ones), mutation returns a valid genome that repair
+    leaves alone, and every entry it touched took a legal value."""
+    m = G.mutate(g, rng_of(seed), p=p)
+    assert G.is_valid(m)
+    assert G.repair(m, rng_of(seed)) == (m, 0)
+
+
+@given(DEPTHS, SEEDS)
+def test_crossover_between_unlinked_livs_is_legal_as_spliced(depth, seed):
+    """D18: cut="liv" cuts only where no link of either parent crosses; each LIV then arrives with the
+    LIVs it shares with, so the child is legal without repair and keeps each parent's links."""
+    rng = rng_of(seed)
+    a, b = G.random_genome(depth, rng, share_rate=0.3), G.random_genome(depth, rng, share_rate=0.3)
+    free = set(range(1, depth)) - G._spans(a) - G._spans(b)
+    child = G.crossover(a, b, rng, k=2, cut="liv")
+    if free:
+        assert G.repair(child, rng) == (child, 0)
+        pa, pb, pc = G.plans(a), G.plans(b), G.plans(child)
+        for i, p in enumerate(pc):
+            assert p in (pa[i], pb[i])  # each LIV as built in one of its parents, links included
+    assert G.anchored(G.anchored(a)) == G.anchored(a) and G.plans(G.anchored(a)) == G.plans(a)
+
+
+def test_random_genome_share_rate():
+    """The knob: 0 shares nothing; 1 puts every LIV after the first into an earlier featurizer group;
+    the default gives sharing at both levels in a sizeable share of depth-6 genomes."""
+    rng = rng_of(7)
+    for _ in range(50):
+        g = G.random_genome(6, rng, share_rate=0.0)
+        assert all(p.featurizer_owner == i and p.share_owner == i for i, p in enumerate(G.plans(g)))
+        g = G.random_genome(6, rng, share_rate=1.0)
+        assert all(row[G.FEAT_STRATEGY] == 2 for row in g.livs[1:])
+    gs = [G.plans(G.random_genome(6, rng)) for _ in range(400)]
+    feat = np.mean([any(p.featurizer_owner != i for i, p in enumerate(ps)) for ps in gs])
+    fg = np.mean([any(p.share_owner != i for i, p in enumerate(ps)) for ps in gs])
+    assert 0.3 < feat < 0.55 and 0.3 < fg < 0.55  # 41% and 42% over 2000 draws at SHARE_RATE 0.1
+    with pytest.raises(ValueError, match="share_rate"):
+        G.random_genome(6, rng, share_rate=1.5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Canonical form == architecture (D12): same canonical string <=> same parameters and same function
+# ----------------------------------------------------------------------------------------------------
+
+
+def built(g: Genome):
+    """(unique parameter count, each LIV's output for a fixed input) of g's model built with seed 0.
+    Per-LIV outputs, not logits: at initialisation an LIV adds ~1e-4 to the residual stream, and a
+    difference below float32's resolution there would vanish from the logits."""
+    cfg = liv.ModelConfig(vocab_size=32, d_model=32, head_dim=8, depth=g.depth, max_len=16)  # SA-3 != SA-4 heads
+    model = G.build_model(g, cfg, seed=0)
+    assert all(p.numel() > 0 for p in model.parameters()), "a module has a zero-size parameter"
+    outs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o[0])) for m in model.livs]
+    with torch.no_grad():
+        model(torch.arange(12).remainder(32).view(1, 12))
+    for h in hooks:
+        h.remove()
+    return G.count_params(g, cfg)["total"], outs
+
+
+def same_architecture(a: Genome, b: Genome) -> bool:
+    (na, ya), (nb, yb) = built(a), built(b)
+    return na == nb and len(ya) == len(yb) and all(torch.equal(u, v) for u, v in zip(ya, yb))
+
+
+SA_CLASSES = [1, 2, 3, 10, 11, 9]  # SA-1/SA-2 (and their Diff) share a key; SA-3 does not
+
+
+@given(valid_genomes(depth=st.integers(1, 3), classes=SA_CLASSES, linked=True), SEEDS,
+       st.integers(0, 14), st.integers(1, 17))
+def test_equal_canonical_iff_equal_architecture(g, seed, pos, value):
+    """Neighbours (one entry changed, then repaired) often build the same model: the canonical strings
+    are equal exactly when the parameters and the logits for the same seed are."""
+    flat = g.flat()
+    flat[pos % len(flat)] = value if pos % 5 == 0 else 1 + value % g.depth if pos % 5 in (1, 3) else 1 + value % 4
+    h = G.repair(Genome.from_flat(flat), rng_of(seed))[0]
+    assert (G.canonical(g) == G.canonical(h)) == same_architecture(g, h)
+
+
+def test_fed_attention_examples():
+    """An SA fed C, B and V (strategy 4) computes nothing: its featurizer strategy, its featurizer
+    group and SA-1 vs SA-2 change nothing that is built, so they canonicalise alike."""
+    texts = ["1.1.1.1.1-1.1.2.1.4-9.3.1.3.1", "1.1.1.1.1-1.2.1.1.4-9.3.1.3.1", "1.1.1.1.1-2.2.1.1.4-9.3.1.3.1",
+             "2.1.1.1.1-2.1.2.1.4-9.3.1.3.1"]
+    gs = [Genome.parse(t) for t in texts]
+    assert {G.canonical_str(g) for g in gs[:3]} == {"1.1.1.1.1-1.2.1.1.4-9.3.1.2.1"}
+    assert all(same_architecture(gs[0], g) for g in gs[1:3])
+    assert G.canonical_str(gs[3]) == "2.1.1.1.1-1.2.1.1.4-9.3.1.2.1"  # the owner stays SA-2
+    assert not same_architecture(gs[0], gs[3])
+    # A featurizer group whose owner is fed keeps its weights for the first member that computes.
+    g = Genome.parse("1.1.1.1.1-1.2.1.1.4-1.2.2.3.1")
+    assert [p.featurizer_owner for p in G.plans(g)] == [0, 1, 2]
+    assert G.canonical_str(g) == "1.1.1.1.1-1.2.1.1.4-1.3.1.2.1"
 
 
 # ----------------------------------------------------------------------------------------------------
