@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from evolve import (TIMING_FIELDS, Evaluation, crowding_distance, default_ref_point, dominates,
+from evolve import (TIMING_FIELDS, Evaluation, ResumeError, SearchError, Variation, crowding_distance, default_ref_point, dominates,
                     hypervolume, non_dominated_sort, nsga2, rank_and_crowding, select_survivors,
                     sequential, tournament)
 
@@ -252,7 +252,10 @@ def untimed(rows):
 
 
 def run_files(d):
+    """archive.jsonl, generations.jsonl and the snapshots (which carry the statistics), untimed."""
     snaps = {p.name: json.loads(p.read_text()) for p in sorted(d.glob("population_*.json"))}
+    for snap in snaps.values():
+        snap["stats"] = untimed(snap["stats"])
     return read_jsonl(d / "archive.jsonl"), untimed(read_jsonl(d / "generations.jsonl")), snaps
 
 
@@ -386,7 +389,7 @@ def test_resume_refuses_other_parameters(tmp_path):
     with pytest.raises(Killed):
         nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True, evaluate=stop)[0])
     assert read_jsonl(tmp_path / "r" / "archive.jsonl")[-1]["generation"] == 2
-    with pytest.raises(RuntimeError, match="replay"):
+    with pytest.raises(ResumeError, match="replay"):
         nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True,
                         mutate=lambda x, rng: tuple(int(v) for v in rng.integers(0, R, D)))[0])
 
