@@ -549,7 +549,7 @@ def nsga2(*, initial: list, sample: Callable[[np.random.Generator], Any], evalua
             log(note)
 
     archive = Archive(None if run_dir is None else run_dir / "archive.jsonl", state.records,
-                      n_obj=None if state.ref is None else len(state.ref))
+                      n_obj=len(state.ref) if state.ref is not None else state.n_obj)
     progress = Progress(log, generations, n_offspring, format_info)
     evaluations = ArchivedEvaluate(archive, evaluate, progress)
     population, stats, ref, done = state.population, state.stats, state.ref, state.start - 1
@@ -603,18 +603,18 @@ def generation_stats(g: int, step: Generation, archive: "Archive", ref: tuple[fl
 
 
 def _check_generation_zero(step: Generation, archive: "Archive") -> None:
-    """Generation 0 must leave something to breed from and to fix the reference point with."""
+    """Generation 0 must leave a finite result to breed from and to fix the reference point with."""
     n = len(step.children)
-    if n and np.isfinite(step.F).all(axis=1).any():
+    if n == 0:
+        raise SearchError("generation 0 has no candidate: no initial individual and no new sample")
+    if np.isfinite(step.F).all(axis=1).any():
         return
     errors = [archive.by_key[c.key].get("error") for c in step.children]
-    first = next((str(e).strip().splitlines()[0] for e in errors if e), None)
-    where = f"all {n} are recorded in {archive.path}" if archive.path else "nothing was written"
-    raise SearchError(f"generation 0: all {n} candidates failed"
-                      + (f" (first error: {_short(first, 160)})" if first else "")
-                      + f"; {where}, and a resume would replay the same failures: fix the cause and "
-                      "start a new run" if n else
-                      "generation 0 has no candidate: no initial individual and no new sample")
+    first = next((str(e).strip().splitlines()[0] for e in errors if e and str(e).strip()), None)
+    why = f" (first error: {_short(first, 160)})" if first else ""
+    where = f"every evaluation is recorded in {archive.path}" if archive.path else "nothing was written"
+    raise SearchError(f"generation 0: all {n}/{n} candidates failed{why}; {where}, and a resume would "
+                      "replay the same failures: fix the cause and start a new run")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -763,6 +763,7 @@ class Checkpoint:
     stats: list[dict]
     ref: Optional[tuple[float, ...]]
     start: int                        # the first generation to run (replayed from the archive)
+    n_obj: Optional[int] = None       # objectives per record, once known
     repairs: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -777,72 +778,27 @@ def load_checkpoint(run_dir: Path, params: dict, ref: Optional[tuple[float, ...]
     ``default_rng([seed, g])``), and generations.jsonl (rebuilt from the snapshot). Refused: any other
     damage, because a guess could silently change the run.
     """
-    archive_path = run_dir / "archive.jsonl"
+    archive_path, gen_path = run_dir / "archive.jsonl", run_dir / "generations.jsonl"
     records, lines, fixed = _parse_jsonl(archive_path)
     repairs = [] if fixed is None else [(archive_path, fixed)]
     notes = [] if fixed is None else [f"{archive_path}: dropped a last line cut short by a kill"]
-    _check_records(archive_path, records, lines, var)
-    by_key = {r["key"]: (r, n) for r, n in zip(records, lines)}
-
-    numbered = sorted((int(m.group(1)), p) for p in run_dir.glob("population_*.json")
-                      if (m := re.fullmatch(r"population_(\d+)\.json", p.name)))
-    newest = numbered[-1][0] if numbered else -1
-    snap, snap_path = None, None
-    for k, (g, path) in enumerate(reversed(numbered)):
-        snap = _read_snapshot(path, g)
-        if snap is not None:
-            snap_path = path
-            break
-        if k == 1:  # only the newest may be unreadable: it is the one a crash can have hit
-            raise ResumeError(f"{path}: unreadable, and so is the newer {numbered[-1][1].name}; restore "
-                              "the snapshots from a copy or start a new run")
-        notes.append(f"{path}: unreadable; replaying generation {g} from the archive instead")
-    start = snap["generation"] + 1 if snap else 0
-
+    snap, snap_path, newest, skipped = _newest_snapshot(run_dir)
+    notes += skipped
+    if snap is not None:
+        _check_params(snap, snap_path, params, ref)
+        ref = tuple(float(x) for x in snap["ref_point"])
+    n_obj = _check_records(archive_path, records, lines, var, None if ref is None else len(ref))
     beyond = next(((r, n) for r, n in zip(records, lines) if r["generation"] > newest + 1), None)
     if beyond:
-        r, n = beyond
-        has = f"the newest snapshot is population_{newest:03d}.json" if numbered else "there is no population_*.json"
+        (r, n), has = beyond, (f"the newest snapshot is population_{newest:03d}.json" if newest >= 0
+                               else "there is no population_*.json")
         raise ResumeError(f"{archive_path}: line {n} is from generation {r['generation']}, but {has}: "
                           "snapshots were deleted; restore them from a copy or start a new run")
-    n_objs = {len(r["objectives"]) for r in records}
-    if snap is None:
-        if ref is not None:
-            n_objs.add(len(ref))
-        if len(n_objs) > 1:
-            raise ResumeError(f"{archive_path}: records with {sorted(n_objs)} objectives (ref_point has "
-                              f"{len(ref) if ref else '?'}); start a new run")
-        gen_path = run_dir / "generations.jsonl"
-        stats: list[dict] = []
-        population = Population([], [], np.zeros((0, 0)))
-    else:
-        stored = {k: snap.get(k, "nsga2" if k == "algorithm" else None) for k in params}  # older runs: nsga2
-        wrong = [k for k in params if stored[k] != params[k]]
-        if wrong:
-            raise ResumeError(f"{snap_path}: the run was made with "
-                              + ", ".join(f"{k}={stored[k]!r}" for k in wrong) + ", this resume asks for "
-                              + ", ".join(f"{k}={params[k]!r}" for k in wrong)
-                              + "; resume with the run's settings or start a new run elsewhere")
-        stored_ref = tuple(float(x) for x in snap["ref_point"])
-        if ref is not None and ref != stored_ref:
-            raise ResumeError(f"{snap_path}: resume with ref_point {ref} but the run uses {stored_ref}; "
-                              "leave ref_point out or pass the run's")
-        ref = stored_ref
-        if n_objs - {len(ref)}:
-            raise ResumeError(f"{archive_path}: records with {sorted(n_objs)} objectives, the run has "
-                              f"{len(ref)}; restore the file from a copy or start a new run")
-        for m in snap["population"]:
-            r, n = by_key.get(m["key"], (None, None))
-            if r is None or r["genome"] != m["genome"] or r["objectives"] != m["objectives"] \
-                    or r["generation"] > snap["generation"]:
-                at = f"line {n} of {archive_path.name}" if r else f"no record in {archive_path.name}"
-                raise ResumeError(f"{snap_path}: member {_short(m['key'])} does not match {at}: one of the "
-                                  "two files was edited; restore it from a copy or start a new run")
-        population = Population([m["genome"] for m in snap["population"]],
-                                [m["key"] for m in snap["population"]],
-                                np.array([_objectives_from_json(m["objectives"]) for m in snap["population"]],
-                                         dtype=float).reshape(len(snap["population"]), len(ref)))
-        gen_path = run_dir / "generations.jsonl"
+    start = snap["generation"] + 1 if snap else 0
+    population, stats = Population([], [], np.zeros((0, 0))), []
+    if snap is not None:
+        population = _check_population(snap, snap_path, {r["key"]: (r, n) for r, n in zip(records, lines)},
+                                       archive_path, n_obj)
         stats = snap.get("stats")
         if stats is None:  # a snapshot written before snapshots carried the statistics
             stats = [s for s in _parse_jsonl(gen_path)[0] if s.get("generation", start) < start]
@@ -852,11 +808,60 @@ def load_checkpoint(run_dir: Path, params: dict, ref: Optional[tuple[float, ...]
     n_partial = sum(r["generation"] >= start for r in records)
     notes.append(f"resume {run_dir}: {len(records)} archived evaluations, last snapshot generation "
                  f"{start - 1}, {n_partial} evaluations of generation {start} on already done")
-    return Checkpoint(records, population, stats, ref, start, repairs, notes)
+    return Checkpoint(records, population, stats, ref, start, n_obj, repairs, notes)
 
 
-def _check_records(path: Path, records: list, lines: list[int], var: Variation) -> None:
-    """Every archive record well formed, in generation order, its key unique and its genome's."""
+def _newest_snapshot(run_dir: Path) -> tuple[Optional[dict], Optional[Path], int, list[str]]:
+    """(the newest readable snapshot, its path, the newest snapshot file's generation or -1, notes).
+    Only the newest file may be unreadable (it is the one a crash can have hit); it is then replayed."""
+    numbered = sorted((int(m.group(1)), p) for p in run_dir.glob("population_*.json")
+                      if (m := re.fullmatch(r"population_(\d+)\.json", p.name)))
+    newest = numbered[-1][0] if numbered else -1
+    notes = []
+    for k, (g, path) in enumerate(reversed(numbered[-2:])):
+        snap = _read_snapshot(path, g)
+        if snap is not None:
+            return snap, path, newest, notes
+        if k == 1:
+            raise ResumeError(f"{path}: unreadable, and so is the newer {numbered[-1][1].name}; restore "
+                              "the snapshots from a copy or start a new run")
+        notes.append(f"{path}: unreadable; replaying generation {g} from the archive instead")
+    return None, None, newest, notes
+
+
+def _check_params(snap: dict, path: Path, params: dict, ref: Optional[tuple[float, ...]]) -> None:
+    stored = {k: snap.get(k, "nsga2" if k == "algorithm" else None) for k in params}  # older runs: nsga2
+    wrong = [k for k in params if stored[k] != params[k]]
+    if wrong:
+        raise ResumeError(f"{path}: the run was made with "
+                          + ", ".join(f"{k}={stored[k]!r}" for k in wrong) + ", this resume asks for "
+                          + ", ".join(f"{k}={params[k]!r}" for k in wrong)
+                          + "; resume with the run's settings or start a new run elsewhere")
+    stored_ref = tuple(float(x) for x in snap["ref_point"])
+    if ref is not None and ref != stored_ref:
+        raise ResumeError(f"{path}: resume with ref_point {ref} but the run uses {stored_ref}; "
+                          "leave ref_point out or pass the run's")
+
+
+def _check_population(snap: dict, path: Path, by_key: dict, archive_path: Path, n_obj: int) -> Population:
+    """The snapshot's members, each equal to its archive record (genome, objectives, generation)."""
+    for m in snap["population"]:
+        r, n = by_key.get(m["key"], (None, None))
+        if r is None or r["genome"] != m["genome"] or r["objectives"] != m["objectives"] \
+                or r["generation"] > snap["generation"]:
+            at = f"line {n} of {archive_path.name}" if r else f"no record in {archive_path.name}"
+            raise ResumeError(f"{path}: member {_short(m['key'])} does not match {at}: one of the two "
+                              "files was edited; restore it from a copy or start a new run")
+    members = snap["population"]
+    F = np.array([_objectives_from_json(m["objectives"]) for m in members], dtype=float)
+    return Population([m["genome"] for m in members], [m["key"] for m in members],
+                      F.reshape(len(members), n_obj))
+
+
+def _check_records(path: Path, records: list, lines: list[int], var: Variation,
+                   n_obj: Optional[int]) -> Optional[int]:
+    """Every archive record well formed, in generation order, with ``n_obj`` objectives (None: as
+    many as the first), its key unique and its genome's. Returns the number of objectives."""
     first_line: dict[str, int] = {}
     last_g = 0
     for r, n in zip(records, lines):
@@ -867,6 +872,10 @@ def _check_records(path: Path, records: list, lines: list[int], var: Variation) 
                 and all(x is None or type(x) in (int, float) for x in r["objectives"])):
             raise ResumeError(f"{at} is not an archive record (generation, genome, key, objectives); "
                               "restore it from a copy or start a new run")
+        n_obj = len(r["objectives"]) if n_obj is None else n_obj
+        if len(r["objectives"]) != n_obj:
+            raise ResumeError(f"{at} has {len(r['objectives'])} objectives, the run has {n_obj}; restore "
+                              "it from a copy or start a new run")
         if r["generation"] < last_g:
             raise ResumeError(f"{at}: generation {r['generation']} after generation {last_g}: the file "
                               "was edited or two processes wrote to it; restore it or start a new run")
@@ -882,6 +891,7 @@ def _check_records(path: Path, records: list, lines: list[int], var: Variation) 
             raise ResumeError(f"{at}: genome {_short(r['genome'])!r} does not decode to its key "
                               f"{_short(r['key'])!r} (edited?); restore the line or start a new run")
         first_line[r["key"]], last_g = n, r["generation"]
+    return n_obj
 
 
 def _read_snapshot(path: Path, g: int) -> Optional[dict]:
