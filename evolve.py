@@ -1,4 +1,4 @@
-"""NSGA-II and the search loop: how STAR refines a population of genomes (SPEC §6, D16; §8).
+"""NSGA-II and the search loop: how STAR refines a population of genomes (D16).
 
 STAR trades quality against efficiency, so there is no single best genome but a *Pareto front*. All
 objectives here are **minimised**. Point a *dominates* point b when a is no worse in every objective
@@ -27,22 +27,28 @@ over the staircase, in d-D a sum over slabs along the last objective of (d−1)-
 A candidate whose training failed (diverged, out of memory, raised) has infinite objectives (D16).
 Rows with NaN or inf rank in a last front of their own and never enter the crowding arithmetic.
 
-The loop (``nsga2``) is generic: individuals are opaque and handled through callables (sample,
-crossover, mutate, repair, a canonical ``key``) and serialised with ``encode`` / ``decode`` (for STAR
-genomes: ``str(g)`` and ``Genome.parse``). Generation 0 is the initial population (given individuals,
-e.g. the D15 baselines, then samples); every later generation breeds ``n_offspring`` children
-(tournament → crossover or copy → mutate → repair), regenerating any child whose key was already
-evaluated (bounded retries), evaluates them in one batch, and applies survival.
+The loop is generic: individuals are opaque and handled through callables (sample, crossover,
+mutate, repair, a canonical ``key``) and serialised with ``encode`` / ``decode`` (for STAR genomes:
+``str(g)`` and ``Genome.parse``). **``generation_step``** is one whole generation in a screenful:
+generation 0 is the initial population (given individuals, e.g. the D15 baselines, then samples);
+every later generation breeds ``n_offspring`` children (tournament → crossover or copy → mutate →
+repair), regenerating any child whose key was already evaluated (bounded retries), evaluates them in
+one batch, and applies (μ+λ) survival. **``nsga2_minimal``** runs it generation after generation in
+memory. ``algorithm="random"`` replaces the bred children by fresh samples: the built-in control that
+shows whether the search does better than chance at the same number of evaluations.
 
 **Reproducible and resumable.** All randomness of generation g comes from
 ``np.random.default_rng([seed, g])``, so a generation can be replayed from the previous population
-alone. Every evaluation is appended to ``archive.jsonl`` and fsync'ed the moment it is reported, each
-generation ends with a population snapshot, and ``resume=True`` replays the interrupted generation,
-taking already-archived evaluations from the archive: a killed run loses no finished evaluation and
-repeats none, and ends with the same archive as an uninterrupted run (SPEC §8).
+alone. ``nsga2`` is the same loop with its bookkeeping, each in a piece of its own below: the
+*archive* (every evaluation appended to ``archive.jsonl`` and fsync'ed the moment it is reported),
+*snapshots* (each generation ends with the survivors and statistics written atomically), *resume*
+(``load_checkpoint`` checks the whole folder before anything is written, then the interrupted
+generation is replayed, taking finished evaluations from the archive), *statistics* and *progress*
+(the lines a user reads, with ETAs). A killed run loses no finished evaluation and repeats none, and
+ends with the same archive as an uninterrupted run; a test aborts it at every write to check this.
 
 What this does not do: constraints, parallel evaluation (the batch ``evaluate`` lets a parallel
-evaluator be dropped in), fast hypervolume beyond ~4 objectives (the slicing is exact but O(n^(d−1))).
+evaluator be dropped in), locking a run folder against a second process, fast hypervolume beyond ~4 objectives (the slicing is exact but O(n^(d−1))).
 """
 from __future__ import annotations
 
