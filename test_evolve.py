@@ -459,6 +459,8 @@ def test_minimal_core_equals_the_full_loop(tmp_path, algorithm):
     assert history[-1].population.texts == [kw["encode"](x) for x in full.population]
     assert np.array_equal(history[-1].population.F, full.objectives)
     assert [step.duplicates for step in history] == [s["duplicates"] for s in full.stats]
+    in_memory_full = nsga2(**problem(generations=5, algorithm=algorithm)[0])  # no run_dir
+    assert in_memory_full.records == full.records and in_memory_full.population == full.population
 
 
 def test_random_search_control(tmp_path):
