@@ -455,15 +455,20 @@ def explain(text: str, args) -> None:
 
 
 def main(argv=None) -> int:
+    import evolve
+
     args = build_parser().parse_args(argv)
     try:
         if args.explain is not None:
             explain(args.explain, args)
         else:
             run(args)
-    except UsageError as e:
+    except (UsageError, evolve.ResumeError) as e:
         print(f"star.py: error: {e}", file=sys.stderr)
         return 2
+    except evolve.SearchError as e:  # every candidate of generation 0 failed: the run cannot go on
+        print(f"star.py: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nstar.py: interrupted; every finished evaluation is on disk, continue with --resume", file=sys.stderr)
         return 130

@@ -3,14 +3,16 @@ the search loop (reaches a known front, same seed = same run, killed + resumed =
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from evolve import (TIMING_FIELDS, Evaluation, crowding_distance, default_ref_point, dominates,
-                    hypervolume, non_dominated_sort, nsga2, rank_and_crowding, select_survivors,
-                    sequential, tournament)
+import evolve
+from evolve import (TIMING_FIELDS, Evaluation, ResumeError, SearchError, Variation, crowding_distance,
+                    default_ref_point, dominates, hypervolume, non_dominated_sort, nsga2, nsga2_minimal,
+                    rank_and_crowding, select_survivors, sequential, tournament)
 
 # ----------------------------------------------------------------------------------------------------
 # Oracles
@@ -252,7 +254,10 @@ def untimed(rows):
 
 
 def run_files(d):
+    """archive.jsonl, generations.jsonl and the snapshots (which carry the statistics), untimed."""
     snaps = {p.name: json.loads(p.read_text()) for p in sorted(d.glob("population_*.json"))}
+    for snap in snaps.values():
+        snap["stats"] = untimed(snap["stats"])
     return read_jsonl(d / "archive.jsonl"), untimed(read_jsonl(d / "generations.jsonl")), snaps
 
 
@@ -386,7 +391,7 @@ def test_resume_refuses_other_parameters(tmp_path):
     with pytest.raises(Killed):
         nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True, evaluate=stop)[0])
     assert read_jsonl(tmp_path / "r" / "archive.jsonl")[-1]["generation"] == 2
-    with pytest.raises(RuntimeError, match="replay"):
+    with pytest.raises(ResumeError, match="replay"):
         nsga2(**problem(run_dir=tmp_path / "r", generations=2, resume=True,
                         mutate=lambda x, rng: tuple(int(v) for v in rng.integers(0, R, D)))[0])
 
@@ -425,3 +430,230 @@ def test_progress_lines():
     per_gen = [s for s in lines if "done: hypervolume" in s]
     assert len(per_eval) == 24 and per_eval[0].startswith("gen 0 [1/12] 9.9.9.9 (9, 27) ok")
     assert len(per_gen) == 2 and "front" in per_gen[0] and "duplicates" in per_gen[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The in-memory core, the random-search control, failed generations
+# ----------------------------------------------------------------------------------------------------
+
+
+def variation_of(kw):
+    return Variation(kw["sample"], kw["crossover"], kw["mutate"], kw["repair"], kw["encode"], kw["decode"],
+                     kw["key"])
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "random"])
+def test_minimal_core_equals_the_full_loop(tmp_path, algorithm):
+    kw, _ = problem(run_dir=tmp_path / "run", generations=5, algorithm=algorithm)
+    full = nsga2(**kw)
+    history = nsga2_minimal(kw["initial"], variation_of(kw), kw["evaluate"], seed=kw["seed"], pop_size=12,
+                            n_offspring=12, generations=5, algorithm=algorithm)
+    in_memory = [(g, c.text, f) for g, step in enumerate(history)
+                 for c, f in zip(step.children, step.F.tolist())]
+    archive, _, snaps = run_files(tmp_path / "run")
+    assert in_memory == [(r["generation"], r["genome"], r["objectives"]) for r in archive]
+    for g, step in enumerate(history):  # the same survivors after every generation
+        snap = snaps[f"population_{g:03d}.json"]
+        assert [m["genome"] for m in snap["population"]] == step.population.texts
+        assert [m["objectives"] for m in snap["population"]] == step.population.F.tolist()
+    assert history[-1].population.texts == [kw["encode"](x) for x in full.population]
+    assert np.array_equal(history[-1].population.F, full.objectives)
+    assert [step.duplicates for step in history] == [s["duplicates"] for s in full.stats]
+    in_memory_full = nsga2(**problem(generations=5, algorithm=algorithm)[0])  # no run_dir
+    assert in_memory_full.records == full.records and in_memory_full.population == full.population
+
+
+def test_random_search_control(tmp_path):
+    ga = nsga2(**problem(run_dir=tmp_path / "ga", generations=3)[0])
+    rs = nsga2(**problem(run_dir=tmp_path / "rs", generations=3, algorithm="random")[0])
+    gen0 = lambda res: [r for r in res.records if r["generation"] == 0]
+    assert gen0(rs) == gen0(ga) and len(gen0(rs)) == 12  # generation 0 is the same for both
+    population_0 = lambda d: json.loads((d / "population_000.json").read_text())["population"]
+    assert population_0(tmp_path / "rs") == population_0(tmp_path / "ga")
+    later = [r for r in rs.records if r["generation"] > 0]
+    assert len(later) == 36 and all(r["origin"] == "sample" and r["parents"] == [] for r in later)
+    assert {r["origin"] for r in ga.records if r["generation"] > 0} <= {"crossover", "mutation"}
+    assert len({r["key"] for r in rs.records}) == len(rs.records)  # deduplicated the same way
+    assert [s["generation"] for s in rs.stats] == [0, 1, 2, 3]
+    hv = [s["hypervolume"] for s in rs.stats]
+    assert all(b >= a for a, b in zip(hv, hv[1:])) and hv[-1] > 0  # survival applies: elitist
+    assert json.loads((tmp_path / "rs" / "population_003.json").read_text())["algorithm"] == "random"
+    # a resume with the other algorithm is refused; one with the same one continues
+    with pytest.raises(ResumeError, match="algorithm='random'"):
+        nsga2(**problem(run_dir=tmp_path / "rs", generations=4, resume=True)[0])
+    with pytest.raises(ValueError, match="algorithm"):
+        nsga2(**problem(algorithm="grid")[0])
+
+    def die(state):
+        if state.generation == 1:
+            raise Killed
+    with pytest.raises(Killed):
+        nsga2(**problem(run_dir=tmp_path / "k", generations=3, algorithm="random", on_generation=die)[0])
+    nsga2(**problem(run_dir=tmp_path / "k", generations=3, algorithm="random", resume=True)[0])
+    assert run_files(tmp_path / "k") == run_files(tmp_path / "rs")
+
+
+def test_generation_zero_all_failed_is_one_clear_error(tmp_path):
+    def fail(x, generation):
+        return Evaluation((math.inf, math.nan), {"status": "oom", "error": "CUDA out of memory\nTraceback..."})
+
+    kw, _ = problem(run_dir=tmp_path / "r", evaluate=sequential(fail))
+    with pytest.raises(SearchError) as e:
+        nsga2(**kw)
+    msg = str(e.value)
+    assert "\n" not in msg and "12/12" in msg and "CUDA out of memory" in msg and "archive.jsonl" in msg
+    archive = (tmp_path / "r" / "archive.jsonl").read_text()
+    assert len(archive.splitlines()) == 12 and not list((tmp_path / "r").glob("population_*"))
+    kw, calls = problem(run_dir=tmp_path / "r", resume=True)  # the resume replays, evaluates nothing
+    with pytest.raises(SearchError, match="12/12"):
+        nsga2(**kw)
+    assert calls == [] and (tmp_path / "r" / "archive.jsonl").read_text() == archive
+
+
+def test_later_generation_all_failed_keeps_the_population():
+    def evaluate_one(x, generation):
+        if generation == 2:
+            return Evaluation((math.inf, math.inf), {"status": "oom", "error": "out of memory"})
+        return Evaluation(objectives(x), {"status": "ok"})
+
+    lines, populations = [], []
+    res = nsga2(**problem(generations=3, evaluate=sequential(evaluate_one), log=lines.append,
+                          on_generation=lambda s: populations.append(s.population))[0])
+    assert res.stats[2]["failed"] == res.stats[2]["offspring"] == 12 and res.stats[3]["failed"] == 0
+    assert populations[2] == populations[1]  # every child failed: survival keeps the old population
+    assert any(s.startswith("gen 2/3 done") and "failed 12/12 (all failed" in s for s in lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every kill point resumes; damaged run folders are repaired or refused, never half-rewritten
+# ----------------------------------------------------------------------------------------------------
+
+
+def small(**over):
+    """The toy problem at 4 + 4 x 2 generations: 12 evaluations."""
+    return problem(**{"pop_size": 4, "n_offspring": 4, "generations": 2, **over})
+
+
+def kill_at(monkeypatch, helper, n, mode):
+    """Make the write helper ``helper`` abort at its n-th call (0-based), leaving what ``mode`` says:
+    "torn" half of the line or of the temporary file, "unrenamed" the whole temporary file, "after"
+    the whole write done."""
+    real, calls = getattr(evolve, helper), []
+
+    def fake(*args):
+        calls.append(1)
+        if len(calls) - 1 != n:
+            return real(*args)
+        if mode == "after":
+            real(*args)
+        elif helper == "_append_line":
+            fh, line = args
+            fh.write(line[: len(line) // 2])
+            fh.flush()
+        else:
+            path, text = Path(args[0]), args[1]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text if mode == "unrenamed" else text[: len(text) // 2])
+        raise Killed
+    monkeypatch.setattr(evolve, helper, fake)
+    return calls
+
+
+def test_every_kill_point_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(evolve.os, "fsync", lambda fd: None)  # speed only: nothing here crashes the OS
+    with monkeypatch.context() as m:
+        appends = kill_at(m, "_append_line", -1, "after")
+        writes = kill_at(m, "_write_atomic", -1, "after")
+        whole = nsga2(**small(run_dir=tmp_path / "whole")[0])
+    assert len(appends) == 12 and len(writes) == 6  # 12 evaluations; a snapshot + generations.jsonl x 3
+    cases = [("_append_line", n, mode) for n in range(12) for mode in ("torn", "after")]
+    cases += [("_write_atomic", n, mode) for n in range(6) for mode in ("torn", "unrenamed", "after")]
+    for helper, n, mode in cases:
+        d = tmp_path / f"{helper}-{n}-{mode}"
+        with monkeypatch.context() as m:
+            kill_at(m, helper, n, mode)
+            with pytest.raises(Killed):
+                nsga2(**small(run_dir=d)[0])
+        resumed = nsga2(**small(run_dir=d, resume=True)[0])
+        assert run_files(d) == run_files(tmp_path / "whole"), (helper, n, mode)
+        assert resumed.population == whole.population
+
+
+def whole_run(d, generations=3):
+    return nsga2(**small(run_dir=d, generations=generations)[0])
+
+
+def folder_bytes(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def edit_line(path, n, change):
+    lines = path.read_text().splitlines(keepends=True)
+    lines[n - 1] = change(lines[n - 1])
+    path.write_text("".join(lines))
+
+
+def test_unreadable_newest_snapshot_and_generations_file_are_rebuilt(tmp_path):
+    whole_run(tmp_path / "whole")
+    whole_run(tmp_path / "r", generations=2)  # then: the newest snapshot cut short, stats line garbled
+    snap = tmp_path / "r" / "population_002.json"
+    snap.write_text(snap.read_text()[:100])
+    edit_line(tmp_path / "r" / "generations.jsonl", 2, lambda s: "{garbage\n")
+    lines = []
+    nsga2(**small(run_dir=tmp_path / "r", generations=3, resume=True, log=lines.append)[0])
+    assert run_files(tmp_path / "r") == run_files(tmp_path / "whole")
+    assert any("population_002.json: unreadable; replaying generation 2" in s for s in lines)
+
+
+def damage_archive_middle(d):
+    edit_line(d / "archive.jsonl", 5, lambda s: s[:20] + "\n")
+    with open(d / "archive.jsonl", "a") as fh:
+        fh.write('{"generation": 4, "gen')  # a torn last line too: it must not be repaired first
+
+
+def damage_edit_genome(d):
+    edit_line(d / "archive.jsonl", 3, lambda s: s.replace('"genome": "', '"genome": "1', 1))
+
+
+def damage_member_objectives(d):
+    member = json.loads((d / "population_003.json").read_text())["population"][0]["key"]
+    n = next(i + 1 for i, r in enumerate(read_jsonl(d / "archive.jsonl")) if r["key"] == member)
+    edit_line(d / "archive.jsonl", n, lambda s: json.dumps({**json.loads(s), "objectives": [0.5, 0.5]}) + "\n")
+
+
+def damage_duplicate_key(d):
+    with open(d / "archive.jsonl", "a") as fh:
+        fh.write((d / "archive.jsonl").read_text().splitlines()[-1] + "\n")  # a second writer
+
+
+def damage_delete_snapshots(d):
+    for p in d.glob("population_*.json"):
+        p.unlink()
+
+
+def damage_two_snapshots(d):
+    for g in (2, 3):
+        p = d / f"population_{g:03d}.json"
+        p.write_text(p.read_text()[:-30])
+
+
+@pytest.mark.parametrize("damage, names", [
+    (damage_archive_middle, ["archive.jsonl", "line 5"]),
+    (damage_edit_genome, ["archive.jsonl", "line 3", "edited"]),
+    (damage_member_objectives, ["population_003.json", "archive.jsonl", "edited"]),
+    (damage_duplicate_key, ["archive.jsonl", "line 17", "line 16"]),
+    (damage_delete_snapshots, ["archive.jsonl", "generation 1", "no population_"]),
+    (damage_two_snapshots, ["population_002.json", "population_003.json"]),
+])
+def test_damaged_run_folder_is_refused_with_one_line_and_nothing_written(tmp_path, damage, names):
+    d = tmp_path / "r"
+    whole_run(d)
+    damage(d)
+    before = folder_bytes(d)
+    kw, calls = small(run_dir=d, generations=4, resume=True)
+    with pytest.raises(ResumeError) as e:
+        nsga2(**kw)
+    msg = str(e.value)
+    assert "\n" not in msg and all(s in msg for s in names), msg
+    assert any(w in msg for w in ("restore", "start a new run")), msg  # what the user can do
+    assert calls == [] and folder_bytes(d) == before
