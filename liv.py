@@ -478,10 +478,11 @@ def featurizer_needed(class_id: int, computes: frozenset) -> bool:
 
     It has when it projects a group (`computes` is not empty) or when the class has an S group, which
     always has weights of its own (Rec: A_log, Δ bias and the z, Δ projection; GConv: the filter).
-    So Rec, GConv and GMemless always need one; SA only when it computes something: an attention LIV that
-    receives C, B and V from an earlier LIV (D10) builds no featurizer at all.
+    So Rec, GConv and GMemless (which receives nothing, D6) always need one; SA only when it computes
+    something: an attention LIV that receives C, B and V from an earlier LIV (D10) builds no featurizer.
     """
-    return bool(computes) or "S" in REGISTRY[class_id].groups
+    spec = REGISTRY[class_id]
+    return bool(computes) or "S" in spec.groups or spec.share_key is None
 
 
 class Featurizer(nn.Module):
