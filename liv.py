@@ -15,7 +15,7 @@ the network that produces them is the **featurizer**; what it produces are the *
 How T(x) mixes positions is its **token-mixing structure** (1 diagonal, 2 low-rank = attention,
 3 scaled Toeplitz = convolution, 4 sequentially semi-separable = recurrence); how it mixes channels is
 its **channel-mixing structure** (1 diagonal, 2 dense, 3 grouped per head). The paper's option pool
-(SPEC §3.1, D4) has 17 classes:
+(DESIGN.md §3.1, D4) has 17 classes:
 
     1 SA-1     softmax attention                 9  GMemless  SwiGLU channel mixer
     2 SA-2     attention, conv in the featurizer 10-17 the differential variants of 1-8 (D5):
@@ -218,7 +218,8 @@ class LayerPlan:
 
 
 def no_weight_decay(p: torch.Tensor) -> torch.Tensor:
-    """Tag a parameter so that the optimiser never decays it (decays, norms, filters, biases; trap 7)."""
+    """Tag a parameter so that the optimiser never decays it (decays, norms, filters, biases): the
+    tag, not `ndim >= 2`, decides, because decay rates and filters are 2-D too (DESIGN.md N7)."""
     p._no_weight_decay = True
     return p
 
@@ -245,7 +246,7 @@ class RMSNorm(nn.Module):
 
 
 def rope(pos: int, l: int, p: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (trap 6)."""
+    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (DESIGN.md N6)."""
     inv = theta ** (-torch.arange(0, p, 2, device=device, dtype=torch.float32) / p)  # (p/2,)
     t = torch.arange(pos, pos + l, device=device, dtype=torch.float32)
     ang = torch.outer(t, inv)  # (l, p/2)
@@ -293,7 +294,8 @@ def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
 def segsum(x):
     """Stable segment sum: out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, -inf above.
 
-    Masks to -inf *before* any exp (trap 1), and never subtracts cumulative sums.
+    Masks to -inf *before* any exp (masking after it gives NaN gradients) and never subtracts cumulative
+    sums, which underflow in float32 (DESIGN.md N1).
     x (..., q) -> (..., q, q)
     """
     q = x.shape[-1]
@@ -311,7 +313,7 @@ def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     """
     b, l, h, p = x.shape
     q = min(chunk, l)
-    pad = (q - l % q) % q  # trap 1: zero input and zero log-decay at the end, sliced off below
+    pad = (q - l % q) % q  # N1: zero input and zero log-decay at the end, sliced off below
     if pad:
         x, B, C = (F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) for t in (x, B, C))
         log_a = F.pad(log_a, (0, 0, 0, pad))
@@ -369,7 +371,7 @@ def fft_conv(u, h):
     """Causal long convolution y_t = sum_{s<=t} h_{t-s} u_s by FFT.
 
     u (b, l, c), h (c, >= l). Length n = 2l and the filter cut to l first: n = l would be circular and
-    a longer filter would leak the future (trap 3). torch.fft refuses bf16, so float32 throughout.
+    a longer filter would leak the future (DESIGN.md N3). torch.fft refuses bf16, so float32 throughout.
     """
     l = u.shape[1]
     n = 2 * l
@@ -405,7 +407,7 @@ class ImplicitFilter(nn.Module):
                                  nn.Linear(hidden, channels, bias=False))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
-                m.keep_init = True  # the backbone's global init leaves the filter's own init alone (trap 7)
+                m.keep_init = True  # the backbone's global init leaves the filter's own init alone (DESIGN.md N7)
                 no_weight_decay(m.weight)  # D17: filters are never decayed
         # fixed per-channel decay rates, Hyena's range: from fast (~1% left after 0.3 of max_len) to slow
         self.register_buffer("alpha", torch.linspace(math.log(100) / 0.3, math.log(100) / 1.5, channels),
@@ -676,7 +678,7 @@ class Attention(LIV):
         f = {}
         if "C" in raw:
             f["C"] = apply_rope(rearrange(raw["C"], "b l (r h p) -> r b h l p", r=r, p=P), cos, sin)
-        if "B" in raw:  # keys are rotated before they are cached (trap 6)
+        if "B" in raw:  # keys are rotated before they are cached, at their own positions (DESIGN.md N6)
             k = apply_rope(rearrange(raw["B"], "b l (r h p) -> r b h l p", r=r, p=P), cos, sin)
             if cache is not None:
                 cache["k"][:, :, :, pos:pos + l] = k
@@ -693,11 +695,11 @@ class Attention(LIV):
         q = rearrange(f["C"], "r b h l p -> (r b) h l p")
         k = rearrange(f["B"], "r b h l p -> (r b) h l p")
         v = repeat(f["V"], "b h l p -> (r b) h l p", r=r)  # one V for both branches (D5)
-        gqa = self.kv_heads != self.cfg.n_heads  # trap 5: enable_gqa groups heads correctly
+        gqa = self.kv_heads != self.cfg.n_heads  # enable_gqa groups heads as repeat_interleave does (N5)
         lk = k.shape[2]
         if lk == l:  # training / prefill from position 0: equal lengths, so is_causal is right
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif l == 1:  # one query sees every cached key: no mask at all (trap 4)
+        elif l == 1:  # one query sees every cached key: no mask (is_causal would show it the first key only, N4)
             o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         else:  # a chunk after a cached prefix: explicit offset mask
             mask = torch.arange(lk, device=x.device)[None, :] <= (lk - l + torch.arange(l, device=x.device))[:, None]
@@ -741,7 +743,7 @@ class Recurrence(LIV):
             f["V"] = rearrange(raw["V"], "b l (h p) -> b l h p", p=P)
         for g in self.receives:
             f[g] = shared[g]
-        with torch.autocast(x.device.type, enabled=False):  # trap 2: the scan runs in float32
+        with torch.autocast(x.device.type, enabled=False):  # float32: autocast skips hand-written products (N2)
             dt = F.softplus(rearrange(raw["dt"].float(), "b l (r h) -> r b l h", r=r)
                             + rearrange(fz.dt_bias.float(), "(r h) -> r 1 1 h", r=r))  # (r, b, l, h)
             log_a = dt * rearrange(-torch.exp(fz.A_log.float()), "(r h) -> r 1 1 h", r=r)  # log a_t <= 0
@@ -897,7 +899,8 @@ class Backbone(nn.Module):
     """A language model whose LIVs are given by a list of LayerPlans (genome.build_model makes them).
 
     Featurizer sharing (D9): the first member of a featurizer-sharing group that needs a featurizer
-    builds and owns it, with every feature group the members compute; the others use it (the rule in `LIV`). Feature-group sharing (D10): the owner's computed features are handed to later
+    builds and owns it, with every feature group the members compute; the others use it (the rule in `LIV`).
+    Feature-group sharing (D10): the owner's computed features are handed to later
     LIVs during the forward pass (and, when decoding, its caches: KV, stream history).
     """
 
@@ -943,7 +946,7 @@ class Backbone(nn.Module):
 
     def reset_parameters(self):
         """normal(0.02) for embeddings and projections, 0.02/sqrt(2·depth) for residual outputs. Leaves
-        the special inits (A_log, Δ bias, filters, λ) alone: they are not Linear weights (trap 7)."""
+        the special inits (A_log, Δ bias, filters, λ) alone: they are not Linear weights (DESIGN.md N7)."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)) and not getattr(m, "keep_init", False):
                 std = 0.02 / math.sqrt(2 * self.cfg.depth) if getattr(m, "residual_out", False) else 0.02
@@ -1023,7 +1026,7 @@ def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (SPEC §3.1) at a given width.")
+    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (DESIGN.md §3.1) at a given width.")
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache column (D7)")
