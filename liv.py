@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -112,9 +113,9 @@ class FG(NamedTuple):
       token mixing 3   a short causal depthwise conv over the group after its projection
       nonlinearity     applied to the group after that conv (Rec: SiLU; Rec's S: softplus, giving Δ_t)
       expansion        output width / d over all branches. A number where the width scales with d
-                       (SA-3's keys: 0.25, rounded to whole key/value heads); a formula in N (the state
-                       size) or H (the number of heads) where it does not: Rec's C and B are N wide
-                       ("N/d", Mamba-2 with one group of B, C for all heads), its S (Δ_t) one per head ("H/d")
+                       (SA-3's keys: 0.25, rounded to whole key/value heads); "k/d" (k channels) or "kH/d"
+                       (k per head) where it does not: Rec-1's C and B are "16/d", its state size N = 16
+                       (Mamba-2 with one group of B, C for all heads); its S (Δ_t) is "H/d", one per head
       repeat           query heads per key/value head (GQA); the class's `kv_repeat`
     """
 
@@ -136,13 +137,20 @@ class LIVClass:
     differential: bool
     base: int  # id of the non-differential class (itself for 1-9)
     featurizer: dict  # feature group -> FG (D8)
-    state: int = 0  # Rec: state expansion N (the "N" of its C and B expansions)
     long_conv: bool = False  # GConv-2: S is an implicit filter as long as the input
     conv_kernel: int = 0  # kernel of the featurizer's short conv when the class fixes it (Rec: 4); 0 = cfg.short_conv
 
     @property
     def groups(self) -> tuple[str, ...]:
         return tuple(self.featurizer)
+
+    @property
+    def state(self) -> int:
+        """Rec: the state size N, the width of C per branch in its featurizer genome ("16/d": 16); else 0."""
+        if self.family != "Rec":
+            return 0
+        k, _ = fixed_width(self.featurizer["C"].expansion)
+        return k // (2 if self.differential else 1)
 
     @property
     def kv_repeat(self) -> int:
@@ -162,21 +170,34 @@ def _fg(tm=1, sp=1, nl=1, cm=2, ex=1.0, rep=1) -> FG:
     return FG(tm, sp, nl, cm, ex, rep)
 
 
+def fixed_width(ex: str) -> tuple[int, str]:
+    """An expansion that does not scale with d: "16/d" -> (16, ""), 16 channels; "2H/d" -> (2, "H"), 2 per head."""
+    m = re.fullmatch(r"(\d*)(H?)/d", ex)
+    if m is None:
+        raise ValueError(f"expansion {ex!r}: expected a number, 'k/d' or 'kH/d'")
+    return int(m[1] or 1), m[2]
+
+
 def _double(ex: float | str) -> float | str:
     """The expansion of a group computed once per branch, for the two branches of a differential class."""
-    return 2 * ex if not isinstance(ex, str) else "2" + ex
+    if not isinstance(ex, str):
+        return 2 * ex
+    k, unit = fixed_width(ex)
+    return f"{2 * k}{unit}/d"
 
 
 def _build_registry() -> dict[int, LIVClass]:
-    rec = dict(C=_fg(tm=3, nl=4, ex="N/d"), B=_fg(tm=3, nl=4, ex="N/d"), V=_fg(tm=3, nl=4), S=_fg(nl=5, ex="H/d"))
+    def rec(n):  # C and B are n wide: the state size N
+        return dict(C=_fg(tm=3, nl=4, ex=f"{n}/d"), B=_fg(tm=3, nl=4, ex=f"{n}/d"), V=_fg(tm=3, nl=4), S=_fg(nl=5, ex="H/d"))
+
     base = [
         # id name shorthand operator family extras featurizer genome
         (1, "SA-1", "SA1", "12123", "SA", {}, dict(C=_fg(), B=_fg(), V=_fg())),
         (2, "SA-2", "SA2", "22123", "SA", {}, dict(C=_fg(tm=3), B=_fg(tm=3), V=_fg(tm=3))),
         (3, "SA-3", "SA3", "32123", "SA", {}, dict(C=_fg(), B=_fg(ex=0.25, rep=4), V=_fg(ex=0.25, rep=4))),
         (4, "SA-4", "SA4", "42123", "SA", {}, dict(C=_fg(), B=_fg(ex=0.5, rep=2), V=_fg(ex=0.5, rep=2))),
-        (5, "Rec-1", "Rc1", "54111", "Rec", dict(state=16, conv_kernel=4), rec),
-        (6, "Rec-2", "Rc2", "64111", "Rec", dict(state=2, conv_kernel=4), rec),
+        (5, "Rec-1", "Rc1", "54111", "Rec", dict(conv_kernel=4), rec(16)),
+        (6, "Rec-2", "Rc2", "64111", "Rec", dict(conv_kernel=4), rec(2)),
         (7, "GConv-1", "GC1", "73111", "GConv", {}, dict(C=_fg(), B=_fg(), V=_fg(), S=_fg(tm=3, cm=1))),
         (8, "GConv-2", "GC2", "83111", "GConv", dict(long_conv=True),
          dict(C=_fg(tm=3), B=_fg(tm=3), V=_fg(tm=3), S=_fg(tm=3, cm=1))),
@@ -189,7 +210,7 @@ def _build_registry() -> dict[int, LIVClass]:
         b = reg[cid]
         feat = {g: (fg if g == "V" else fg._replace(expansion=_double(fg.expansion))) for g, fg in b.featurizer.items()}
         reg[cid + 9] = LIVClass(cid + 9, b.name + "-Diff", b.shorthand + "d", b.operator, b.family, True, cid, feat,
-                                state=b.state, long_conv=b.long_conv, conv_kernel=b.conv_kernel)
+                                long_conv=b.long_conv, conv_kernel=b.conv_kernel)
     return reg
 
 
@@ -437,11 +458,11 @@ NONLINEARITY = {1: lambda x: x, 2: lambda x: x.softmax(-1), 3: F.relu, 4: F.silu
 def group_width(cfg: ModelConfig, spec: LIVClass, g: str) -> int:
     """Channels of feature group `g` over all branches: the registry's expansion × d (FG), rounded to whole
     key/value heads under GQA (`kv_heads`) and to cfg.ffn_hidden for GMemless (8/3 · d rounded up, D2);
-    a formula "kN/d" or "kH/d" gives k·N or k·H channels."""
+    "k/d" gives k channels, "kH/d" k per head."""
     ex, rep = spec.featurizer[g].expansion, spec.featurizer[g].repeat
     if isinstance(ex, str):
-        k, unit = ex[:-3] or "1", ex[-3]  # "2N/d" -> 2, "N"
-        return int(k) * {"N": spec.state, "H": cfg.n_heads}[unit]
+        k, unit = fixed_width(ex)
+        return k * (cfg.n_heads if unit == "H" else 1)
     if spec.family == "Memless":
         return cfg.ffn_hidden
     if rep > 1:  # ex·rep branches of kv_heads heads

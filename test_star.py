@@ -453,10 +453,10 @@ def test_printed_option_pool_is_what_is_built():
         conv_rows = 0
         for g in spec.groups:
             tm, sp, nl, cm, ex, rep = printed[(cid, g)]
-            if ex.endswith("/d"):  # a width that does not scale with d: kN or kH channels
-                k, unit = int(ex[:-3] or 1), ex[-3]
-                want = k * {"N": spec.state, "H": cfg.n_heads}[unit]
-                assert widths[g] == want, (spec.name, g)
+            if ex.endswith("/d"):  # a width that does not scale with d: "16/d" 16 channels, "2H/d" 2 per head
+                per_head = ex.endswith("H/d")
+                k = int(ex[:-3 if per_head else -2] or 1)
+                assert widths[g] == k * (cfg.n_heads if per_head else 1), (spec.name, g)
             else:
                 assert abs(float(ex) * 768 - widths[g]) <= 0.005 * widths[g], (spec.name, g, ex, widths[g])
             if g != "S":
@@ -466,7 +466,7 @@ def test_printed_option_pool_is_what_is_built():
             assert int(rep) == (spec.kv_repeat if g in "BV" else 1)
         assert (fz.conv.shape if conv_rows else None) == ((conv_rows, 4 if spec.family == "Rec" else 3) if conv_rows else None)
         if spec.family == "Rec":
-            assert printed[(cid, "S")][2] == "softplus" and widths["C"] == widths["B"] == m.r * spec.state
+            assert printed[(cid, "S")][2] == "softplus" and widths["C"] == widths["B"] == m.r * {5: 16, 6: 2}[spec.base]
         if spec.family == "SA":
             assert widths["B"] == m.r * widths["V"] == m.r * 768 // spec.kv_repeat
 
