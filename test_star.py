@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import genome
 import liv
 from liv import REGISTRY, LayerPlan, ModelConfig
 
@@ -411,8 +412,6 @@ def test_no_decay_tags():
 
 # ------------------------------------------------ the registry builds the featurizers; who owns them (D8, D9)
 
-import genome  # noqa: E402  (only for the printed option pool)
-
 
 def printed_featurizer_genomes() -> dict[tuple[int, str], list[str]]:
     """(class id, group) -> [token mixing, sparsity, nonlinearity, channel mixing, expansion, repeat], read
@@ -464,7 +463,10 @@ def test_printed_option_pool_is_what_is_built():
                 conv_rows += widths[g] * (tm == "Toeplitz")
                 assert nl == ("silu" if spec.family == "Rec" else "none"), (spec.name, g)
             assert int(rep) == (spec.kv_repeat if g in "BV" else 1)
-        assert (fz.conv.shape if conv_rows else None) == ((conv_rows, 4 if spec.family == "Rec" else 3) if conv_rows else None)
+        if conv_rows:
+            assert tuple(fz.conv.shape) == (conv_rows, 4 if spec.family == "Rec" else cfg.short_conv)
+        else:
+            assert not hasattr(fz, "conv")
         if spec.family == "Rec":
             assert printed[(cid, "S")][2] == "softplus" and widths["C"] == widths["B"] == m.r * {5: 16, 6: 2}[spec.base]
         if spec.family == "SA":
