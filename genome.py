@@ -592,7 +592,7 @@ BASELINES: dict[str, Callable[[int], Genome]] = {"transformer++": transformer_pp
 
 _TOKEN_MIXING = {1: "diagonal", 2: "low-rank", 3: "Toeplitz", 4: "SSS"}
 _SPARSITY = {1: "none", 2: "banded"}
-_NONLIN = {1: "none", 2: "softmax", 3: "relu", 4: "silu"}
+_NONLIN = {1: "none", 2: "softmax", 3: "relu", 4: "silu", 5: "softplus"}
 _CHANNEL = {1: "diagonal", 2: "dense", 3: "grouped"}
 
 
@@ -616,7 +616,7 @@ def explain_classes() -> str:
         for k, (grp, (tm, sp, nl, cm, ex, rep)) in enumerate(c.featurizer.items()):
             first = k == 0
             feat_rows.append((f"{cid:>2}" if first else "", c.name if first else "", grp, _TOKEN_MIXING[tm],
-                              _SPARSITY[sp], _NONLIN[nl], _CHANNEL[cm], f"{ex:.3g}", str(rep)))
+                              _SPARSITY[sp], _NONLIN[nl], _CHANNEL[cm], ex if isinstance(ex, str) else f"{ex:.3g}", str(rep)))
     lines = ["Operator genome (fixed per class, D4): featurizer class, token mixing, sparsity, nonlinearity, "
              "channel mixing; the last column lists the legal feature-group strategies (D6, D10)"]
     lines += _table(("id", "name", "short", "operator", "family", "diff", "token mixing", "sparsity", "nonlinearity",

@@ -15,7 +15,7 @@ the network that produces them is the **featurizer**; what it produces are the *
 How T(x) mixes positions is its **token-mixing structure** (1 diagonal, 2 low-rank = attention,
 3 scaled Toeplitz = convolution, 4 sequentially semi-separable = recurrence); how it mixes channels is
 its **channel-mixing structure** (1 diagonal, 2 dense, 3 grouped per head). The paper's option pool
-(SPEC §3.1, D4) has 17 classes:
+(DESIGN.md §3.1, D4) has 17 classes:
 
     1 SA-1     softmax attention                 9  GMemless  SwiGLU channel mixer
     2 SA-2     attention, conv in the featurizer 10-17 the differential variants of 1-8 (D5):
@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -100,12 +102,29 @@ class ModelConfig:
 # The option pool (D4): one registry keyed by STAR class id
 # ----------------------------------------------------------------------------------------------------
 
-# Featurizer genome of one feature group (D8): how the featurizer computes that group.
-#   (token mixing, sparsity, nonlinearity, channel mixing, expansion factor, repeat factor)
-# with the digit codes of SPEC §3: token mixing 1 diagonal 2 low-rank 3 Toeplitz 4 SSS; sparsity
-# 1 none 2 banded; nonlinearity 1 none 2 softmax 3 relu 4 silu; channel mixing 1 diagonal 2 dense
-# 3 grouped. Expansion = output width / d; repeat = how often a head is reused (GQA).
-FG = tuple[int, int, int, int, float, int]
+class FG(NamedTuple):
+    """Featurizer genome of one feature group (D8): how the featurizer computes that group.
+
+    Digit codes (DESIGN.md §3): token mixing 1 diagonal 2 low-rank 3 Toeplitz 4 SSS; sparsity 1 none
+    2 banded; nonlinearity 1 none 2 softmax 3 relu 4 silu 5 softplus; channel mixing 1 diagonal 2 dense
+    3 grouped. This table is what the featurizer builds (`feature_widths`, `featurizer_kernel`,
+    `Featurizer`), not a description beside it:
+
+      token mixing 3   a short causal depthwise conv over the group after its projection
+      nonlinearity     applied to the group after that conv (Rec: SiLU; Rec's S: softplus, giving Δ_t)
+      expansion        output width / d over all branches. A number where the width scales with d
+                       (SA-3's keys: 0.25, rounded to whole key/value heads); "k/d" (k channels) or "kH/d"
+                       (k per head) where it does not: Rec-1's C and B are "16/d", its state size N = 16
+                       (Mamba-2 with one group of B, C for all heads); its S (Δ_t) is "H/d", one per head
+      repeat           query heads per key/value head (GQA); the class's `kv_repeat`
+    """
+
+    token_mixing: int
+    sparsity: int
+    nonlinearity: int
+    channel_mixing: int
+    expansion: float | str
+    repeat: int
 
 
 @dataclass(frozen=True)
@@ -118,13 +137,25 @@ class LIVClass:
     differential: bool
     base: int  # id of the non-differential class (itself for 1-9)
     featurizer: dict  # feature group -> FG (D8)
-    kv_repeat: int = 1  # SA: query heads per key/value head
-    state: int = 0  # Rec: state expansion N
-    long_conv: bool = False  # GConv-2
+    long_conv: bool = False  # GConv-2: S is an implicit filter as long as the input
+    conv_kernel: int = 0  # kernel of the featurizer's short conv when the class fixes it (Rec: 4); 0 = cfg.short_conv
 
     @property
     def groups(self) -> tuple[str, ...]:
         return tuple(self.featurizer)
+
+    @property
+    def state(self) -> int:
+        """Rec: the state size N, the width of C per branch in its featurizer genome ("16/d": 16); else 0."""
+        if self.family != "Rec":
+            return 0
+        k, _ = fixed_width(self.featurizer["C"].expansion)
+        return k // (2 if self.differential else 1)
+
+    @property
+    def kv_repeat(self) -> int:
+        """SA: query heads per key/value head, the repeat factor of its featurizer genome."""
+        return max(fg.repeat for fg in self.featurizer.values())
 
     @property
     def share_key(self):
@@ -136,20 +167,37 @@ class LIVClass:
 
 
 def _fg(tm=1, sp=1, nl=1, cm=2, ex=1.0, rep=1) -> FG:
-    return (tm, sp, nl, cm, ex, rep)
+    return FG(tm, sp, nl, cm, ex, rep)
+
+
+def fixed_width(ex: str) -> tuple[int, str]:
+    """An expansion that does not scale with d: "16/d" -> (16, ""), 16 channels; "2H/d" -> (2, "H"), 2 per head."""
+    m = re.fullmatch(r"(\d*)(H?)/d", ex)
+    if m is None:
+        raise ValueError(f"expansion {ex!r}: expected a number, 'k/d' or 'kH/d'")
+    return int(m[1] or 1), m[2]
+
+
+def _double(ex: float | str) -> float | str:
+    """The expansion of a group computed once per branch, for the two branches of a differential class."""
+    if not isinstance(ex, str):
+        return 2 * ex
+    k, unit = fixed_width(ex)
+    return f"{2 * k}{unit}/d"
 
 
 def _build_registry() -> dict[int, LIVClass]:
+    def rec(n):  # C and B are n wide: the state size N
+        return dict(C=_fg(tm=3, nl=4, ex=f"{n}/d"), B=_fg(tm=3, nl=4, ex=f"{n}/d"), V=_fg(tm=3, nl=4), S=_fg(nl=5, ex="H/d"))
+
     base = [
         # id name shorthand operator family extras featurizer genome
         (1, "SA-1", "SA1", "12123", "SA", {}, dict(C=_fg(), B=_fg(), V=_fg())),
         (2, "SA-2", "SA2", "22123", "SA", {}, dict(C=_fg(tm=3), B=_fg(tm=3), V=_fg(tm=3))),
-        (3, "SA-3", "SA3", "32123", "SA", dict(kv_repeat=4), dict(C=_fg(), B=_fg(ex=0.25, rep=4), V=_fg(ex=0.25, rep=4))),
-        (4, "SA-4", "SA4", "42123", "SA", dict(kv_repeat=2), dict(C=_fg(), B=_fg(ex=0.5, rep=2), V=_fg(ex=0.5, rep=2))),
-        (5, "Rec-1", "Rc1", "54111", "Rec", dict(state=16),
-         dict(C=_fg(tm=3, nl=4), B=_fg(tm=3, nl=4), V=_fg(tm=3, nl=4), S=_fg(nl=4))),
-        (6, "Rec-2", "Rc2", "64111", "Rec", dict(state=2),
-         dict(C=_fg(tm=3, nl=4), B=_fg(tm=3, nl=4), V=_fg(tm=3, nl=4), S=_fg(nl=4))),
+        (3, "SA-3", "SA3", "32123", "SA", {}, dict(C=_fg(), B=_fg(ex=0.25, rep=4), V=_fg(ex=0.25, rep=4))),
+        (4, "SA-4", "SA4", "42123", "SA", {}, dict(C=_fg(), B=_fg(ex=0.5, rep=2), V=_fg(ex=0.5, rep=2))),
+        (5, "Rec-1", "Rc1", "54111", "Rec", dict(conv_kernel=4), rec(16)),
+        (6, "Rec-2", "Rc2", "64111", "Rec", dict(conv_kernel=4), rec(2)),
         (7, "GConv-1", "GC1", "73111", "GConv", {}, dict(C=_fg(), B=_fg(), V=_fg(), S=_fg(tm=3, cm=1))),
         (8, "GConv-2", "GC2", "83111", "GConv", dict(long_conv=True),
          dict(C=_fg(tm=3), B=_fg(tm=3), V=_fg(tm=3), S=_fg(tm=3, cm=1))),
@@ -158,11 +206,11 @@ def _build_registry() -> dict[int, LIVClass]:
     reg = {}
     for cid, name, short, op, fam, extra, feat in base:
         reg[cid] = LIVClass(cid, name, short, op, fam, False, cid, feat, **extra)
-    for cid in range(1, 9):  # D5: 10 = SA-1-Diff, ..., 17 = GConv-2-Diff
+    for cid in range(1, 9):  # D5: 10 = SA-1-Diff, ..., 17 = GConv-2-Diff; every group but V once per branch
         b = reg[cid]
-        feat = {g: (fg if g == "V" else fg[:4] + (2 * fg[4],) + fg[5:]) for g, fg in b.featurizer.items()}
+        feat = {g: (fg if g == "V" else fg._replace(expansion=_double(fg.expansion))) for g, fg in b.featurizer.items()}
         reg[cid + 9] = LIVClass(cid + 9, b.name + "-Diff", b.shorthand + "d", b.operator, b.family, True, cid, feat,
-                                kv_repeat=b.kv_repeat, state=b.state, long_conv=b.long_conv)
+                                long_conv=b.long_conv, conv_kernel=b.conv_kernel)
     return reg
 
 
@@ -191,7 +239,8 @@ class LayerPlan:
 
 
 def no_weight_decay(p: torch.Tensor) -> torch.Tensor:
-    """Tag a parameter so that the optimiser never decays it (decays, norms, filters, biases; trap 7)."""
+    """Tag a parameter so that the optimiser never decays it (decays, norms, filters, biases): the
+    tag, not `ndim >= 2`, decides, because decay rates and filters are 2-D too (DESIGN.md N7)."""
     p._no_weight_decay = True
     return p
 
@@ -218,7 +267,7 @@ class RMSNorm(nn.Module):
 
 
 def rope(pos: int, l: int, p: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (trap 6)."""
+    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (DESIGN.md N6)."""
     inv = theta ** (-torch.arange(0, p, 2, device=device, dtype=torch.float32) / p)  # (p/2,)
     t = torch.arange(pos, pos + l, device=device, dtype=torch.float32)
     ang = torch.outer(t, inv)  # (l, p/2)
@@ -266,7 +315,8 @@ def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
 def segsum(x):
     """Stable segment sum: out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, -inf above.
 
-    Masks to -inf *before* any exp (trap 1), and never subtracts cumulative sums.
+    Masks to -inf *before* any exp (masking after it gives NaN gradients) and never subtracts cumulative
+    sums, which underflow in float32 (DESIGN.md N1).
     x (..., q) -> (..., q, q)
     """
     q = x.shape[-1]
@@ -284,7 +334,7 @@ def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     """
     b, l, h, p = x.shape
     q = min(chunk, l)
-    pad = (q - l % q) % q  # trap 1: zero input and zero log-decay at the end, sliced off below
+    pad = (q - l % q) % q  # N1: zero input and zero log-decay at the end, sliced off below
     if pad:
         x, B, C = (F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) for t in (x, B, C))
         log_a = F.pad(log_a, (0, 0, 0, pad))
@@ -342,7 +392,7 @@ def fft_conv(u, h):
     """Causal long convolution y_t = sum_{s<=t} h_{t-s} u_s by FFT.
 
     u (b, l, c), h (c, >= l). Length n = 2l and the filter cut to l first: n = l would be circular and
-    a longer filter would leak the future (trap 3). torch.fft refuses bf16, so float32 throughout.
+    a longer filter would leak the future (DESIGN.md N3). torch.fft refuses bf16, so float32 throughout.
     """
     l = u.shape[1]
     n = 2 * l
@@ -378,7 +428,7 @@ class ImplicitFilter(nn.Module):
                                  nn.Linear(hidden, channels, bias=False))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
-                m.keep_init = True  # the backbone's global init leaves the filter's own init alone (trap 7)
+                m.keep_init = True  # the backbone's global init leaves the filter's own init alone (DESIGN.md N7)
                 no_weight_decay(m.weight)  # D17: filters are never decayed
         # fixed per-channel decay rates, Hyena's range: from fast (~1% left after 0.3 of max_len) to slow
         self.register_buffer("alpha", torch.linspace(math.log(100) / 0.3, math.log(100) / 1.5, channels),
@@ -402,36 +452,70 @@ class _Sin(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+NONLINEARITY = {1: lambda x: x, 2: lambda x: x.softmax(-1), 3: F.relu, 4: F.silu, 5: F.softplus}  # FG digit 3
+
+
+def group_width(cfg: ModelConfig, spec: LIVClass, g: str) -> int:
+    """Channels of feature group `g` over all branches: the registry's expansion × d (FG), rounded to whole
+    key/value heads under GQA (`kv_heads`) and to cfg.ffn_hidden for GMemless (8/3 · d rounded up, D2);
+    "k/d" gives k channels, "kH/d" k per head."""
+    ex, rep = spec.featurizer[g].expansion, spec.featurizer[g].repeat
+    if isinstance(ex, str):
+        k, unit = fixed_width(ex)
+        return k * (cfg.n_heads if unit == "H" else 1)
+    if spec.family == "Memless":
+        return cfg.ffn_hidden
+    if rep > 1:  # ex·rep branches of kv_heads heads
+        return round(ex * rep) * kv_heads(cfg, spec) * cfg.head_dim
+    return round(ex * cfg.d_model)
+
+
 def feature_widths(cfg: ModelConfig, spec: LIVClass) -> dict[str, int]:
-    """Channels of each projected feature group (and of the family's extra streams), all branches."""
-    r = 2 if spec.differential else 1
-    d, H, P = cfg.d_model, cfg.n_heads, cfg.head_dim
-    if spec.family == "SA":
-        hk = kv_heads(cfg, spec)
-        return dict(C=r * H * P, B=r * hk * P, V=hk * P)
-    if spec.family == "Rec":  # plus the output gate z and the step size Δ (one per head and branch)
-        return dict(C=r * spec.state, B=r * spec.state, V=d, z=d, dt=r * H)
-    if spec.family == "GConv":
-        return dict(C=r * d, B=r * d, V=d)
-    return dict(B=cfg.ffn_hidden, V=cfg.ffn_hidden)  # GMemless: gate and up branches
+    """Channels of each projected feature group (all branches), from the registry.
+
+    The projected groups are C, B, V and, for a recurrence, its S (dt: the step size Δ_t before softplus)
+    and the output gate z (width d; Mamba's gate, applied after the recurrence, not a feature group).
+    GConv's S is a filter made from the weights alone, so it is not projected from the input.
+    """
+    widths = {g: group_width(cfg, spec, g) for g in "CBV" if g in spec.groups}
+    if spec.family == "Rec":
+        widths.update(z=cfg.d_model, dt=group_width(cfg, spec, "S"))
+    return widths
+
+
+def short_conv_groups(spec: LIVClass) -> tuple[str, ...]:
+    """The feature groups that pass the featurizer's short conv: token mixing 3 (Toeplitz) in the registry."""
+    return tuple(g for g in "CBV" if g in spec.featurizer and spec.featurizer[g].token_mixing == 3)
 
 
 def featurizer_kernel(cfg: ModelConfig, spec: LIVClass) -> int:
-    """Length of the short conv inside the featurizer (featurizer token mixing 3), 0 when none."""
-    if spec.family == "Rec":
-        return 4  # Mamba's depthwise conv on x, B, C
-    if spec.base == 2 or spec.long_conv:  # SA-2 (Primer-style), GConv-2 (Hyena's short filters)
-        return cfg.short_conv
-    return 0
+    """Length of the short conv inside the featurizer, 0 when no group has token mixing 3 (Toeplitz):
+    the class's own kernel where it fixes one (Rec: 4, Mamba's), else cfg.short_conv (SA-2: Primer-style,
+    GConv-2: Hyena's short filters)."""
+    return (spec.conv_kernel or cfg.short_conv) if short_conv_groups(spec) else 0
+
+
+def featurizer_needed(class_id: int, computes: frozenset) -> bool:
+    """Whether a featurizer of class `class_id` that must compute the feature groups `computes` (a subset
+    of C, B, V) has any parameters.
+
+    It has when it projects a group (`computes` is not empty) or when the class has an S group, which
+    always has weights of its own (Rec: A_log, Δ bias and the z, Δ projection; GConv: the filter).
+    So Rec, GConv and GMemless (which receives nothing, D6) always need one; SA only when it computes
+    something: an attention LIV that receives C, B and V from an earlier LIV (D10) builds no featurizer.
+    """
+    spec = REGISTRY[class_id]
+    return bool(computes) or "S" in spec.groups or spec.share_key is None
 
 
 class Featurizer(nn.Module):
-    """Computes the feature groups C, B, V (and family extras) of one LIV class.
+    """Computes the feature groups C, B, V (and Rec's z, Δ) of one LIV class, as the registry says.
 
-    One fused dense projection d -> [C | B | V | extras] (featurizer channel mixing 2), then, for SA-2,
-    Rec and GConv-2, a short causal depthwise convolution over C, B, V (featurizer token mixing 3) and,
-    for Rec, a SiLU. The S group has family parameters: Rec's A_log and Δ bias, GConv-1's explicit
-    filter, GConv-2's implicit filter. Built with only the groups that its users compute (D10).
+    One fused dense projection d -> [C | B | V | extras] (featurizer channel mixing 2), then a short causal
+    depthwise convolution over the groups with token mixing 3 (SA-2, Rec, GConv-2) and each group's
+    nonlinearity (Rec: SiLU). The S group has family parameters: Rec's A_log and Δ bias, GConv-1's explicit
+    filter, GConv-2's implicit filter. Built with only the groups that its users compute (D10); a
+    featurizer with nothing to compute is never built (`featurizer_needed`), so no parameter is empty.
     """
 
     def __init__(self, cfg: ModelConfig, spec: LIVClass, groups: frozenset):
@@ -443,9 +527,10 @@ class Featurizer(nn.Module):
         self.layout = [(g, widths[g]) for g in "CBV" if g in groups] + [(g, widths[g]) for g in ("z", "dt") if g in widths]
         # an LIV that receives C, B and V (D10) and has no extras projects nothing
         self.proj = nn.Linear(cfg.d_model, sum(w for _, w in self.layout), bias=False) if self.layout else None
-        self.kernel = featurizer_kernel(cfg, spec)
+        self.conv_groups = [g for g in short_conv_groups(spec) if g in groups]
+        self.kernel = featurizer_kernel(cfg, spec) if self.conv_groups else 0
         if self.kernel:
-            ch = sum(w for g, w in self.layout if g in "CBV")
+            ch = sum(w for g, w in self.layout if g in self.conv_groups)
             self.conv = no_weight_decay(nn.Parameter(torch.empty(ch, self.kernel).uniform_(-1, 1) / math.sqrt(self.kernel)))
         if spec.family == "Rec":  # S: a_t = exp(-exp(A_log) · softplus(W_Δ x_t + Δ_bias)), Mamba-2 init
             nh = r * cfg.n_heads
@@ -467,21 +552,23 @@ class Featurizer(nn.Module):
             return {}
         parts = dict(zip([g for g, _ in self.layout], self.proj(x).split([w for _, w in self.layout], dim=-1)))
         out = {g: t for g, t in parts.items() if g in groups or g in ("z", "dt")}
-        conv_groups = [g for g in "CBV" if g in groups]
+        conv_groups = [g for g in self.conv_groups if g in groups]
         if self.kernel and conv_groups:
             offsets, o = {}, 0
-            for g, w in self.layout:
-                offsets[g] = (o, o + w)
-                o += w
+            for g, w in self.layout:  # rows of self.conv: the conv groups, in layout order
+                if g in self.conv_groups:
+                    offsets[g] = (o, o + w)
+                    o += w
             w = torch.cat([self.conv[offsets[g][0]:offsets[g][1]] for g in conv_groups])
             xc = torch.cat([out[g] for g in conv_groups], dim=-1)  # (b, l, channels)
             tail = cache["conv_tail"] if cache is not None else None
             yc, new_tail = causal_conv(xc, w, tail)
             if cache is not None:
                 cache["conv_tail"].copy_(new_tail)
-            if self.spec.family == "Rec":
-                yc = F.silu(yc)
             out.update(zip(conv_groups, yc.split([out[g].shape[-1] for g in conv_groups], dim=-1)))
+        for g in "CBV":  # the group's nonlinearity (FG digit 3), after its conv
+            if g in out and self.spec.featurizer[g].nonlinearity != 1:
+                out[g] = NONLINEARITY[self.spec.featurizer[g].nonlinearity](out[g])
         return out
 
 
@@ -510,34 +597,52 @@ class DiffCombine(nn.Module):
 
 
 class LIV(nn.Module):
-    """Common skeleton of a sequence-mixing LIV: featurizer -> token mixing per branch -> combine -> W_out.
+    """What every LIV has: a featurizer, a token/channel mixer (the subclass's forward), an output projection.
 
     receives:   feature groups taken from an earlier LIV (D10) instead of computed here.
-    featurizer: the featurizer whose weights to use; None builds (and owns) one (D9).
+    computes:   the groups of C, B, V its featurizer computes for it (the class's groups minus `receives`).
+
+    Featurizer ownership, the one rule (D9). Every Featurizer is registered as a submodule of exactly one
+    LIV, the one that built it: its *owner*, where its parameters live and are counted. An LIV given a
+    featurizer (`featurizer=`, the owner's, for featurizer sharing) does not register it: it keeps a plain
+    reference, so the parameters are counted once and `state_dict` holds them once. An LIV given none
+    builds and owns its own, with the groups `featurizer_groups` (default: `computes`; the Backbone passes
+    the union over its featurizer-sharing group), and only if it needs one (`featurizer_needed`): an
+    attention LIV that receives C, B and V has no featurizer. `feat()` returns the featurizer this LIV
+    uses, owned or not, or None.
     """
 
     def __init__(self, cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
-                 featurizer: Featurizer | None = None):
+                 featurizer: Featurizer | None = None, featurizer_groups: frozenset | None = None):
         super().__init__()
         self.cfg, self.spec, self.layer_idx = cfg, REGISTRY[class_id], layer_idx
         self.r = 2 if self.spec.differential else 1  # branches
         self.receives = frozenset(receives)
         if not self.receives <= set(self.spec.groups) or (self.receives and self.spec.share_key is None):
-            raise ValueError(f"{self.spec.name} cannot receive feature groups {sorted(self.receives)}")
+            raise ValueError(f"{self.spec.name} cannot receive feature groups {sorted(self.receives)} (D6, D10)")
         self.computes = frozenset(g for g in "CBV" if g in self.spec.groups) - self.receives
-        if featurizer is None:
-            self.featurizer = Featurizer(cfg, self.spec, self.computes)
-        else:  # D9: the owner's weights; kept out of this module's parameters so they count once
+        if featurizer is not None:  # D9: another LIV's weights, referenced, not registered
             if featurizer.spec.id != class_id or not self.computes <= featurizer.groups:
                 raise ValueError(f"featurizer of {featurizer.spec.name} cannot serve {self.spec.name}")
-            self._borrowed = (featurizer,)
+        owns = featurizer is None and featurizer_needed(class_id, self.computes)
+        if owns:
+            featurizer = Featurizer(cfg, self.spec, self.computes | (featurizer_groups or frozenset()))
+        object.__setattr__(self, "_uses", featurizer)  # a plain attribute: nn.Module does not register it
         if self.spec.differential:
             self.combine = DiffCombine(cfg, layer_idx)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        width = group_width(cfg, self.spec, "V") if self.spec.family == "Memless" else cfg.d_model
+        self.out = nn.Linear(width, cfg.d_model, bias=False)
         self.out.residual_out = True  # scaled by 1/sqrt(2·depth) at init
+        if owns:  # registered here, after `out`: Backbone.reset_parameters draws in module order, and a seed's
+            self.featurizer = featurizer  # initial weights stay those it has always given
 
-    def feat(self) -> Featurizer:
-        return self.featurizer if "featurizer" in self._modules else self._borrowed[0]
+    def feat(self) -> Featurizer | None:
+        """The featurizer whose weights this LIV uses (its own or its featurizer-sharing owner's)."""
+        return self._uses
+
+    def features(self, x, cache: dict | None = None) -> dict[str, torch.Tensor]:
+        """The feature groups this LIV computes from x (b, l, d); {} when it computes none."""
+        return self._uses(x, self.computes, cache) if self._uses is not None else {}
 
     def merge(self, y):  # (r, b, l, h, p) -> (b, l, h, p)
         return self.combine(y) if self.r == 2 else y[0]
@@ -545,15 +650,16 @@ class LIV(nn.Module):
     def new_cache(self, batch: int, T: int, dtype, device, stream_full: bool = False) -> dict:
         """The decoding state this LIV keeps between steps (D7), for batch `batch` and T positions."""
         k = featurizer_kernel(self.cfg, self.spec)
+        convolved = [g for g in short_conv_groups(self.spec) if g in self.computes]
         cache = {}
-        if k and self.computes:
-            ch = sum(feature_widths(self.cfg, self.spec)[g] for g in self.computes)
+        if k and convolved:
+            ch = sum(group_width(self.cfg, self.spec, g) for g in convolved)
             cache["conv_tail"] = torch.zeros(batch, k - 1, ch, dtype=dtype, device=device)
         cache.update(self._new_state(batch, T, dtype, device, stream_full))
         return cache
 
     def _new_state(self, batch, T, dtype, device, stream_full) -> dict:
-        raise NotImplementedError
+        return {}  # a channel mixer keeps nothing between steps
 
     def step(self, x_t, cache: dict, pos: int, shared: dict | None = None):
         """One token: x_t (b, 1, d) -> (y_t (b, 1, d), feature groups). Reads and updates `cache`."""
@@ -568,8 +674,8 @@ class Attention(LIV):
     the rotated keys and the values of all past positions (the KV cache).
     """
 
-    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None):
-        super().__init__(cfg, class_id, layer_idx, receives, featurizer)
+    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None, featurizer_groups=None):
+        super().__init__(cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
         self.kv_heads = kv_heads(cfg, self.spec)
 
     def _new_state(self, batch, T, dtype, device, stream_full):
@@ -588,12 +694,12 @@ class Attention(LIV):
         """
         b, l, _ = x.shape
         r, P = self.r, self.cfg.head_dim
-        raw = self.feat()(x, self.computes, cache)
+        raw = self.features(x, cache)
         cos, sin = rope(pos, l, P, self.cfg.rope_theta, x.device)
         f = {}
         if "C" in raw:
             f["C"] = apply_rope(rearrange(raw["C"], "b l (r h p) -> r b h l p", r=r, p=P), cos, sin)
-        if "B" in raw:  # keys are rotated before they are cached (trap 6)
+        if "B" in raw:  # keys are rotated before they are cached, at their own positions (DESIGN.md N6)
             k = apply_rope(rearrange(raw["B"], "b l (r h p) -> r b h l p", r=r, p=P), cos, sin)
             if cache is not None:
                 cache["k"][:, :, :, pos:pos + l] = k
@@ -610,11 +716,11 @@ class Attention(LIV):
         q = rearrange(f["C"], "r b h l p -> (r b) h l p")
         k = rearrange(f["B"], "r b h l p -> (r b) h l p")
         v = repeat(f["V"], "b h l p -> (r b) h l p", r=r)  # one V for both branches (D5)
-        gqa = self.kv_heads != self.cfg.n_heads  # trap 5: enable_gqa groups heads correctly
+        gqa = self.kv_heads != self.cfg.n_heads  # enable_gqa groups heads as repeat_interleave does (N5)
         lk = k.shape[2]
         if lk == l:  # training / prefill from position 0: equal lengths, so is_causal is right
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif l == 1:  # one query sees every cached key: no mask at all (trap 4)
+        elif l == 1:  # one query sees every cached key: no mask (is_causal would show it the first key only, N4)
             o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         else:  # a chunk after a cached prefix: explicit offset mask
             mask = torch.arange(lk, device=x.device)[None, :] <= (lk - l + torch.arange(l, device=x.device))[:, None]
@@ -633,8 +739,8 @@ class Recurrence(LIV):
     which also scales the input as in SSD's discretisation). State expansion N = 16 (Rec-1) or 2 (Rec-2).
     """
 
-    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None):
-        super().__init__(cfg, class_id, layer_idx, receives, featurizer)
+    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None, featurizer_groups=None):
+        super().__init__(cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
         self.D = no_weight_decay(nn.Parameter(torch.ones(cfg.n_heads)))
 
     def _new_state(self, batch, T, dtype, device, stream_full):
@@ -658,7 +764,7 @@ class Recurrence(LIV):
             f["V"] = rearrange(raw["V"], "b l (h p) -> b l h p", p=P)
         for g in self.receives:
             f[g] = shared[g]
-        with torch.autocast(x.device.type, enabled=False):  # trap 2: the scan runs in float32
+        with torch.autocast(x.device.type, enabled=False):  # float32: autocast skips hand-written products (N2)
             dt = F.softplus(rearrange(raw["dt"].float(), "b l (r h) -> r b l h", r=r)
                             + rearrange(fz.dt_bias.float(), "(r h) -> r 1 1 h", r=r))  # (r, b, l, h)
             log_a = dt * rearrange(-torch.exp(fz.A_log.float()), "(r h) -> r 1 1 h", r=r)  # log a_t <= 0
@@ -688,8 +794,8 @@ class GatedConv(LIV):
     Decoding keeps the stream u = B ⊙ V: its last k-1 values (GConv-1) or its whole history (GConv-2).
     """
 
-    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None):
-        super().__init__(cfg, class_id, layer_idx, receives, featurizer)
+    def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None, featurizer_groups=None):
+        super().__init__(cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
         self.own_stream = not {"B", "V"} <= self.receives  # D10: sharing B, V shares the stream u
         if self.spec.long_conv:
             self.D = no_weight_decay(nn.Parameter(torch.ones(cfg.d_model)))
@@ -754,56 +860,31 @@ class GatedConv(LIV):
         return self.out(rearrange(y, "b l h p -> b l (h p)")), f
 
 
-class GMemless(nn.Module):
+class GMemless(LIV):
     """Class 9, the channel mixer: SwiGLU, y = W_down(silu(W_gate x) ⊙ W_up x) (Llama's MLP).
 
-    B is the gate branch, V the up branch; no token mixing, no cache, no feature-group sharing (D6).
+    B is the gate branch, V the up branch; W_down is the LIV's output projection. No token mixing, no
+    cache, no feature-group sharing (D6).
     """
 
-    def __init__(self, cfg, class_id=9, layer_idx=0, receives=frozenset(), featurizer=None):
-        super().__init__()
-        if receives:
-            raise ValueError("GMemless takes part in no feature-group sharing (D6)")
-        self.cfg, self.spec, self.layer_idx = cfg, REGISTRY[9], layer_idx
-        self.receives, self.computes = frozenset(), frozenset("BV")
-        if featurizer is None:
-            self.featurizer = Featurizer(cfg, self.spec, self.computes)
-        else:
-            if featurizer.spec.id != 9:
-                raise ValueError(f"featurizer of {featurizer.spec.name} cannot serve GMemless")
-            self._borrowed = (featurizer,)
-        self.out = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)  # W_down
-        self.out.residual_out = True
-
-    feat = LIV.feat
-
-    def new_cache(self, batch, T, dtype, device, stream_full=False) -> dict:
-        return {}
-
     def forward(self, x, shared=None, cache=None, pos: int = 0):  # (b, l, d) -> (b, l, d)
-        f = self.feat()(x, self.computes)
+        f = self.features(x)
         return self.out(F.silu(f["B"]) * f["V"]), f
-
-    step = LIV.step
 
 
 FAMILY_MODULE = {"SA": Attention, "Rec": Recurrence, "GConv": GatedConv, "Memless": GMemless}
 
 
 def make_liv(cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
-             featurizer: Featurizer | None = None, owned: bool = False) -> nn.Module:
+             featurizer: Featurizer | None = None, featurizer_groups: frozenset | None = None) -> LIV:
     """Build one LIV of class `class_id` (1-17) from the registry.
 
-    featurizer: None builds its own; else this LIV uses that one's weights (D9) and, with owned=True,
-    registers it as its own parameters (the owner of a featurizer-sharing group).
+    featurizer: None builds (and owns) its own, computing `featurizer_groups` as well as its own groups;
+    else this LIV uses that one's weights without owning them (D9, the rule in `LIV`).
     """
     if class_id not in REGISTRY:
         raise ValueError(f"LIV class must be 1..{N_CLASSES}, got {class_id}")
-    m = FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer)
-    if owned:
-        del m._borrowed
-        m.featurizer = featurizer
-    return m
+    return FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -838,8 +919,9 @@ class DecodeCache:
 class Backbone(nn.Module):
     """A language model whose LIVs are given by a list of LayerPlans (genome.build_model makes them).
 
-    Featurizer sharing (D9): the owner's Featurizer is built with every feature group its users compute
-    and passed to them. Feature-group sharing (D10): the owner's computed features are handed to later
+    Featurizer sharing (D9): the first member of a featurizer-sharing group that needs a featurizer
+    builds and owns it, with every feature group the members compute; the others use it (the rule in `LIV`).
+    Feature-group sharing (D10): the owner's computed features are handed to later
     LIVs during the forward pass (and, when decoding, its caches: KV, stream history).
     """
 
@@ -861,15 +943,21 @@ class Backbone(nn.Module):
             computes.append(frozenset(g for g in "CBV" if g in s.groups) - p.shared_groups)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.norms = nn.ModuleList(RMSNorm(cfg.d_model, cfg.norm_eps) for _ in plans)
-        livs, featurizers = [], {}
+        # D9: a featurizer-sharing group's featurizer is built by its first member that needs one (see LIV)
+        # and computes the groups of every member that needs it; members that need none get none
+        needs = [featurizer_needed(p.class_id, c) for p, c in zip(plans, computes)]
+        users = {}  # featurizer-sharing group (its first member's index) -> the members that need a featurizer
         for i, p in enumerate(plans):
-            fo = p.featurizer_owner
-            if fo == i:  # the owner builds the featurizer with the groups of all its users
-                groups = frozenset().union(*(computes[j] for j, q in enumerate(plans) if q.featurizer_owner == i))
-                featurizers[i] = Featurizer(cfg, specs[i], groups)
-                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizers[i], owned=True))
-            else:
-                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizers[fo]))
+            if needs[i]:
+                users.setdefault(p.featurizer_owner, []).append(i)
+        livs = []
+        for i, p in enumerate(plans):
+            group = users.get(p.featurizer_owner, [])
+            if needs[i] and group[0] != i:  # uses the weights its group's builder owns
+                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizer=livs[group[0]].feat()))
+            else:  # builds and owns its featurizer, with its whole group's feature groups, if it needs one
+                groups = frozenset().union(*(computes[j] for j in group)) if needs[i] else None
+                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizer_groups=groups))
         self.livs = nn.ModuleList(livs)
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self._owners = {p.share_owner for p in plans if p.shared_groups}
@@ -879,7 +967,7 @@ class Backbone(nn.Module):
 
     def reset_parameters(self):
         """normal(0.02) for embeddings and projections, 0.02/sqrt(2·depth) for residual outputs. Leaves
-        the special inits (A_log, Δ bias, filters, λ) alone: they are not Linear weights (trap 7)."""
+        the special inits (A_log, Δ bias, filters, λ) alone: they are not Linear weights (DESIGN.md N7)."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)) and not getattr(m, "keep_init", False):
                 std = 0.02 / math.sqrt(2 * self.cfg.depth) if getattr(m, "residual_out", False) else 0.02
@@ -959,7 +1047,7 @@ def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (SPEC §3.1) at a given width.")
+    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (DESIGN.md §3.1) at a given width.")
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache column (D7)")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import genome
 import liv
 from liv import REGISTRY, LayerPlan, ModelConfig
 
@@ -407,3 +408,139 @@ def test_no_decay_tags():
     decayed = {n for n, p in m.named_parameters() if not liv.is_no_weight_decay(p)}
     assert all(("proj" in n or n.endswith("out.weight") or n == "embed.weight") for n in decayed)
     assert all(not liv.is_no_weight_decay(p) for n, p in m.named_parameters() if n.endswith("proj.weight"))
+
+
+# ------------------------------------------------ the registry builds the featurizers; who owns them (D8, D9)
+
+
+def printed_featurizer_genomes() -> dict[tuple[int, str], list[str]]:
+    """(class id, group) -> [token mixing, sparsity, nonlinearity, channel mixing, expansion, repeat], read
+    back from the text `python genome.py --classes` prints."""
+    text = genome.explain_classes().split("Featurizer genome")[1].split("Backbone genome")[0]
+    rows, cid = {}, None
+    for line in text.splitlines()[2:]:
+        tok = line.split()
+        if len(tok) == 9:
+            cid = int(tok[0])
+        if len(tok) >= 7:
+            rows[(cid, tok[-7])] = tok[-6:]
+    return rows
+
+
+def built_widths(m) -> dict[str, int]:
+    """Channels the built LIV really computes for each feature group, S included."""
+    fz = m.feat()
+    w = {g: n for g, n in fz.layout if g in "CBV"}
+    if m.spec.family == "Rec":
+        w["S"] = dict(fz.layout)["dt"]
+    elif m.spec.family == "GConv":
+        w["S"] = fz.filter.shape[0] if isinstance(fz.filter, torch.nn.Parameter) else fz.filter.mlp[-1].out_features
+    return w
+
+
+def test_printed_option_pool_is_what_is_built():
+    """For every class and feature group, `genome.py --classes` shows what liv.py builds, at the paper's
+    width (d 768, 12 heads of 64, N = 16 or 2): expansion × d = channels, a short conv exactly over the
+    groups with Toeplitz token mixing (Rec: kernel 4), SiLU / softplus where the table says so."""
+    cfg = ModelConfig(d_model=768, head_dim=64)
+    printed = printed_featurizer_genomes()
+    assert len(printed) == sum(len(s.groups) for s in REGISTRY.values())
+    for cid, spec in REGISTRY.items():
+        with torch.device("meta"):
+            m = liv.make_liv(cfg, cid)
+        widths, fz = built_widths(m), m.feat()
+        conv_rows = 0
+        for g in spec.groups:
+            tm, sp, nl, cm, ex, rep = printed[(cid, g)]
+            if ex.endswith("/d"):  # a width that does not scale with d: "16/d" 16 channels, "2H/d" 2 per head
+                per_head = ex.endswith("H/d")
+                k = int(ex[:-3 if per_head else -2] or 1)
+                assert widths[g] == k * (cfg.n_heads if per_head else 1), (spec.name, g)
+            else:
+                assert abs(float(ex) * 768 - widths[g]) <= 0.005 * widths[g], (spec.name, g, ex, widths[g])
+            if g != "S":
+                assert (tm == "Toeplitz") == (g in fz.conv_groups), (spec.name, g)
+                conv_rows += widths[g] * (tm == "Toeplitz")
+                assert nl == ("silu" if spec.family == "Rec" else "none"), (spec.name, g)
+            assert int(rep) == (spec.kv_repeat if g in "BV" else 1)
+        if conv_rows:
+            assert tuple(fz.conv.shape) == (conv_rows, 4 if spec.family == "Rec" else cfg.short_conv)
+        else:
+            assert not hasattr(fz, "conv")
+        if spec.family == "Rec":
+            assert printed[(cid, "S")][2] == "softplus" and widths["C"] == widths["B"] == m.r * {5: 16, 6: 2}[spec.base]
+        if spec.family == "SA":
+            assert widths["B"] == m.r * widths["V"] == m.r * 768 // spec.kv_repeat
+
+
+@pytest.mark.parametrize("cid", [2, 5, 8])
+def test_featurizer_applies_conv_and_nonlinearity_of_the_registry(cid):
+    """Oracle: project with the fused weight, F.conv1d over the Toeplitz groups, then the group's
+    nonlinearity (Rec: SiLU), compared with the featurizer's output."""
+    cfg = small_cfg()
+    m = seeded(lambda: liv.make_liv(cfg, cid))
+    fz = m.feat()
+    x = torch.randn(2, 11, cfg.d_model)
+    got = fz(x, m.computes)
+    parts = dict(zip([g for g, _ in fz.layout], (x @ fz.proj.weight.T).split([w for _, w in fz.layout], -1)))
+    conv = torch.cat([parts[g] for g in fz.conv_groups], -1)  # (b, l, c)
+    k = fz.conv.shape[1]
+    conv = F.conv1d(F.pad(conv.transpose(1, 2), (k - 1, 0)), fz.conv[:, None], groups=conv.shape[-1]).transpose(1, 2)
+    for g, want in zip(fz.conv_groups, conv.split([parts[g].shape[-1] for g in fz.conv_groups], -1)):
+        want = F.silu(want) if REGISTRY[cid].family == "Rec" else want
+        assert torch.allclose(got[g], want, atol=1e-5), g
+
+
+@pytest.mark.parametrize("cid", ALL)
+def test_featurizer_needed_says_whether_a_featurizer_has_parameters(cid):
+    """For every subset of C, B, V the class computes: featurizer_needed(cid, computes) is True exactly
+    when the featurizer built for those groups has a parameter, and none of them is empty."""
+    cfg = small_cfg()
+    spec = REGISTRY[cid]
+    own = [g for g in "CBV" if g in spec.groups]
+    for mask in range(0 if spec.share_key is not None else 2 ** len(own) - 1, 2 ** len(own)):  # D6: all only
+        computes = frozenset(g for k, g in enumerate(own) if mask >> k & 1)
+        params = list(liv.Featurizer(cfg, spec, computes).parameters())
+        assert all(p.numel() > 0 for p in params), (spec.name, sorted(computes))
+        assert liv.featurizer_needed(cid, computes) == bool(params), (spec.name, sorted(computes))
+    assert liv.featurizer_needed(cid, frozenset()) == (spec.family != "SA")  # Rec, GConv, GMemless: always
+
+
+@pytest.mark.parametrize("cid", SEQ_MIXERS)
+def test_no_decoded_module_has_an_empty_parameter(cid):
+    """Every feature-group strategy (none, B V, C B, C B V), with and without featurizer sharing: no
+    parameter of any module is zero-size, and an attention LIV that receives C, B and V has no featurizer
+    (an SA-2 that computes nothing is built exactly like an SA-1: its output projection only)."""
+    cfg = small_cfg(depth=3)
+    for groups in liv.SHARED_GROUPS.values():
+        for fo in (1, 0):  # own featurizer, or LIV 1's weights (D9)
+            plans = [LayerPlan(cid, 0, 0), LayerPlan(9, 1, 1), LayerPlan(cid, 2 * fo, 0 if groups else 2, groups)]
+            with torch.device("meta"):
+                m = liv.Backbone(cfg, plans)
+            assert all(p.numel() > 0 for p in m.parameters()), (cid, sorted(groups), fo)
+            sharer = m.livs[2]
+            if REGISTRY[cid].family == "SA" and groups == frozenset("CBV"):
+                sa1 = liv.make_liv(cfg, 10 if sharer.r == 2 else 1, 2, groups)
+                assert sharer.feat() is None and sa1.feat() is None
+                assert [p.shape for p in sharer.parameters()] == [p.shape for p in sa1.parameters()]
+
+
+def test_featurizer_group_is_built_by_its_first_member_that_needs_one():
+    """LIV 2 (SA-2) receives C, B, V and owns featurizer group 2 but needs no featurizer: LIV 3, the
+    group's next member, builds it (with C, B, V) and LIV 4 (receives B, V, computes C) uses it. Decoding
+    reproduces the parallel forward."""
+    plans = [LayerPlan(2, 0, 0), LayerPlan(2, 1, 0, frozenset("CBV")), LayerPlan(2, 1, 2), LayerPlan(2, 1, 2, frozenset("BV"))]
+    cfg = small_cfg(depth=4)
+    m = seeded(lambda: liv.Backbone(cfg, plans).eval())
+    assert m.livs[1].feat() is None
+    assert m.livs[3].feat() is m.livs[2].feat() and m.livs[2].feat().groups == frozenset("CBV")
+    owners = {n.split(".")[1] for n, _ in m.named_parameters() if ".featurizer." in n}
+    assert owners == {"0", "2"}  # registered once, where it was built
+    assert decode_matches_forward(m) <= 1e-5
+
+
+def test_gmemless_is_an_liv():
+    m = liv.make_liv(small_cfg(), 9)
+    assert isinstance(m, liv.LIV) and m.new_cache(1, 8, torch.float32, "cpu") == {}
+    with pytest.raises(ValueError, match="D6"):
+        liv.make_liv(small_cfg(), 9, receives=frozenset("BV"))
