@@ -286,19 +286,12 @@ def repair(g: Genome, rng: np.random.Generator) -> tuple[Genome, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _featurizer_needed(class_id: int, computes: frozenset) -> bool:
-    """Whether a featurizer of this class that computes the feature groups `computes` has weights:
-    Rec (z, Δ, decay) and GConv (its filter S) always, SA only when it computes something, GMemless
-    always (it computes B and V)."""
-    return bool(computes) or liv.REGISTRY[class_id].family in ("Rec", "GConv")
-
-
 def _fed_class(class_id: int) -> int:
     """The class an LIV that computes none of its feature groups builds as: the lowest class id with
     the same share key and the same groups (SA-2 fed C, B and V is SA-1: its conv has nothing to mix)."""
     s = liv.REGISTRY[class_id]
     return min(c for c, t in liv.REGISTRY.items()
-               if t.share_key == s.share_key and t.groups == s.groups and not _featurizer_needed(c, frozenset()))
+               if t.share_key == s.share_key and t.groups == s.groups and not liv.featurizer_needed(c, frozenset()))
 
 
 def plans(g: Genome) -> list[liv.LayerPlan]:
@@ -320,7 +313,7 @@ def plans(g: Genome) -> list[liv.LayerPlan]:
         so.append(s_own[i] if sharing else i)
         shared.append(liv.SHARED_GROUPS[r[FG_STRATEGY]] if sharing else frozenset())
     computes = [frozenset(x for x in "CBV" if x in liv.REGISTRY[r[CLASS]].groups) - shared[i] for i, r in enumerate(rows)]
-    needs = [_featurizer_needed(r[CLASS], computes[i]) for i, r in enumerate(rows)]
+    needs = [liv.featurizer_needed(r[CLASS], computes[i]) for i, r in enumerate(rows)]
     first_need: dict[int, int] = {}  # featurizer group (by its genome owner) -> first member needing weights
     for i in range(len(rows)):
         if needs[i]:
@@ -452,7 +445,7 @@ def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHAR
 def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
     """D18: each of the 5·depth entries mutates with probability p to a *different* value that is legal
     at its position given the rest of the genome (LIV by LIV, each entry seeing the changes before it).
-    A valid genome stays valid, without repair.
+    A valid genome stays valid, without repair; an invalid one (a crossover child) is left for `repair`.
 
         class              any other class. The LIV's featurizer-sharing partners (its owner and the
                            members with strategy 2) change with it, so that link stays legal; feature-
@@ -464,7 +457,7 @@ def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"mutation probability must be in [0, 1], got {p}")
-    validate(g)
+    legal = is_valid(g)  # a crossover child may not be: then nothing is fixed here, `repair` does it
     rows = [list(r) for r in g.livs]
     for i, e in zip(*np.nonzero(rng.random((g.depth, 5)) < p)):
         i, e = int(i), int(e)
@@ -499,8 +492,9 @@ def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
             if not options:
                 continue
             row[e] = options[rng.integers(len(options))]
-        _drop_illegal_links(rows)
-    return validate(Genome(tuple(tuple(r) for r in rows)))
+        if legal:
+            _drop_illegal_links(rows)
+    return Genome(tuple(tuple(r) for r in rows))
 
 
 def anchored(g: Genome) -> Genome:
