@@ -59,8 +59,8 @@ class Preset:
 
 PRESETS = {
     # measured on 2 CPU cores: see README "Presets"
-    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=150, eval_batches=8,
-                  population=8, offspring=6, generations=3),
+    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_batches=8,
+                  population=8, offspring=8, generations=5),
     # one GPU: the paper's population and generations at a smaller scale
     "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=32, steps=1000, eval_batches=16,
                   population=16, offspring=16, generations=18),
@@ -102,13 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
     ap.add_argument("--seed-baselines", action="store_true", help="put the baselines into the initial population")
     ap.add_argument("--final-top", type=int, default=8, help="k of the paper's selection rule")
-    ap.add_argument("--final-steps", type=int, default=0, help="retrain the selected top-k for this many steps")
+    ap.add_argument("--final-steps", type=int, default=0,
+                    help="retrain the selected top-k and the baselines for this many steps, under --baseline-seeds seeds")
+    ap.add_argument("--algorithm", default="nsga2",
+                    help="nsga2 | random (the control: fresh random genomes each generation, same budget; D21)")
+    ap.add_argument("--baseline-seeds", type=int, default=3,
+                    help="training seeds for the baselines (and the --final-steps retraining); D21 (default 3)")
+    ap.add_argument("--share-rate", type=float, default=None,
+                    help="chance that a sampled LIV joins an earlier compatible group, per level (D18; default 0.1)")
+    ap.add_argument("--crossover-cut", default=None, help="liv | anywhere: where k-point crossover cuts (D18; default liv)")
+    ap.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
+                    help="print hypervolume against evaluations for these runs at one common reference point; exit")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
     return ap
 
 
 def run_config(args) -> dict:
     """Resolve preset + overrides into the plain dict saved as config.json (and compared on --resume)."""
+    import evolve
+    import genome
     import torch
 
     if args.objective not in OBJECTIVES:
@@ -129,9 +141,20 @@ def run_config(args) -> dict:
         raise UsageError(f"--cache-len must be >= 1 (got {args.cache_len})")
     if args.final_top < 1 or args.final_steps < 0:
         raise UsageError("--final-top must be >= 1 and --final-steps >= 0")
+    if args.algorithm not in evolve.ALGORITHMS:
+        raise UsageError(f"unknown --algorithm {args.algorithm!r}; choose one of {', '.join(evolve.ALGORITHMS)}")
+    if args.baseline_seeds < 1:
+        raise UsageError(f"--baseline-seeds must be >= 1 (got {args.baseline_seeds})")
+    share_rate = genome.SHARE_RATE if args.share_rate is None else args.share_rate
+    if not 0.0 <= share_rate <= 1.0:
+        raise UsageError(f"--share-rate must be between 0 and 1 (got {share_rate})")
+    cut = args.crossover_cut or genome.CROSSOVER_CUT
+    if cut not in ("liv", "anywhere"):
+        raise UsageError(f"unknown --crossover-cut {cut!r}; choose liv or anywhere")
     return dict(objective=args.objective, preset=preset, **p, data=args.data, vocab_size=args.vocab_size,
                 cache_len=args.cache_len, seed=args.seed, seed_baselines=args.seed_baselines,
-                final_top=args.final_top, final_steps=args.final_steps)
+                final_top=args.final_top, final_steps=args.final_steps, algorithm=args.algorithm,
+                baseline_seeds=args.baseline_seeds, share_rate=share_rate, crossover_cut=cut)
 
 
 def model_config(rc: dict, vocab_size: int):
@@ -152,6 +175,12 @@ def train_config(rc: dict, device: str, steps: int | None = None):
                              eval_batches=rc["eval_batches"], seed=rc["seed"], device=device, log_every=0)
 
 
+def training_seeds(rc: dict) -> list[int]:
+    """D21: the seeds the baselines (and a --final-steps retraining) are trained under; the first is the
+    search's own, so a candidate's single score and a baseline's first seed saw the same batches."""
+    return [rc["seed"] + i for i in range(rc.get("baseline_seeds", 1))]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Evaluating one candidate
 # ----------------------------------------------------------------------------------------------------
@@ -166,19 +195,25 @@ def describe_costs(g, cfg, cache_len: int) -> dict:
                 cache_bytes=genome.cache_bytes(g, cfg, seq_len=cache_len))
 
 
-def evaluate_genome(g, cfg, tcfg, data, rc: dict) -> tuple[dict, tuple[float, ...]]:
+def evaluate_genome(g, cfg, tcfg, data, rc: dict, seed: int | None = None) -> tuple[dict, tuple[float, ...]]:
     """Train one candidate and score it. A failure (divergence, OOM, exception) gives infinite
-    objectives and the error, and the run goes on (D16)."""
+    objectives and the error, and the run goes on (D16). `seed` (default: the run's) seeds the initial
+    weights and the training (batch order)."""
+    import dataclasses
+
     import genome
     import liv
     import torch
     import train
 
+    if seed is not None:
+        tcfg = dataclasses.replace(tcfg, seed=seed)
+    seed = tcfg.seed
     t0 = time.time()
     info = dict(describe_costs(g, cfg, rc["cache_len"]), perplexity=math.inf, val_loss=math.inf,
                 bits_per_byte=None, status="error", error="", seconds=0.0)
     try:
-        model = genome.build_model(g, cfg, seed=rc["seed"])
+        model = genome.build_model(g, cfg, seed=seed)
         measured = liv.measure_cache_bytes(model, rc["cache_len"])  # SPEC §5: analytic == measured
         info["cache_bytes_measured"] = measured
         if measured != info["cache_bytes"]:
@@ -253,51 +288,181 @@ def progress_words(r: dict) -> str:
     return words + (f" ({r['error'][:80]})" if r.get("error") else "")
 
 
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the finite values; (inf, 0) when none is."""
+    v = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.inf, 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties); nan for fewer than 2 points or a constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for val in np.unique(v):  # ties share their average rank
+            r[v == val] = r[v == val].mean()
+        return r
+    if len(x) < 2:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
+    """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
+    perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
+    out: dict[str, dict] = {}
+    for r in records:
+        row = out.setdefault(r[field], dict(r, seeds=[], ppls=[]))
+        row["seeds"].append(r.get("seed"))
+        row["ppls"].append(r.get("perplexity") if r.get("status") == "ok" else math.inf)
+    for row in out.values():
+        row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
+        row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
+    return out
+
+
+def _fmt_mean_std(row: dict) -> str:
+    if not math.isfinite(row["perplexity"]):
+        return "inf"
+    n = sum(math.isfinite(x) for x in row["ppls"])
+    return f"{row['perplexity']:.3f} ± {row['ppl_std']:.3f} (n={n})" if n > 1 else f"{row['perplexity']:.3f}"
+
+
+def versus(r: dict, base: dict) -> str:
+    """A candidate's perplexity against a baseline's seed mean: the difference, and 'n.s.' when the
+    advantage is within 2 of the baseline's standard deviations (D21)."""
+    if not (math.isfinite(r.get("perplexity", math.inf)) and math.isfinite(base["perplexity"])):
+        return "-"
+    diff = r["perplexity"] - base["perplexity"]
+    sig = -diff > 2 * base["ppl_std"] and sum(math.isfinite(x) for x in base["ppls"]) > 1
+    return f"{diff:+.2f}" + ("" if sig else " n.s.")
+
+
+def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, float]]:
+    """(generation, evaluations so far, hypervolume of everything evaluated so far) per generation."""
+    import evolve
+
+    out, F = [], []
+    gens = sorted({r["generation"] for r in records})
+    for g in gens:
+        F += [[math.inf if v is None else v for v in r["objectives"]] for r in records if r["generation"] == g]
+        out.append((g, len(F), evolve.hypervolume(np.array(F, dtype=float), ref)))
+    return out
+
+
 def write_summary(run_dir: Path, rc: dict, baselines: list[dict], records: list[dict], stats: list[dict],
-                  final: list[dict]) -> None:
-    """summary.md: baselines, the final Pareto front, the selected top-k, hypervolume per generation."""
+                  final: list[dict], ref_point=None) -> None:
+    """summary.md: baselines (mean ± std over seeds), the final Pareto front with its significance
+    against each baseline, the selected top-k, the --final-steps retraining with the proxy's rank
+    correlation, and the hypervolume curve."""
     import genome
 
-    head = "| | genome | perplexity | params | cache | status |\n|---|---|---|---|---|---|"
-    tpp = next((b for b in baselines if b["name"] == "transformer++"), None)
+    base = seed_groups(baselines, "name")
+    tpp = base.get("transformer++")
     top = select_top_k(records, tpp, rc["objective"], rc["final_top"])
     front = front_of(records, rc["objective"])
     n_off = sum(s.get("offspring", 0) for s in stats if s.get("generation", 0) > 0)
     rep = sum(s.get("repaired", 0) for s in stats if s.get("generation", 0) > 0)
     dup = sum(s.get("duplicates", 0) for s in stats if s.get("generation", 0) > 0)
     failed = [r for r in records if r.get("status") != "ok"]
-    lines = [f"# STAR run: {rc['objective']} ({rc['preset']} preset)", "",
+    head = "| | genome | perplexity | params | cache | status |\n|---|---|---|---|---|---|"
+    names = list(base)
+    vs_head = "".join(f" vs {n} |" for n in names)
+    lines = [f"# STAR run: {rc['objective']} ({rc['preset']} preset, {rc.get('algorithm', 'nsga2')})", "",
              f"Objectives (minimised): {', '.join(OBJECTIVES[rc['objective']])}. Width {rc['d_model']}, "
              f"depth {rc['depth']}, {rc['steps']} steps x {rc['batch']} x {rc['seq_len']} tokens per candidate; "
              f"cache at T = {rc['cache_len']}, bf16, batch 1.", "",
              f"{len(records)} candidates evaluated ({len(failed)} failed), {len(stats)} generations "
-             f"(generation 0 = initial population).", "", "## Baselines (same budget)", "", head]
-    lines += [_row(b, b["name"]) for b in baselines]
-    lines += ["", f"## Pareto front of all candidates ({len(front)})", "", head]
-    lines += [_row(r, f"gen {r['generation']}") for r in front]
+             f"(generation 0 = initial population).", "",
+             f"## Baselines (same budget, {rc.get('baseline_seeds', 1)} training seeds: mean ± std)", "",
+             head.replace("perplexity", "perplexity (mean ± std)")]
+    lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {_fmt_bytes(b['cache_bytes'])} "
+              f"| {b['status']} |" for name, b in base.items()]
+    lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
+              "Each candidate is scored under one seed (the first baseline seed). \"n.s.\": its advantage over "
+              "the baseline is within 2 of the baseline's seed standard deviations, so it is not significant.", "",
+              "| | genome | perplexity | params | cache | status |" + vs_head,
+              "|---|---|---|---|---|---|" + "---|" * len(names)]
+    lines += [_row(r, f"gen {r['generation']}") + "".join(f" {versus(r, base[n])} |" for n in names) for r in front]
     rule = {"quality": "lowest perplexity", "quality_size": "fewer parameters than Transformer++",
             "quality_cache": "smaller cache than Transformer++",
             "quality_size_cache": "fewer parameters and a smaller cache than Transformer++"}[rc["objective"]]
     lines += ["", f"## Selected top-{rc['final_top']} ({rule}, by perplexity)", ""]
     if top:
-        lines += [head] + [_row(r, f"#{i + 1}") for i, r in enumerate(top)]
+        lines += ["| | genome | perplexity | params | cache | status |" + vs_head,
+                  "|---|---|---|---|---|---|" + "---|" * len(names)]
+        lines += [_row(r, f"#{i + 1}") + "".join(f" {versus(r, base[n])} |" for n in names) for i, r in enumerate(top)]
         lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["genome"])), "```"]
     else:
         lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
     if final:
-        lines += ["", f"## Top-k retrained for {rc['final_steps']} steps", "", head]
-        lines += [_row(r, f"#{i + 1}") for i, r in enumerate(final)]
-    lines += ["", "## Generations", "", "| generation | hypervolume | front size | offspring | repaired | duplicates | seconds |",
-              "|---|---|---|---|---|---|---|"]
-    for s in stats:
-        lines.append(f"| {s['generation']} | {s['hypervolume']:.6g} | {s['front_size']} | {s.get('offspring', 0)} | "
-                     f"{s.get('repaired', 0)} | {s.get('duplicates', 0)} | {s.get('wall_s', 0):.1f} |")
+        lines += final_section(rc, final, records, baselines)
+    lines += ["", "## Hypervolume against evaluations", "",
+              "Hypervolume of everything evaluated so far, at the run's reference point (fixed after generation 0). "
+              "Compare runs at one common reference point with `python star.py --compare RUN_DIR RUN_DIR ...`.", "",
+              "| generation | evaluations | hypervolume (all evaluated) | hypervolume (population) | front size | offspring "
+              "| repaired | duplicates | failed | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s_ in stats:
+        lines.append(f"| {s_['generation']} | {s_.get('evaluated', '')} | {s_.get('hypervolume_archive', math.nan):.6g} | "
+                     f"{s_['hypervolume']:.6g} | {s_['front_size']} | {s_.get('offspring', 0)} | {s_.get('repaired', 0)} | "
+                     f"{s_.get('duplicates', 0)} | {s_.get('failed', 0)} | {s_.get('wall_s', 0):.1f} |")
     if n_off:
         lines += ["", f"Offspring needing repair: {rep}/{n_off} ({rep / n_off:.0%}); duplicates regenerated: {dup}."]
+    rates = sharing_rates(records)
+    lines += ["", f"Sharing among the {rates['n']} evaluated canonical genomes: featurizer {rates['featurizer']:.0%}, "
+                  f"feature groups {rates['feature_group']:.0%}, either {rates['any']:.0%} (D9, D10)."]
     if failed:
         lines += ["", "## Failed candidates", ""] + [f"- `{r['genome']}`: {r['status']} {r.get('error', '')}" for r in failed]
     (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
     plot_front(run_dir, rc, baselines, records)
+
+
+def sharing_rates(records: list[dict]) -> dict:
+    """Share of evaluated canonical genomes that use featurizer sharing (D9), feature-group sharing
+    (D10), either."""
+    import genome
+
+    ps = [genome.plans(genome.Genome.parse(r["key"])) for r in records]
+    feat = [any(p.featurizer_owner != i for i, p in enumerate(q)) for q in ps]
+    fg = [any(p.share_owner != i for i, p in enumerate(q)) for q in ps]
+    n = max(len(ps), 1)
+    return dict(n=len(ps), featurizer=sum(feat) / n, feature_group=sum(fg) / n,
+                any=sum(a or b for a, b in zip(feat, fg)) / n)
+
+
+def final_section(rc: dict, final: list[dict], records: list[dict], baselines: list[dict]) -> list[str]:
+    """--final-steps: each retrained genome's mean ± std over the seeds, and how well the search's
+    short-budget score ranks them (Spearman between the search score and the retrained mean)."""
+    rows = seed_groups(final, "key")
+    search_score = {r["key"]: r["perplexity"] for r in records}
+    search_score.update({b["key"]: b["perplexity"] for b in baselines if b.get("seed") == rc["seed"]})
+    lines = ["", f"## Retrained for {rc['final_steps']} steps under seeds {training_seeds(rc)}", "",
+             "| | genome | search perplexity | retrained perplexity (mean ± std) | params | cache |", "|---|---|---|---|---|---|"]
+    pairs = []
+    for row in rows.values():
+        s_ = search_score.get(row["key"])
+        lines.append(f"| {row.get('name') or 'candidate'} | `{row['genome']}` | {_fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
+                     f"{row['params']:,} | {_fmt_bytes(row['cache_bytes'])} |")
+        if s_ is not None and math.isfinite(s_) and math.isfinite(row["perplexity"]):
+            pairs.append((s_, row["perplexity"]))
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    lines += ["", f"Proxy fidelity: Spearman rank correlation between the search's score ({rc['steps']} steps, one "
+                  f"seed) and the retrained mean ({rc['final_steps']} steps): {rho:.2f} over {len(pairs)} genomes."]
+    tpp = rows.get(next((b["key"] for b in baselines if b["name"] == "transformer++"), None))
+    if tpp is not None:
+        best = min((r for r in rows.values() if not r.get("name")), key=lambda r: r["perplexity"], default=None)
+        if best is not None:
+            lines += [f"Best retrained candidate against Transformer++: {versus(best, tpp)} perplexity "
+                      f"({_fmt_mean_std(best)} vs {_fmt_mean_std(tpp)})."]
+    return lines
 
 
 def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dict]) -> None:
@@ -389,20 +554,23 @@ def run(args, log=print) -> Path:
         f"{rc['steps']} steps/candidate | population {rc['population']} + {rc['offspring']} x {rc['generations']} "
         f"generations | {device} | {run_dir}")
 
-    # 1. the baselines, under the same budget (D15); kept in baselines.jsonl, skipped when resumed
-    done = {b["name"]: b for b in _read_jsonl(run_dir / "baselines.jsonl")}
+    # 1. the baselines, under the same budget (D15) and several training seeds (D21); kept in
+    #    baselines.jsonl, one record per (baseline, seed), skipped when resumed
+    seeds = training_seeds(rc)
+    done = {(b["name"], b.get("seed", rc["seed"])): b for b in _read_jsonl(run_dir / "baselines.jsonl")}
     baselines = []
     for name, make in genome.BASELINES.items():
-        if name not in done:
-            g = make(rc["depth"])
-            info, _ = evaluate_genome(g, cfg, tcfg, data, rc)
-            rec = dict(name=name, genome=str(g), key=genome.canonical_str(g), **info)
-            _append(run_dir / "baselines.jsonl", rec)
-            done[name] = rec
-            log(f"baseline {name:<14} {progress_words(rec)}")
-        baselines.append(done[name])
+        g = make(rc["depth"])
+        for seed in seeds:
+            if (name, seed) not in done:
+                info, _ = evaluate_genome(g, cfg, tcfg, data, rc, seed=seed)
+                rec = dict(name=name, seed=seed, genome=str(g), key=genome.canonical_str(g), **info)
+                _append(run_dir / "baselines.jsonl", rec)
+                done[(name, seed)] = rec
+                log(f"baseline {name:<14} seed {seed} {progress_words(rec)}")
+            baselines.append(done[(name, seed)])
 
-    # 2. NSGA-II over genomes (D16)
+    # 2. NSGA-II over genomes (D16), or the random-search control (D21)
     def one(g, generation):
         info, objectives = evaluate_genome(g, cfg, tcfg, data, rc)
         return evolve.Evaluation(objectives=objectives, info=info)
@@ -410,32 +578,96 @@ def run(args, log=print) -> Path:
     def on_generation(state):
         write_summary(run_dir, rc, baselines, state.records, state.stats, [])
 
-    initial = [genome.Genome.parse(b["genome"]) for b in baselines] if rc["seed_baselines"] else []
+    initial = [genome.Genome.parse(b["genome"]) for b in baselines if b["seed"] == rc["seed"]] if rc["seed_baselines"] else []
     result = evolve.nsga2(
-        initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng), evaluate=evolve.sequential(one),
-        crossover=genome.crossover, mutate=genome.mutate, repair=genome.repair, encode=str, decode=genome.Genome.parse,
-        key=genome.canonical_str, pop_size=rc["population"], n_offspring=rc["offspring"],
-        generations=rc["generations"], seed=rc["seed"], run_dir=run_dir, resume=args.resume, log=log,
+        initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng, share_rate=rc["share_rate"]),
+        evaluate=evolve.sequential(one),
+        crossover=lambda a, b, rng: genome.crossover(a, b, rng, cut=rc["crossover_cut"]), mutate=genome.mutate,
+        repair=genome.repair, encode=str, decode=genome.Genome.parse, key=genome.canonical_str,
+        pop_size=rc["population"], n_offspring=rc["offspring"], generations=rc["generations"], seed=rc["seed"],
+        algorithm=rc["algorithm"], run_dir=run_dir, resume=args.resume, log=log,
         on_generation=on_generation, format_info=progress_words)
 
-    # 3. the paper's selection rule, optionally retrained longer
+    # 3. the paper's selection rule; with --final-steps the top-k and the baselines are retrained
+    #    longer under the same seeds, one record per (genome, seed) in final.jsonl (D21)
     final = _read_jsonl(run_dir / "final.jsonl")
     if rc["final_steps"]:
-        tpp = next(b for b in baselines if b["name"] == "transformer++")
+        tpp = seed_groups(baselines, "name")["transformer++"]
         top = select_top_k(result.records, tpp, rc["objective"], rc["final_top"])
+        jobs = [dict(genome=b["genome"], key=b["key"], name=n) for n, b in seed_groups(baselines, "name").items()]
+        jobs += [dict(genome=r["genome"], key=r["key"], generation=r["generation"]) for r in top]
         long_cfg = train_config(rc, device, steps=rc["final_steps"])
-        finished = {r["key"] for r in final}
-        for r in top:
-            if r["key"] in finished:
-                continue
-            info, _ = evaluate_genome(genome.Genome.parse(r["genome"]), cfg, long_cfg, data, rc)
-            rec = dict(genome=r["genome"], key=r["key"], generation=r["generation"], **info)
-            _append(run_dir / "final.jsonl", rec)
-            final.append(rec)
-            log(f"retrained {r['genome']} for {rc['final_steps']} steps: ppl {_fmt_ppl(rec['perplexity'])}")
+        finished = {(r["key"], r.get("seed")) for r in final}
+        for job in jobs:
+            for seed in seeds:
+                if (job["key"], seed) in finished:
+                    continue
+                info, _ = evaluate_genome(genome.Genome.parse(job["genome"]), cfg, long_cfg, data, rc, seed=seed)
+                rec = dict(job, seed=seed, **info)
+                _append(run_dir / "final.jsonl", rec)
+                final.append(rec)
+                log(f"retrained {job.get('name') or job['genome']} seed {seed} for {rc['final_steps']} steps: "
+                    f"ppl {_fmt_ppl(rec['perplexity'])}")
     write_summary(run_dir, rc, baselines, result.records, result.stats, final)
     log(f"done: {len(result.records)} candidates; summary in {run_dir / 'summary.md'}")
     return run_dir
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, list[dict], list[dict]]:
+    """(config, archive records, baseline records) of a run folder, read without writing anything."""
+    import evolve
+
+    d = Path(run_dir)
+    if not (d / "config.json").is_file() or not (d / "archive.jsonl").is_file():
+        raise UsageError(f"{d} holds no run (needs config.json and archive.jsonl)")
+    try:
+        rc = json.loads((d / "config.json").read_text())
+        records = evolve._parse_jsonl(d / "archive.jsonl")[0]
+        baselines = evolve._parse_jsonl(d / "baselines.jsonl")[0]
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{d}: cannot read the run: {e}") from None
+    return rc, records, baselines
+
+
+def compare_runs(run_dirs: list[str]) -> tuple[str, list[dict]]:
+    """Hypervolume against evaluations for several runs at ONE reference point: the worst finite value
+    of every objective over all the runs plus 10% of its range (evolve.default_ref_point), so that the
+    numbers are comparable across runs. Also each run's hypervolume after the number of evaluations the
+    shortest run made, its ratio to the first run's, its sharing rates and its repair rate."""
+    import evolve
+
+    runs = [(str(d), *load_run(d)) for d in run_dirs]
+    objectives = {rc["objective"] for _, rc, _, _ in runs}
+    if len(objectives) != 1:
+        raise UsageError(f"--compare: the runs optimise different objectives ({', '.join(sorted(objectives))})")
+    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs for r in recs],
+                 dtype=float)
+    if not np.isfinite(F).all(axis=1).any():
+        raise UsageError("--compare: no run has a finished candidate")
+    ref = evolve.default_ref_point(F)
+    n_common = min(len(recs) for _, _, recs, _ in runs)
+    lines = [f"reference point ({', '.join(OBJECTIVES[objectives.pop()])}): {', '.join(f'{x:.6g}' for x in ref)}", "",
+             "run | algorithm | seed | generation | evaluations | hypervolume"]
+    rows = []
+    for d, rc, recs, _ in runs:
+        for g, n, hv in archive_hypervolume_curve(recs, ref):
+            lines.append(f"{d} | {rc.get('algorithm', 'nsga2')} | {rc['seed']} | {g} | {n} | {hv:.6g}")
+        head = recs[:n_common]
+        F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in head], dtype=float)
+        offspring = [r for r in recs if r["generation"] > 0]
+        rows.append(dict(run=d, algorithm=rc.get("algorithm", "nsga2"), seed=rc["seed"], evaluations=n_common,
+                         hypervolume=evolve.hypervolume(F_head, ref),
+                         repaired=sum(r.get("repairs", 0) > 0 for r in offspring) / max(len(offspring), 1),
+                         **{f"share_{k}": v for k, v in sharing_rates(recs).items() if k != "n"}))
+    lines += ["", f"at {n_common} evaluations (the shortest run's count):",
+              "run | algorithm | seed | hypervolume | ratio to the first run | featurizer sharing | feature-group "
+              "sharing | either | offspring repaired"]
+    for r in rows:
+        ratio = r["hypervolume"] / rows[0]["hypervolume"] if rows[0]["hypervolume"] > 0 else math.nan
+        r["ratio"] = ratio
+        lines.append(f"{r['run']} | {r['algorithm']} | {r['seed']} | {r['hypervolume']:.6g} | {ratio:.3f} | "
+                     f"{r['share_featurizer']:.0%} | {r['share_feature_group']:.0%} | {r['share_any']:.0%} | {r['repaired']:.0%}")
+    return "\n".join(lines), rows
 
 
 def explain(text: str, args) -> None:
@@ -461,6 +693,8 @@ def main(argv=None) -> int:
     try:
         if args.explain is not None:
             explain(args.explain, args)
+        elif args.compare is not None:
+            print(compare_runs(args.compare)[0])
         else:
             run(args)
     except (UsageError, evolve.ResumeError) as e:
