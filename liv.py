@@ -698,8 +698,9 @@ class GatedConv(LIV):
         if not self.own_stream:
             return {}
         full = stream_full or self.spec.long_conv
+        # "_u_whole" says which of the two layouts "u" has (a flag, not state: not counted, D7)
         return {"u": torch.zeros(batch, T if full else self.cfg.short_conv - 1, self.r * self.cfg.d_model,
-                                 dtype=dtype, device=device)}
+                                 dtype=dtype, device=device), "_u_whole": full}
 
     def forward(self, x, shared=None, cache=None, pos: int = 0):
         """x (b, l, d) -> y (b, l, d), features {C, B: (r, b, l, d), V: (b, l, d), u_hist (decoding)}."""
@@ -714,10 +715,11 @@ class GatedConv(LIV):
         if cache is not None:  # the history of u up to this chunk's last position
             if self.own_stream:
                 buf = cache["u"]
-                if buf.shape[1] >= pos + l:  # whole history kept
+                if cache["_u_whole"]:  # whole history kept, indexed by position
                     buf[:, pos:pos + l] = u
                     hist = buf[:, :pos + l].to(u.dtype)
-                else:  # only the last k-1 values kept
+                else:  # only the last k-1 values kept, right-aligned (zeros before position 0), even
+                    # while fewer than k-1 tokens have been seen: a 1-token first chunk lands last
                     hist = torch.cat([buf.to(u.dtype), u], dim=1)
                     buf.copy_(hist[:, hist.shape[1] - buf.shape[1]:])
             else:
