@@ -43,7 +43,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -960,20 +964,56 @@ def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (SPEC §3.1) at a given width.")
+class OneLineParser(argparse.ArgumentParser):
+    """The command lines' parser (liv.py, train.py, star.py, bench.py): a bad option is one line on
+    stderr and exit status 2, not a usage block."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_output_file(path: str, option: str) -> Path:
+    """Refuse, before any work, an output file that could not be written: one line naming `option`.
+    Writes nothing (a probe file in the nearest existing folder is removed at once)."""
+    if not path.strip():
+        raise ValueError(f"{option} must not be empty")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file name")
+    folder = p.parent
+    while not folder.exists():  # the folders still missing are created when the file is written
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {folder} ({e.strerror})") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ValueError(f"{option} {path}: the file is not writable")
+    return p
+
+
+def main(argv=None) -> int:
+    ap = OneLineParser(prog="liv.py", description="Print STAR's LIV option pool (SPEC §3.1) at a given width.")
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache column (D7)")
     args = ap.parse_args(argv)
     try:
-        cfg = ModelConfig(d_model=args.d_model, head_dim=args.head_dim, max_len=max(args.cache_len, 1))
+        if args.cache_len < 1:
+            raise ValueError(f"--cache-len must be >= 1 (got {args.cache_len})")
+        cfg = ModelConfig(d_model=args.d_model, head_dim=args.head_dim, max_len=args.cache_len)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        print(f"liv.py: error: {e}", file=sys.stderr)
+        return 2
     print(f"d_model={cfg.d_model}, heads={cfg.n_heads}x{cfg.head_dim}, ffn_hidden={cfg.ffn_hidden}, "
           f"bf16 cache, batch 1")
     print(option_pool_table(cfg, args.cache_len))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

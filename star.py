@@ -83,19 +83,15 @@ class RunFailed(Exception):
 SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63: what torch.manual_seed and numpy's generators both take
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one clear line, exit 2, no usage dump
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Configuration of a run
 # ----------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="star.py", description=__doc__.split("\n\n")[0],
+    import liv
+
+    ap = liv.OneLineParser(prog="star.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objective", default="quality_cache",
                     help="quality | quality_size | quality_cache | quality_size_cache (default quality_cache)")
@@ -146,9 +142,6 @@ def run_config(args) -> dict:
         raise UsageError("--final-top must be >= 1 and --final-steps >= 0")
     if not 0 <= args.seed < SEED_LIMIT:
         raise UsageError(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
-    if args.data == "synthetic" and args.vocab_size not in (None, 256):
-        raise UsageError(f"--vocab-size {args.vocab_size}: --data synthetic is byte text (vocabulary 256); "
-                         "--vocab-size is for train.bin/val.bin token folders")
     for opt, v in (("--out", args.out), ("--name", args.name)):
         if v is not None and not v.strip():
             raise UsageError(f"{opt} must not be empty")
