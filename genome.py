@@ -167,7 +167,9 @@ class Genome:
                                      f"by '.', got {part!r}")
                 fields = list(part)
             for e, f in enumerate(fields):
-                if not f.strip().isdigit():  # isdigit: no sign, no spaces inside, no empty field
+                f = f.strip()
+                if not (f.isascii() and f.isdigit()):  # 0-9 only: no sign, no spaces inside, no empty
+                    # field, and not the other scripts' digits that str.isdigit and int() accept
                     raise ValueError(f"{_where(i, e)}: expected a positive integer, got {f!r}")
             rows.append(tuple(int(f) for f in fields))
         g = cls(tuple(rows))
@@ -607,6 +609,9 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+CLI_MAX_DEPTH = 1000  # the command line describes and counts a genome in seconds up to this depth
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = _Parser(description="Print, check and describe STAR backbone genomes (D8-D15).")
     ap.add_argument("genome", nargs="?", help="e.g. 1.1.1.1.1-9.2.1.2.1 or the compact 11111-92121")
@@ -629,6 +634,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         picked = sum(x is not None for x in (args.genome, args.random, args.baseline))
         if picked != 1:
             ap.error("give exactly one of GENOME, --random DEPTH, --baseline NAME (or --classes)")
+        for opt, v in (("--random", args.random), ("--depth", args.depth)):
+            if v is not None and not 1 <= v <= CLI_MAX_DEPTH:
+                ap.error(f"{opt} {v}: depth must be in 1..{CLI_MAX_DEPTH}")
+        if not 0 <= args.seed < 2 ** 63:
+            ap.error(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
         if args.random is not None:
             g = random_genome(args.random, np.random.default_rng(args.seed))
         elif args.baseline is not None:
