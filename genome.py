@@ -649,10 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             g = Genome.parse(args.genome)
             if args.depth is not None and args.depth != g.depth:
                 ap.error(f"--depth {args.depth} disagrees with the genome's {g.depth} LIVs")
+        cfg = None if args.no_params else liv.ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model,
+                                                          depth=g.depth, head_dim=args.head_dim)
         print(describe(g))
-        if not args.no_params:
-            cfg = liv.ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, depth=g.depth,
-                                  head_dim=args.head_dim)
+        if cfg is not None:
             n = count_params(g, cfg)
             print(f"parameters: {n['total']:,} ({_human(n['total'])}), non-embedding {n['non_embedding']:,} "
                   f"({_human(n['non_embedding'])})  [d_model {cfg.d_model}, vocab {cfg.vocab_size}]")

@@ -433,24 +433,28 @@ def prepare_run_dir(args, rc: dict):
     if not args.resume and files:
         raise UsageError(f"{run_dir} holds {files[0]} but no config.json (an unfinished or foreign run); "
                          "move the folder away or choose another --name")
+    if args.resume and cfg_path.exists():  # config.json is written once, atomically: safe to read unlocked
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError(f"--resume: {cfg_path} is not valid JSON; restore it or choose another --name") from None
+        diff = [k for k in sorted(set(old) | set(rc)) if old.get(k) != rc.get(k)]
+        if diff:
+            k = diff[0]
+            raise UsageError(f"--resume: {run_dir} was made with a different configuration "
+                             f"({k}: {old.get(k)!r} there, {rc.get(k)!r} now); use the same options or another --name")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out: cannot create {run_dir}: {e.strerror}") from None
     lock = _lock(run_dir)
     try:
-        if cfg_path.exists():  # --resume (a run folder killed before config.json existed starts afresh)
-            try:
-                old = json.loads(cfg_path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UsageError(f"--resume: {cfg_path} is not valid JSON; restore it or choose another --name") from None
-            diff = [k for k in sorted(set(old) | set(rc)) if old.get(k) != rc.get(k)]
-            if diff:
-                k = diff[0]
-                raise UsageError(f"--resume: {run_dir} was made with a different configuration "
-                                 f"({k}: {old.get(k)!r} there, {rc.get(k)!r} now); use the same options or another --name")
-        else:
+        if not cfg_path.exists():  # a fresh run, or one killed before its config.json existed
+            if not args.resume and _run_files(run_dir):  # another process got here first
+                raise UsageError(f"{run_dir} already holds a run; continue it with --resume or choose another --name")
             evolve._write_atomic(cfg_path, json.dumps(rc, indent=2) + "\n")
+        elif not args.resume:
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume or choose another --name")
     except BaseException:
         lock.close()
         raise
@@ -481,9 +485,6 @@ def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log)
     import evolve
     import genome
 
-    log(f"STAR {rc['objective']} | preset {rc['preset']} | data {data.name} | d {cfg.d_model} depth {cfg.depth} | "
-        f"{rc['steps']} steps/candidate | population {rc['population']} + {rc['offspring']} x {rc['generations']} "
-        f"generations | {device} | {run_dir}")
     # errors of the loop: a search that cannot go on is exit 1; on --resume, anything else wrong with the
     # stored run (a corrupt line, a snapshot that does not match the replay) is the user's to fix: exit 2
     search_failed = getattr(evolve, "SearchError", ())
@@ -495,6 +496,9 @@ def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log)
         final = _read_records(run_dir / "final.jsonl")
     except ValueError as e:
         raise UsageError(f"--resume: {e}") from None
+    log(f"STAR {rc['objective']} | preset {rc['preset']} | data {data.name} | d {cfg.d_model} depth {cfg.depth} | "
+        f"{rc['steps']} steps/candidate | population {rc['population']} + {rc['offspring']} x {rc['generations']} "
+        f"generations | {device} | {run_dir}")
     baselines = []
     for name, make in genome.BASELINES.items():
         if name not in done:
