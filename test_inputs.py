@@ -382,9 +382,10 @@ def records(d: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """An uninterrupted tiny run (its folder is only read)."""
     d = tmp_path_factory.mktemp("reference")
     assert run_star(d, "whole") == 0
-    return records(d / "whole")
+    return d / "whole"
 
 
 @pytest.mark.slow
@@ -448,7 +449,35 @@ def test_every_write_of_star_resumes(tmp_path, monkeypatch, capsys, reference):
     monkeypatch.setattr(star, "_append", append)
 
     assert run_star(tmp_path, "r", "--resume") == 0
-    assert records(d) == reference
+    assert records(d) == records(reference)
+
+
+def _corrupt_middle_line(d):
+    lines = (d / "archive.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = lines[1][:20] + "\n"
+    (d / "archive.jsonl").write_text("".join(lines))
+
+
+def _edit_a_genome(d):
+    """Generation 1's last record names another (valid) genome than the one the replay breeds."""
+    lines = (d / "archive.jsonl").read_text().splitlines(keepends=True)
+    rec = json.loads(lines[-1])
+    rec["genome"] = str(genome.transformer_pp(4)) if rec["genome"] != str(genome.transformer_pp(4)) else str(genome.striped_mamba(4))
+    lines[-1] = json.dumps(rec) + "\n"
+    (d / "archive.jsonl").write_text("".join(lines))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [_corrupt_middle_line, _edit_a_genome])
+def test_resume_of_a_damaged_run_is_one_line_exit_2(tmp_path, capsys, reference, damage):
+    d = tmp_path / "whole"
+    shutil.copytree(reference, d)
+    (d / "population_001.json").unlink()  # the replay of generation 1 reads the archive
+    damage(d)
+    archive = (d / "archive.jsonl").read_bytes()
+    code, out, err = call(star.main, KP + ["--out", tmp_path, "--name", "whole", "--resume"], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("star.py: error: --resume: "), err
+    assert (d / "archive.jsonl").read_bytes() == archive
 
 
 def test_a_second_process_on_a_live_run_is_refused(tmp_path, capsys):
