@@ -14,7 +14,15 @@ trained with the same budget and scored (train.py) on the objectives:
 all minimised. Everything a run learns goes to runs/<name>/ as soon as it is known (SPEC §8):
 config.json, archive.jsonl (one record per candidate), baselines.jsonl, generations.jsonl,
 population_*.json, summary.md and pareto.png (with matplotlib). A killed run continues with --resume
-and loses no finished evaluation.
+and loses no finished evaluation: config.json and summary.md are written atomically (write, then
+rename), the .jsonl files are append-only and a line torn by a kill is dropped on resume. While a run
+works in its folder it holds an flock on runs/<name>/lock, so a second star.py there is refused; the
+OS releases the lock when the process ends, however it ends.
+
+Bad input (an option, a --data path, an --out that cannot be written, a --resume that does not fit
+the folder) is one line on stderr and exit status 2, before anything is written. A run that cannot
+go on (every candidate of generation 0 failed, a full disk) is one line and exit status 1; what it
+wrote is kept, and --resume continues it.
 
 Presets (SPEC §7): `cpu` (chosen without CUDA) finishes a whole synthesis in minutes on 2 cores; `gpu`
 (chosen with CUDA) is a one-GPU search; `paper` is the paper's 125M setting (24 LIVs, width 768,

@@ -365,7 +365,14 @@ def synthetic(n_bytes: int = 1 << 18, seed: int = 0, pairs: int = 8) -> Data:
 
 def load_data(path: str | None = None, vocab_size: int | None = None) -> Data:
     """The command line's `--data`: None = the default corpus, 'synthetic', a text file or folder,
-    or a folder with train.bin/val.bin."""
+    or a folder with train.bin/val.bin. A file that cannot be read is a DataError."""
+    try:
+        return _load_data(path, vocab_size)
+    except OSError as e:
+        raise DataError(f"--data: {e.filename or path}: {e.strerror or e}") from None
+
+
+def _load_data(path: str | None, vocab_size: int | None) -> Data:
     if path is None:
         if vocab_size not in (None, 256):
             raise DataError("--vocab-size applies only to --data folders with train.bin/val.bin token files")
