@@ -34,7 +34,6 @@ This file imports no test code: the hand-written Llama below is its own (mirrori
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -44,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -556,7 +556,7 @@ def targets(res: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="STAR speed benchmarks (issue 6): prints a table, writes JSON.")
+    ap = liv.OneLineParser(prog="bench.py", description="STAR speed benchmarks (issue 6): prints a table, writes JSON.")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
@@ -566,9 +566,20 @@ def main(argv=None) -> int:
     bad = [x for x in only if x not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
-    device = torch.device(args.device)
+    if not only:
+        ap.error(f"--only names no section; choose from {', '.join(SECTIONS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device}: choose cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
+    try:  # before the run, not after it
+        liv.check_output_file(args.out, "--out")
+    except ValueError as e:
+        ap.error(str(e))
     sizes = SIZES["quick" if args.quick else device.type]
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     meta = dict(device=str(device), device_name=dev_name, torch=torch.__version__, threads=torch.get_num_threads(),
@@ -598,7 +609,8 @@ def main(argv=None) -> int:
         print("(GPU targets — chunked scan >= 10x loop, FFT >= 5x direct at l 4096, >= 35% MFU — need --device cuda; "
               "not measured here)")
     print(f"\nwall time {res['meta']['wall_s']:.1f} s; JSON written to {args.out}")
-    with open(args.out, "w") as fh:
+    Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(args.out).expanduser(), "w") as fh:
         json.dump(res, fh, indent=1)
     return 0
 

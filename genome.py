@@ -167,7 +167,9 @@ class Genome:
                                      f"by '.', got {part!r}")
                 fields = list(part)
             for e, f in enumerate(fields):
-                if not f.strip().isdigit():  # isdigit: no sign, no spaces inside, no empty field
+                f = f.strip()
+                if not (f.isascii() and f.isdigit()):  # 0-9 only: no sign, no spaces inside, no empty
+                    # field, and not the other scripts' digits that str.isdigit and int() accept
                     raise ValueError(f"{_where(i, e)}: expected a positive integer, got {f!r}")
             rows.append(tuple(int(f) for f in fields))
         g = cls(tuple(rows))
@@ -772,6 +774,9 @@ def _human(n: float) -> str:
     return f"{n:.0f}"
 
 
+CLI_MAX_DEPTH = 1000  # the command line describes and counts a genome in seconds up to this depth
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = _Parser(description="Print, check and describe STAR backbone genomes (D8-D15).")
     ap.add_argument("genome", nargs="?", help="e.g. 1.1.1.1.1-9.2.1.2.1 or the compact 11111-92121")
@@ -794,6 +799,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         picked = sum(x is not None for x in (args.genome, args.random, args.baseline))
         if picked != 1:
             ap.error("give exactly one of GENOME, --random DEPTH, --baseline NAME (or --classes)")
+        for opt, v in (("--random", args.random), ("--depth", args.depth)):
+            if v is not None and not 1 <= v <= CLI_MAX_DEPTH:
+                ap.error(f"{opt} {v}: depth must be in 1..{CLI_MAX_DEPTH}")
+        if not 0 <= args.seed < 2 ** 63:
+            ap.error(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
         if args.random is not None:
             g = random_genome(args.random, np.random.default_rng(args.seed))
         elif args.baseline is not None:
@@ -804,10 +814,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             g = Genome.parse(args.genome)
             if args.depth is not None and args.depth != g.depth:
                 ap.error(f"--depth {args.depth} disagrees with the genome's {g.depth} LIVs")
+        cfg = None if args.no_params else liv.ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model,
+                                                          depth=g.depth, head_dim=args.head_dim)
         print(describe(g))
-        if not args.no_params:
-            cfg = liv.ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, depth=g.depth,
-                                  head_dim=args.head_dim)
+        if cfg is not None:
             n = count_params(g, cfg)
             print(f"parameters: {n['total']:,} ({_human(n['total'])}), non-embedding {n['non_embedding']:,} "
                   f"({_human(n['non_embedding'])})  [d_model {cfg.d_model}, vocab {cfg.vocab_size}]")

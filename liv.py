@@ -43,8 +43,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -804,8 +808,9 @@ class GatedConv(LIV):
         if not self.own_stream:
             return {}
         full = stream_full or self.spec.long_conv
+        # "_u_whole" says which of the two layouts "u" has (a flag, not state: not counted, D7)
         return {"u": torch.zeros(batch, T if full else self.cfg.short_conv - 1, self.r * self.cfg.d_model,
-                                 dtype=dtype, device=device)}
+                                 dtype=dtype, device=device), "_u_whole": full}
 
     def forward(self, x, shared=None, cache=None, pos: int = 0):
         """x (b, l, d) -> y (b, l, d), features {C, B: (r, b, l, d), V: (b, l, d), u_hist (decoding)}."""
@@ -820,10 +825,11 @@ class GatedConv(LIV):
         if cache is not None:  # the history of u up to this chunk's last position
             if self.own_stream:
                 buf = cache["u"]
-                if buf.shape[1] >= pos + l:  # whole history kept
+                if cache["_u_whole"]:  # whole history kept, indexed by position
                     buf[:, pos:pos + l] = u
                     hist = buf[:, :pos + l].to(u.dtype)
-                else:  # only the last k-1 values kept
+                else:  # only the last k-1 values kept, right-aligned (zeros before position 0), even
+                    # while fewer than k-1 tokens have been seen: a 1-token first chunk lands last
                     hist = torch.cat([buf.to(u.dtype), u], dim=1)
                     buf.copy_(hist[:, hist.shape[1] - buf.shape[1]:])
             else:
@@ -1046,20 +1052,56 @@ def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Print STAR's LIV option pool (DESIGN.md §3.1) at a given width.")
+class OneLineParser(argparse.ArgumentParser):
+    """The command lines' parser (liv.py, train.py, star.py, bench.py): a bad option is one line on
+    stderr and exit status 2, not a usage block."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_output_file(path: str, option: str) -> Path:
+    """Refuse, before any work, an output file that could not be written: one line naming `option`.
+    Writes nothing (a probe file in the nearest existing folder is removed at once)."""
+    if not path.strip():
+        raise ValueError(f"{option} must not be empty")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give a file name")
+    folder = p.parent
+    while not folder.exists():  # the folders still missing are created when the file is written
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {folder} ({e.strerror})") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ValueError(f"{option} {path}: the file is not writable")
+    return p
+
+
+def main(argv=None) -> int:
+    ap = OneLineParser(prog="liv.py", description="Print STAR's LIV option pool (DESIGN.md §3.1) at a given width.")
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache column (D7)")
     args = ap.parse_args(argv)
     try:
-        cfg = ModelConfig(d_model=args.d_model, head_dim=args.head_dim, max_len=max(args.cache_len, 1))
+        if args.cache_len < 1:
+            raise ValueError(f"--cache-len must be >= 1 (got {args.cache_len})")
+        cfg = ModelConfig(d_model=args.d_model, head_dim=args.head_dim, max_len=args.cache_len)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        print(f"liv.py: error: {e}", file=sys.stderr)
+        return 2
     print(f"d_model={cfg.d_model}, heads={cfg.n_heads}x{cfg.head_dim}, ffn_hidden={cfg.ffn_hidden}, "
           f"bf16 cache, batch 1")
     print(option_pool_table(cfg, args.cache_len))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

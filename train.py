@@ -44,7 +44,6 @@ run from a checkpoint (the optimizer state is saved, but nothing loads it back y
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import hashlib
@@ -301,11 +300,20 @@ def text_folder(path: str | Path) -> Data:
 def token_folder(path: str | Path, vocab_size: int | None) -> Data:
     """nanoGPT-style `train.bin` / `val.bin`: flat uint16 token ids, memory-mapped."""
     path = Path(path)
+    for split in ("train", "val"):  # a folder with one of the two is a token folder missing the other
+        f = path / f"{split}.bin"
+        if not f.is_file():
+            raise DataError(f"--data: {path} holds {'val' if split == 'train' else 'train'}.bin but no {f.name}; "
+                            f"a token folder needs both train.bin and val.bin")
     if vocab_size is None:
         raise DataError(f"--data: {path} holds train.bin/val.bin token files; give their vocabulary with --vocab-size")
+    if not 1 <= vocab_size <= 65536:
+        raise DataError(f"--vocab-size must be in 1..65536 for uint16 token ids (got {vocab_size})")
     splits = {}
     for split in ("train", "val"):
         f = path / f"{split}.bin"
+        if f.stat().st_size == 0:
+            raise DataError(f"--data: {f} is empty")
         if f.stat().st_size % 2:
             raise DataError(f"--data: {f} has an odd number of bytes; expected uint16 token ids")
         arr = np.memmap(f, dtype=np.uint16, mode="r")
@@ -357,18 +365,28 @@ def synthetic(n_bytes: int = 1 << 18, seed: int = 0, pairs: int = 8) -> Data:
 
 def load_data(path: str | None = None, vocab_size: int | None = None) -> Data:
     """The command line's `--data`: None = the default corpus, 'synthetic', a text file or folder,
-    or a folder with train.bin/val.bin."""
+    or a folder with train.bin/val.bin. A file that cannot be read is a DataError."""
+    try:
+        return _load_data(path, vocab_size)
+    except OSError as e:
+        raise DataError(f"--data: {e.filename or path}: {e.strerror or e}") from None
+
+
+def _load_data(path: str | None, vocab_size: int | None) -> Data:
     if path is None:
         if vocab_size not in (None, 256):
             raise DataError("--vocab-size applies only to --data folders with train.bin/val.bin token files")
         return shakespeare()
     if path == "synthetic":
+        if vocab_size not in (None, 256):
+            raise DataError("--vocab-size: --data synthetic is byte text (vocabulary 256); "
+                            "--vocab-size is for train.bin/val.bin token folders")
         return synthetic()
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"--data: {path} does not exist (give a UTF-8 text file, a folder of text files, "
                         f"a folder with train.bin/val.bin, or 'synthetic')")
-    if p.is_dir() and (p / "train.bin").exists() and (p / "val.bin").exists():
+    if p.is_dir() and ((p / "train.bin").exists() or (p / "val.bin").exists()):
         return token_folder(p, vocab_size)
     if vocab_size not in (None, 256):
         raise DataError(f"--data: {path} is byte-level text (vocabulary 256); --vocab-size is for train.bin/val.bin")
@@ -456,15 +474,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' = cuda when available, else cpu; a CUDA device that is not there is a ValueError."""
+    """'auto' = cuda when available, else cpu; cpu, cuda or cuda:N; anything else, or a CUDA device
+    that is not there, is a ValueError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {device}: {e}") from None
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available here (use --device cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -645,8 +668,12 @@ def read_checkpoint(path: str | Path) -> dict:
     """The raw checkpoint dictionary (tensors on CPU). Only plain data is unpickled (weights_only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, text, not a torch file: torch raises many kinds
+        raise ValueError(f"{path} is not a readable STAR checkpoint: empty, truncated, or not written by "
+                         f"train.py --save ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a STAR checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -661,9 +688,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     import liv
 
     ckpt = read_checkpoint(path)
-    cfg = liv.ModelConfig(**ckpt["model_config"])
-    model = genome_mod.build_model(genome_mod.Genome.parse(ckpt["genome"]), cfg)
-    model.load_state_dict(ckpt["model"])
+    try:
+        cfg = liv.ModelConfig(**ckpt["model_config"])
+        model = genome_mod.build_model(genome_mod.Genome.parse(ckpt["genome"]), cfg)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a field missing or edited, weights that do not fit
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise ValueError(f"{path}: a damaged STAR checkpoint ({type(e).__name__}: {why})") from None
     return model.to(device).eval(), ckpt["genome"], cfg
 
 
@@ -693,7 +724,13 @@ def _train_command(args) -> int:
     import genome as genome_mod
     import liv
 
-    try:  # bad input → one line on stderr, exit status 2, nothing trained
+    try:  # bad input → one line on stderr, exit status 2, nothing trained or written
+        if not math.isfinite(args.lr):
+            raise ValueError(f"--lr must be a finite number > 0 (got {args.lr})")
+        if args.log_every < 0:
+            raise ValueError(f"--log-every must be >= 0 (got {args.log_every}; 0 = no progress lines)")
+        if args.save is not None:  # before training: a model trained for nothing is lost
+            liv.check_output_file(args.save, "--save")
         g = _parse_genome(args.genome, args.depth)
         cfg = liv.ModelConfig(vocab_size=256, d_model=args.d_model, depth=g.depth,
                               head_dim=args.head_dim, max_len=max(4096, args.seq_len))
@@ -718,11 +755,14 @@ def _train_command(args) -> int:
 
 
 def _sample_command(args) -> int:
-    try:
+    try:  # every check before the first token is decoded
         model, genome_str, cfg = load_checkpoint(args.sample, resolve_device(args.device))
         if cfg.vocab_size != 256:
             raise ValueError(f"{args.sample} was trained on token ids (vocabulary {cfg.vocab_size}); "
                              f"sampling prints bytes and needs a byte-level checkpoint")
+        if args.max_new_tokens > cfg.max_len - 1:  # the prompt keeps at least one token
+            raise ValueError(f"--max-new-tokens {args.max_new_tokens}: this model decodes at most max_len - 1 = "
+                             f"{cfg.max_len - 1} new tokens")
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
@@ -737,7 +777,9 @@ def _sample_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Train one STAR genome, or sample from a checkpoint.")
+    import liv
+
+    p = liv.OneLineParser(prog="train.py", description="Train one STAR genome, or sample from a checkpoint.")
     p.add_argument("--genome", help="genome string (e.g. 1.1.1.1.1-9.2.1.2.1) or transformer++ / striped_mamba")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--d-model", type=int, default=128)
@@ -762,6 +804,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.genome is None) == (args.sample is None):
         p.error("give exactly one of --genome G (train) or --sample CKPT (generate)")
+    if not 0 <= args.seed < 2 ** 63:  # what torch.manual_seed and numpy's generators both accept
+        p.error(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
+    if args.top_k is not None and args.top_k < 1:
+        p.error(f"--top-k must be >= 1 (got {args.top_k}; leave it out to sample from all tokens)")
+    if args.max_new_tokens < 1:
+        p.error(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if not math.isfinite(args.temperature):
+        p.error(f"--temperature must be a finite number (got {args.temperature}; <= 0 is greedy)")
     return _sample_command(args) if args.sample else _train_command(args)
 
 
