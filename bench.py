@@ -13,6 +13,10 @@ Sections (the JSON keys):
     transformer  Transformer++ decoded from its plans vs a plain hand-written Llama: training step time
     decode       time per generated token per class with 256 and 4096 tokens already cached
     search       the NSGA-II loop's own bookkeeping as a share of one CPU-preset generation
+    variation    D18's targets: share of offspring needing repair (1000 mutations, 1000 crossovers of
+                 random depth-24 parents, both cuts) and sharing rates of sampled genomes; no training
+    efficacy     (only with --only efficacy; about an hour on 2 cores) whole default cpu-preset runs of
+                 NSGA-II and of the random control for --seeds, compared at one reference point
 
 How we measure: every comparison runs in one process, side by side, after a warm-up, as *interleaved*
 repeats (A B A B ...) whose median is reported — the machine this runs on is shared, so absolute times
@@ -53,7 +57,8 @@ from einops import rearrange
 
 import liv
 
-SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search")
+SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
+EXTRA_SECTIONS = ("efficacy",)  # long: only with --only efficacy
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -67,6 +72,7 @@ SIZES = {
         transformer=dict(b=4, l=256, d=256, head_dim=64, blocks=2, repeats=7),
         decode=dict(d=256, head_dim=64, contexts=(256, 4096), steps=8),
         search=dict(pop=16, offspring=16, generations=3, timed_steps=6, genomes=3),
+        variation=dict(n=1000, samples=2000), efficacy=dict(extra=[]),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -75,6 +81,7 @@ SIZES = {
         transformer=dict(b=8, l=4096, d=768, head_dim=64, blocks=12, repeats=10),
         decode=dict(d=768, head_dim=64, contexts=(256, 4096), steps=32),
         search=dict(pop=16, offspring=16, generations=3, timed_steps=10, genomes=3),
+        variation=dict(n=1000, samples=2000), efficacy=dict(extra=[]),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -83,6 +90,10 @@ SIZES = {
         transformer=dict(b=2, l=32, d=64, head_dim=16, blocks=1, repeats=2),
         decode=dict(d=64, head_dim=16, contexts=(8, 32), steps=2),
         search=dict(pop=4, offspring=4, generations=1, timed_steps=1, genomes=1),
+        variation=dict(n=50, samples=50),
+        efficacy=dict(extra=["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len",
+                             "32", "--batch", "4", "--steps", "2", "--population", "3", "--offspring", "2",
+                             "--generations", "1", "--baseline-seeds", "2"]),
     ),
 }
 
@@ -535,6 +546,80 @@ def print_search(r):
 # ----------------------------------------------------------------------------------------------------
 
 
+def bench_variation(device, s) -> dict:
+    """D18: how often variation needs repair, and how much sharing sampling produces. No training."""
+    import genome as gn
+
+    rng = np.random.default_rng(2025)
+    pool = [gn.random_genome(24, rng) for _ in range(64)]
+    pick = lambda: pool[rng.integers(len(pool))]  # noqa: E731
+    n = s["n"]
+    out = dict(n=n, mutation=float(np.mean([gn.repair(gn.mutate(pick(), rng), rng)[1] > 0 for _ in range(n)])))
+    for cut in ("liv", "anywhere"):
+        out[f"crossover_{cut}"] = float(np.mean([gn.repair(gn.crossover(pick(), pick(), rng, cut=cut), rng)[1] > 0
+                                                 for _ in range(n)]))
+    for depth in (6, 24):
+        ps = [gn.plans(gn.random_genome(depth, rng)) for _ in range(s["samples"])]
+        feat = [any(p.featurizer_owner != i for i, p in enumerate(q)) for q in ps]
+        fg = [any(p.share_owner != i for i, p in enumerate(q)) for q in ps]
+        out[f"sampled_depth{depth}"] = dict(featurizer=float(np.mean(feat)), feature_group=float(np.mean(fg)),
+                                            either=float(np.mean([a or b for a, b in zip(feat, fg)])))
+    return out
+
+
+def print_variation(r):
+    print(f"\n## Variation (D18): offspring needing repair over {r['n']} random depth-24 parents each")
+    print(table(["operator", "needing repair"], [["mutation (p = 0.1)", f"{r['mutation']:.1%}"],
+                                                 ["2-point crossover, cut between unlinked LIVs", f"{r['crossover_liv']:.1%}"],
+                                                 ["2-point crossover, cut anywhere", f"{r['crossover_anywhere']:.1%}"]]))
+    rows = [[f"depth {d}"] + [f"{r[f'sampled_depth{d}'][k]:.0%}" for k in ("featurizer", "feature_group", "either")]
+            for d in (6, 24)]
+    print("sampled genomes (SHARE_RATE, canonical) that use sharing:")
+    print(table(["", "featurizer", "feature groups", "either"], rows))
+
+
+def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
+    """Whole default cpu-preset runs (`python star.py --objective quality_cache`), NSGA-II and the random
+    control for each seed, then `star.compare_runs` per seed at that seed's common reference point.
+    Runs already finished in `out_dir` are read, not run again; an unfinished one is resumed."""
+    import star
+
+    per_seed = []
+    for seed in seeds:
+        dirs = []
+        for algorithm in ("nsga2", "random"):
+            name = f"{algorithm}-liv-seed{seed}"
+            d = Path(out_dir) / name
+            rc = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else None
+            if rc is None or not (d / f"population_{rc['generations']:03d}.json").exists():
+                argv = ["--objective", "quality_cache", "--preset", "cpu", "--algorithm", algorithm, "--seed", str(seed),
+                        "--out", out_dir, "--name", name] + (["--resume"] if rc is not None else [])
+                if star.main(argv + s["extra"]) != 0:
+                    raise RuntimeError(f"run {name} failed")
+            dirs.append(str(d))
+        text, rows = star.compare_runs(dirs)
+        base = star.seed_groups(star.load_run(dirs[0])[2], "name")
+        per_seed.append(dict(seed=seed, nsga2=rows[0], random=rows[1], ratio=rows[0]["hypervolume"] / rows[1]["hypervolume"],
+                             baselines={n: dict(mean=b["perplexity"], std=b["ppl_std"], ppls=b["ppls"]) for n, b in base.items()}))
+    return dict(seeds=per_seed, median_ratio=float(np.median([p["ratio"] for p in per_seed])))
+
+
+def print_efficacy(r):
+    print("\n## Efficacy: NSGA-II against the random control, default cpu preset, quality_cache")
+    rows = []
+    for p in r["seeds"]:
+        n, rnd, b = p["nsga2"], p["random"], p["baselines"]
+        rows.append([p["seed"], n["evaluations"], f"{n['hypervolume']:.4g}", f"{rnd['hypervolume']:.4g}", f"{p['ratio']:.3f}",
+                     f"{n['share_featurizer']:.0%} / {n['share_feature_group']:.0%} / {n['share_any']:.0%}",
+                     f"{rnd['share_featurizer']:.0%} / {rnd['share_feature_group']:.0%} / {rnd['share_any']:.0%}",
+                     f"{n['repaired']:.0%}"] +
+                    [f"{v['mean']:.2f} ± {v['std']:.2f}" for v in b.values()])
+    names = list(r["seeds"][0]["baselines"]) if r["seeds"] else []
+    print(table(["seed", "evaluations", "HV NSGA-II", "HV random", "ratio", "sharing NSGA-II (feat/fg/either)",
+                 "sharing random", "NSGA-II offspring repaired"] + [f"{n} ppl" for n in names], rows))
+    print(f"median ratio over the seeds: {r['median_ratio']:.3f} (target >= 1.10)")
+
+
 def targets(res: dict) -> list[dict]:
     out = []
 
@@ -550,6 +635,13 @@ def targets(res: dict) -> list[dict]:
             c["slowest"]["time_vs_sa1"] <= 4, "x")
         add(f"largest class ({c['largest']['name']}) / SA-1 peak memory", c["largest"]["mem_vs_sa1"], 4.0,
             c["largest"]["mem_vs_sa1"] <= 4, "x")
+    if "variation" in res:
+        v = res["variation"]
+        add("offspring needing repair, mutation and crossover (D18)", max(v["mutation"], v["crossover_liv"]), 0.20,
+            max(v["mutation"], v["crossover_liv"]) <= 0.20)
+    if "efficacy" in res:
+        add("NSGA-II / random hypervolume, median over seeds", res["efficacy"]["median_ratio"], 1.10,
+            res["efficacy"]["median_ratio"] >= 1.10, "x")
     if "search" in res and "skipped" not in res["search"]:
         add("search overhead / generation", res["search"]["overhead_share"], 0.01, res["search"]["overhead_share"] < 0.01)
     return out
@@ -561,11 +653,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
+    ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
+    ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
-    bad = [x for x in only if x not in SECTIONS]
+    bad = [x for x in only if x not in SECTIONS + EXTRA_SECTIONS]
     if bad:
-        ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+        ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     if not only:
         ap.error(f"--only names no section; choose from {', '.join(SECTIONS)}")
     try:
@@ -580,6 +674,10 @@ def main(argv=None) -> int:
         liv.check_output_file(args.out, "--out")
     except ValueError as e:
         ap.error(str(e))
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: give comma-separated integers")
     sizes = SIZES["quick" if args.quick else device.type]
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     meta = dict(device=str(device), device_name=dev_name, torch=torch.__version__, threads=torch.get_num_threads(),
@@ -589,9 +687,10 @@ def main(argv=None) -> int:
     print("# times are medians of interleaved repeats after warm-up; ratios are measured side by side in this process")
     run = dict(classes=(bench_classes, print_classes), scan=(bench_scan, print_scan), conv=(bench_conv, print_conv),
                transformer=(bench_transformer, print_transformer), decode=(bench_decode, print_decode),
-               search=(lambda d, s: bench_search(d, s, args.quick), print_search))
+               search=(lambda d, s: bench_search(d, s, args.quick), print_search), variation=(bench_variation, print_variation),
+               efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy))
     res, t_all = dict(meta=meta), time.perf_counter()
-    for name in SECTIONS:
+    for name in SECTIONS + EXTRA_SECTIONS:
         if name in only:
             t0 = time.perf_counter()
             res[name] = run[name][0](device, sizes[name])
@@ -604,7 +703,7 @@ def main(argv=None) -> int:
     for t in res["targets"]:
         v = f"{t['value']:.2%}" if t["unit"] == "" else f"{t['value']:.2f}{t['unit']}"
         lim = f"{t['limit']:.0%}" if t["unit"] == "" else f"{t['limit']}{t['unit']}"
-        print(f"{'MET   ' if t['met'] else 'MISSED'}  {t['target']}: {v} (target <= {lim})")
+        print(f"{'MET   ' if t['met'] else 'MISSED'}  {t['target']}: {v} (target {'>=' if 'hypervolume' in t['target'] else '<='} {lim})")
     if device.type == "cpu":
         print("(GPU targets — chunked scan >= 10x loop, FFT >= 5x direct at l 4096, >= 35% MFU — need --device cuda; "
               "not measured here)")

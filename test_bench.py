@@ -1,5 +1,5 @@
 """Smoke test of bench.py: every section runs at tiny sizes and writes positive numbers (timings are not
-asserted — a timed test would flake; the benchmark is a script, ENGINEERING.md)."""
+asserted — a timed test would flake; the benchmark is a script)."""
 import json
 
 import bench
@@ -22,3 +22,19 @@ def test_bench_quick_writes_every_section(tmp_path):
     s = res["search"]
     assert "skipped" in s or (s["bookkeeping_s_per_generation"] > 0 and s["generation_s"] > 0)
     assert {t["target"].split(" (")[0] for t in res["targets"]} >= {"Transformer++ decoded / plain Llama step time"}
+    v = res["variation"]
+    assert v["mutation"] == 0 and 0 <= v["crossover_liv"] <= 1 and v["n"] == 50
+
+
+def test_bench_efficacy_compares_both_algorithms(tmp_path):
+    """The efficacy section at tiny sizes: one seed, NSGA-II and the random control, one reference point."""
+    out = tmp_path / "e.json"
+    assert bench.main(["--quick", "--only", "efficacy", "--seeds", "0", "--efficacy-dir", str(tmp_path / "runs"),
+                       "--out", str(out)]) == 0
+    e = json.loads(out.read_text())["efficacy"]
+    (p,) = e["seeds"]
+    assert p["nsga2"]["algorithm"] == "nsga2" and p["random"]["algorithm"] == "random"
+    assert p["nsga2"]["evaluations"] == p["random"]["evaluations"] == 3 + 2
+    assert p["ratio"] == p["nsga2"]["hypervolume"] / p["random"]["hypervolume"] and p["nsga2"]["hypervolume"] > 0
+    assert set(p["baselines"]) == {"transformer++", "striped-mamba"}
+    assert all(len(b["ppls"]) == 2 for b in p["baselines"].values())
