@@ -1,4 +1,4 @@
-"""Speed benchmarks of the LIV library and the search loop (issue 6): a table on stdout, JSON on disk.
+"""Speed benchmarks of the LIV library and the search loop: a table on stdout, JSON on disk.
 
     python bench.py                      # CPU, all sections, < 5 minutes on 2 cores
     python bench.py --device cuda        # the GPU shapes, bf16 autocast
@@ -34,7 +34,7 @@ The `--device cuda` path (bf16 autocast, torch.cuda.synchronize around timed cal
 fused AdamW, MFU against the card's bf16 peak) is written to be correct by construction but had not been
 run when this was written: no GPU was available. Its numbers belong in README with the device name.
 
-This file imports no test code: the hand-written Llama below is its own (mirroring test_star.HandLlama).
+This file imports no test code: the hand-written Llama below is its own (mirroring test_liv.HandLlama).
 """
 from __future__ import annotations
 
@@ -648,7 +648,7 @@ def targets(res: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = liv.OneLineParser(prog="bench.py", description="STAR speed benchmarks (issue 6): prints a table, writes JSON.")
+    ap = liv.OneLineParser(prog="bench.py", description="STAR speed benchmarks: prints a table, writes JSON.")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")

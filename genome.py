@@ -1,6 +1,6 @@
 """The STAR genome: an integer encoding of a backbone, and how it decodes into a model.
 
-STAR describes an architecture on three levels (SPEC §4.1, D8):
+STAR describes an architecture on three levels (DESIGN.md §4.1, D8):
 
     featurizer genome  per feature group of a class: how the featurizer computes C, B, V or S
                        (token mixing, sparsity, nonlinearity, channel mixing, expansion, repeat).
@@ -720,7 +720,7 @@ def count_params(g: Genome, cfg: liv.ModelConfig) -> dict[str, int]:
 def cache_bytes(g: Genome, cfg: liv.ModelConfig, seq_len: int = 4096, bytes_per_element: int = 2) -> int:
     """D7: the bytes a decoder keeps between steps, for batch 1 and a context of ``seq_len`` tokens.
 
-    Written from the formulas of SPEC §3.1, independently of the allocation in liv.py (the tests
+    Written from the formulas of DESIGN.md §3.1, independently of the allocation in liv.py (the tests
     check the two agree exactly), with sharing (D10): an LIV keeps state only for what it computes.
 
         SA        keys r·H_kv·P per position if it computes B, values H_kv·P if it computes V;

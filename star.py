@@ -11,7 +11,7 @@ trained with the same budget and scored (train.py) on the objectives:
     quality_cache        perplexity, inference cache bytes (D7: bf16, batch 1, --cache-len tokens)
     quality_size_cache   all three
 
-all minimised. Everything a run learns goes to runs/<name>/ as soon as it is known (SPEC §8):
+all minimised. Everything a run learns goes to runs/<name>/ as soon as it is known (DESIGN.md §8):
 config.json, archive.jsonl (one record per candidate), baselines.jsonl, generations.jsonl,
 population_*.json, summary.md and pareto.png (with matplotlib). A killed run continues with --resume
 and loses no finished evaluation: config.json and summary.md are written atomically (write, then
@@ -24,7 +24,7 @@ the folder) is one line on stderr and exit status 2, before anything is written.
 go on (every candidate of generation 0 failed, a full disk) is one line and exit status 1; what it
 wrote is kept, and --resume continues it.
 
-Presets (SPEC §7): `cpu` (chosen without CUDA) finishes a whole synthesis in minutes on 2 cores; `gpu`
+Presets (DESIGN.md §7): `cpu` (chosen without CUDA) finishes a whole synthesis in minutes on 2 cores; `gpu`
 (chosen with CUDA) is a one-GPU search; `paper` is the paper's 125M setting (24 LIVs, width 768,
 4096-token sequences, 0.25M tokens per step, 5000 steps per candidate).
 """
@@ -240,7 +240,7 @@ def evaluate_genome(g, cfg, tcfg, data, rc: dict, seed: int | None = None) -> tu
                 bits_per_byte=None, status="error", error="", seconds=0.0)
     try:
         model = genome.build_model(g, cfg, seed=seed)
-        measured = liv.measure_cache_bytes(model, rc["cache_len"])  # SPEC §5: analytic == measured
+        measured = liv.measure_cache_bytes(model, rc["cache_len"])  # DESIGN.md §5: analytic == measured
         info["cache_bytes_measured"] = measured
         if measured != info["cache_bytes"]:
             raise RuntimeError(f"cache mismatch: analytic {info['cache_bytes']} != measured {measured}")

@@ -1,5 +1,5 @@
 """Tests for genome.py: the backbone genome, its text form, repair, canonical form, variation,
-baselines, and decoding into a model (SPEC §4, D8-D15; ENGINEERING "Tests that catch real bugs").
+baselines, and decoding into a model (DESIGN.md §4, D8-D15, §10).
 
 Property tests draw depths 1-12 and every class 1-17; the Hypothesis profile ('ci' / 'dev') comes from
 conftest.py.

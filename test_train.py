@@ -303,7 +303,7 @@ class Toy(nn.Module):
         self.lin = nn.Linear(4, 4)  # weight decayed, bias not
         self.again = self.lin  # a shared module: its parameters appear once
         self.norm = nn.Parameter(torch.ones(4))  # 1-D: not decayed
-        self.A_log = nn.Parameter(torch.zeros(2, 3))  # 2-D but a decay rate: tagged (trap 7)
+        self.A_log = nn.Parameter(torch.zeros(2, 3))  # 2-D but a decay rate: tagged, never decayed (DESIGN.md N7)
         self.A_log._no_weight_decay = True
         self.filt = nn.Parameter(torch.zeros(1, 4, 5))  # 3-D filter: tagged
         self.filt._no_weight_decay = True

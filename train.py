@@ -1,4 +1,4 @@
-"""Data, the training loop and evaluation: how STAR scores one candidate backbone (SPEC §7, D17).
+"""Data, the training loop and evaluation: how STAR scores one candidate backbone (DESIGN.md §7, D17).
 
 Every genome the search proposes is decoded into a model and trained here under *exactly the same
 budget* (steps, batch, sequence length, learning-rate schedule, data order), then scored by its
@@ -23,7 +23,7 @@ The file has four parts:
        and `val.bin` (uint16 token ids, with `--vocab-size`);
      - `--data synthetic`: a generated associative-recall task for tests and smoke runs, no files.
 2. **Training.** `TrainConfig` holds the budget. AdamW (β 0.9/0.95) with weight decay 0.1 on
-   matrices only — never on parameters tagged `_no_weight_decay` (decays, filters; trap 7) and never
+   matrices only — never on parameters tagged `_no_weight_decay` (decays, filters; DESIGN.md N7) and never
    on vectors (norms, biases); linear warm-up then cosine decay to 10% of the peak lr 8e-4; gradient
    clipping at 1.0; bf16 autocast on CUDA; optional `torch.compile`. A run whose loss or gradient norm
    stops being finite stops at once and is reported `diverged`; a CUDA out-of-memory is `oom`.
@@ -415,7 +415,7 @@ class TrainConfig:
     seed: int = 0  # seeds torch and the batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
     bf16: bool = True  # D17: bf16 autocast, on CUDA only (ignored on CPU)
-    compile: bool = False  # D17: torch.compile; off by default (each candidate is a new graph, trap 8)
+    compile: bool = False  # D17: torch.compile; off by default (each candidate is a new graph to compile, DESIGN.md N8)
     log_every: int = 50  # progress line every this many steps (0 = none)
 
     def __post_init__(self):
@@ -457,7 +457,7 @@ def _is_no_weight_decay(p: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups (D17, trap 7): decay iff the parameter is a matrix (ndim >= 2) *and*
+    """AdamW parameter groups (D17, DESIGN.md N7): decay iff the parameter is a matrix (ndim >= 2) *and*
     not tagged `_no_weight_decay`. "ndim >= 2" alone would decay 2-D decay rates and filters.
 
     Shared parameters appear once (named_parameters deduplicates them). Each group carries the names
@@ -563,7 +563,7 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
                             fused=device.type == "cuda")
-    fwd = torch.compile(model) if tcfg.compile else model  # D17: optional, per-graph cost (trap 8)
+    fwd = torch.compile(model) if tcfg.compile else model  # D17: optional, per-graph compile cost (DESIGN.md N8)
     params = [p for g in opt.param_groups for p in g["params"]]
     tokens_per_step = tcfg.batch * tcfg.seq_len
     status, error, step = "ok", "", 0
