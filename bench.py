@@ -167,11 +167,7 @@ def peak_bytes(fn, device) -> int:
     return peak
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+fmt_bytes = liv.fmt_bytes  # decimal units (1 MB = 10^6 bytes), as everywhere in the project
 
 
 def fmt_s(s: float) -> str:

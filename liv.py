@@ -1052,6 +1052,17 @@ def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
     return "\n".join(rows)
 
 
+def fmt_bytes(n) -> str:
+    """Bytes in decimal units, everywhere in this project: 1 kB = 1000 B, 1 MB = 10^6 B (the paper's
+    805.3 MB for a 1B Transformer++'s cache is decimal). '-' for None."""
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
 class OneLineParser(argparse.ArgumentParser):
     """The command lines' parser (liv.py, train.py, star.py, bench.py): a bad option is one line on
     stderr and exit status 2, not a usage block."""

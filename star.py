@@ -294,12 +294,9 @@ def front_of(records: list[dict], objective: str) -> list[dict]:
 
 
 def _fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
+    import liv
+
+    return liv.fmt_bytes(n)
 
 
 def _fmt_ppl(x) -> str:
