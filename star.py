@@ -23,6 +23,7 @@ Presets (SPEC §7): `cpu` (chosen without CUDA) finishes a whole synthesis in mi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -104,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--final-top", type=int, default=8, help="k of the paper's selection rule")
     ap.add_argument("--final-steps", type=int, default=0, help="retrain the selected top-k for this many steps")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
+    # many candidates at once (parallel.py); --workers and --ray do not change results
+    ap.add_argument("--workers", type=int, default=1, help="worker processes training candidates at once, "
+                    "round-robin over the GPUs, one CPU core each without (default 1: in this process)")
+    ap.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="each candidate a task on the Ray cluster at ADDRESS (none: a local Ray); needs ray")
+    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="stop a candidate after this long and record it as failed (runs candidates in workers)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (gradient accumulation; "
+                    "must divide --batch; default: chosen from a memory estimate on CUDA, the whole batch on CPU)")
     return ap
 
 
@@ -129,9 +139,19 @@ def run_config(args) -> dict:
         raise UsageError(f"--cache-len must be >= 1 (got {args.cache_len})")
     if args.final_top < 1 or args.final_steps < 0:
         raise UsageError("--final-top must be >= 1 and --final-steps >= 0")
+    if args.workers < 1 or (args.timeout is not None and not args.timeout > 0):
+        raise UsageError(f"--workers must be >= 1 and --timeout > 0 (got {args.workers}, {args.timeout})")
+    if args.ray is not None and args.workers > 1:
+        raise UsageError("--ray and --workers exclude each other: Ray schedules the candidates itself")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray, an optional dependency: pip install ray")
+    if args.micro_batch is not None and not (1 <= args.micro_batch <= p["batch"] and p["batch"] % args.micro_batch == 0):
+        raise UsageError(f"--micro-batch must divide --batch {p['batch']} (got {args.micro_batch})")
+    # --workers and --ray are not recorded: they do not change results, and a resume may use others
     return dict(objective=args.objective, preset=preset, **p, data=args.data, vocab_size=args.vocab_size,
                 cache_len=args.cache_len, seed=args.seed, seed_baselines=args.seed_baselines,
-                final_top=args.final_top, final_steps=args.final_steps)
+                final_top=args.final_top, final_steps=args.final_steps, timeout=args.timeout,
+                micro_batch=args.micro_batch)
 
 
 def model_config(rc: dict, vocab_size: int):
@@ -149,7 +169,8 @@ def train_config(rc: dict, device: str, steps: int | None = None):
     import train
 
     return train.TrainConfig(steps=steps or rc["steps"], batch=rc["batch"], seq_len=rc["seq_len"],
-                             eval_batches=rc["eval_batches"], seed=rc["seed"], device=device, log_every=0)
+                             eval_batches=rc["eval_batches"], seed=rc["seed"], device=device, log_every=0,
+                             micro_batch=rc.get("micro_batch"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -168,13 +189,16 @@ def describe_costs(g, cfg, cache_len: int) -> dict:
 
 def evaluate_genome(g, cfg, tcfg, data, rc: dict) -> tuple[dict, tuple[float, ...]]:
     """Train one candidate and score it. A failure (divergence, OOM, exception) gives infinite
-    objectives and the error, and the run goes on (D16)."""
+    objectives and the error, and the run goes on (D16). A CUDA error that poisons the process is
+    status 'cuda_error' (parallel.py ends the worker, or the run)."""
     import genome
     import liv
+    import parallel
     import torch
     import train
 
     t0 = time.time()
+    model = None
     info = dict(describe_costs(g, cfg, rc["cache_len"]), perplexity=math.inf, val_loss=math.inf,
                 bits_per_byte=None, status="error", error="", seconds=0.0)
     try:
@@ -189,7 +213,11 @@ def evaluate_genome(g, cfg, tcfg, data, rc: dict) -> tuple[dict, tuple[float, ..
     except torch.cuda.OutOfMemoryError as e:
         info.update(status="oom", error=str(e).splitlines()[0])
     except Exception as e:  # a candidate that raises must not stop the search (D16)
-        info.update(status="error", error=f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
+        info.update(status="cuda_error" if parallel.is_sticky_cuda_error(error) else "error", error=error)
+    if info["status"] == "oom":  # here, not in `except`: the traceback that held the tensors is gone
+        model = None
+        train.release_memory()
     info["seconds"] = round(time.time() - t0, 3)
     ok = info["status"] == "ok" and math.isfinite(info["perplexity"])
     objectives = tuple(float(info[m]) if ok else math.inf for m in OBJECTIVES[rc["objective"]])
@@ -373,6 +401,7 @@ def prepare_run_dir(args, rc: dict) -> Path:
 def run(args, log=print) -> Path:
     import evolve
     import genome
+    import parallel
     import train
 
     rc = run_config(args)
@@ -412,7 +441,9 @@ def run(args, log=print) -> Path:
 
     initial = [genome.Genome.parse(b["genome"]) for b in baselines] if rc["seed_baselines"] else []
     result = evolve.nsga2(
-        initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng), evaluate=evolve.sequential(one),
+        initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng), evaluate=parallel.evaluator(
+            one, rc, device, workers=args.workers, ray=args.ray, timeout=args.timeout,
+            costs=lambda g: describe_costs(g, cfg, rc["cache_len"])),
         crossover=genome.crossover, mutate=genome.mutate, repair=genome.repair, encode=str, decode=genome.Genome.parse,
         key=genome.canonical_str, pop_size=rc["population"], n_offspring=rc["offspring"],
         generations=rc["generations"], seed=rc["seed"], run_dir=run_dir, resume=args.resume, log=log,
