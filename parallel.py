@@ -174,6 +174,11 @@ class _Context:
         self.tcfg = star.train_config(rc, device)
         module, name = evaluate.split(":")
         self.fn = getattr(importlib.import_module(module), name)
+        # warm-up: the first model built on the meta device imports torch's reference operators (seconds);
+        # done here, before the worker says it is ready, so that --timeout times candidates, not start-up
+        import genome
+
+        star.describe_costs(genome.BASELINES["transformer++"](rc["depth"]), self.cfg, rc["cache_len"])
 
     def __call__(self, text: str) -> tuple[dict, tuple]:
         import genome
@@ -240,7 +245,7 @@ class _Worker:
 
 def _shutdown(workers: list) -> None:
     for w in workers:
-        w.stop()
+        w.stop(kill=not w.ready or w.job is not None)  # one still starting or busy cannot read "stop"
     workers.clear()
 
 
