@@ -271,6 +271,14 @@ class LocalPool:
     def close(self) -> None:
         self._finalizer()
 
+    def wait_ready(self) -> None:
+        """Block until every worker has loaded its data (for timing start-up apart from training)."""
+        while not all(w.ready for w in self.workers):
+            for conn in wait([w.conn for w in self.workers if not w.ready]):
+                w = next(w for w in self.workers if w.conn is conn)
+                if conn.recv() == "ready":
+                    w.ready = True
+
     def _replace(self, w: _Worker) -> None:
         w.stop(kill=True)
         self.workers[self.workers.index(w)] = self._start(w.slot)
