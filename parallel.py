@@ -430,5 +430,5 @@ class RayEvaluator:
                 except ray.exceptions.RayError as e:  # the worker died, or the task raised
                     report(i, failed("crashed", f"Ray task failed: {str(e).splitlines()[0][:200]}", self.n_obj,
                                      self.costs(individuals[i])))
-                else:
-                    report(i, evolve.Evaluation(objectives=tuple(objectives), info=info))
+                else:  # a timeout inside the task knows no costs: the driver adds them
+                    report(i, evolve.Evaluation(objectives=tuple(objectives), info={**self.costs(individuals[i]), **info}))

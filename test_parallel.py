@@ -210,3 +210,26 @@ def test_ray_local_gives_what_one_process_gives():
     assert got[OK_1].objectives == objectives
     assert got[DIES].info["status"] == "crashed"
     assert got[HANGS].info["status"] == "timeout"
+
+
+# --- the GPU path's float32 islands, checked with CPU autocast ------------------------------------------
+
+
+def test_filter_mlp_and_scans_compute_in_float32_under_bf16_autocast():
+    """Under bf16 autocast, GConv-2's implicit filter and both scans give exactly their float32 results
+    (autocast would run their matrix products in bf16)."""
+    torch.manual_seed(0)
+    filt = liv.ImplicitFilter(channels=8, max_len=64)
+    ref = filt(32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = filt(32)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+    x, log_a = torch.randn(1, 40, 2, 4), -torch.rand(1, 40, 2)  # (b, l, h, p), (b, l, h)
+    B, C = torch.randn(1, 40, 3), torch.randn(1, 40, 3)  # (b, l, n)
+    low = [t.bfloat16() for t in (x, log_a, B, C)]
+    for scan in (lambda *a: liv.scan_chunked(*a, chunk=8), liv.scan_loop):
+        y_ref, h_ref = scan(*(t.float() for t in low))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, h = scan(*low)
+        assert y.dtype == h.dtype == torch.float32
+        assert torch.equal(y, y_ref) and torch.equal(h, h_ref)
