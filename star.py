@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 # Idle OpenMP threads sleep instead of spinning. Read once, when torch is imported (lazily, below): with
-# other processes on the cores, spinning threads slowed a 2-thread candidate 17x (bench.py --only threads).
+# one competing busy process, spinning threads slowed a 2-thread candidate 17x (bench.py --only threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
