@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Idle OpenMP threads sleep instead of spinning. Read once, when torch is imported (lazily, below): with
-# one competing busy process, spinning threads slowed a 2-thread candidate 17x (bench.py --only threads).
+# Idle OpenMP threads sleep instead of spinning. Read once, when torch is imported (lazily, below): on a
+# shared 2-core machine, a 2-thread cpu-preset candidate took 173-235 s spinning, 21-29 s with PASSIVE,
+# same loss (bench.py --only threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
