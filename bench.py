@@ -18,6 +18,16 @@ Sections (the JSON keys):
     efficacy     (only with --only efficacy; about an hour on 2 cores) whole default cpu-preset runs of
                  NSGA-II and of the random control for --seeds, compared at one reference point
 
+On demand only (`--only memory,parallel,threads`; they build full-size models or start processes):
+
+    memory       the paper preset's training step (width 768, depth 24, 64 x 4096 tokens): estimated peak
+                 memory per LIV class (train.step_memory) and the micro-batch train.py picks for an 80 GB
+                 GPU; with --device cuda, also the measured peak of one step of the largest class
+    parallel     one generation (the population) of the cpu preset on the default corpus, evaluated in
+                 this process and by 2 worker processes (parallel.py): wall time of each, same results?
+    threads      one cpu-preset candidate in a fresh process: 1 vs 2 threads, OMP_WAIT_POLICY default vs
+                 PASSIVE, with and without a competing busy process; the load average with each number
+
 How we measure: every comparison runs in one process, side by side, after a warm-up, as *interleaved*
 repeats (A B A B ...) whose median is reported — the machine this runs on is shared, so absolute times
 drift; ratios measured this way do not. CUDA timings synchronise around every timed call.
@@ -58,7 +68,7 @@ from einops import rearrange
 import liv
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
-EXTRA_SECTIONS = ("efficacy",)  # long: only with --only efficacy
+ON_DEMAND = ("memory", "parallel", "threads", "efficacy")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -73,6 +83,9 @@ SIZES = {
         decode=dict(d=256, head_dim=64, contexts=(256, 4096), steps=8),
         search=dict(pop=16, offspring=16, generations=3, timed_steps=6, genomes=3),
         variation=dict(n=1000, samples=2000), efficacy=dict(extra=[]),
+        memory=dict(preset="paper", gpu_bytes=80 * 10**9),
+        parallel=dict(preset="cpu", workers=2, data=None, overrides={}),
+        threads=dict(preset="cpu", overrides={}),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -82,6 +95,9 @@ SIZES = {
         decode=dict(d=768, head_dim=64, contexts=(256, 4096), steps=32),
         search=dict(pop=16, offspring=16, generations=3, timed_steps=10, genomes=3),
         variation=dict(n=1000, samples=2000), efficacy=dict(extra=[]),
+        memory=dict(preset="paper", gpu_bytes=None),  # None: this GPU's own memory
+        parallel=dict(preset="gpu", workers=2, data=None, overrides={}),
+        threads=dict(preset="cpu", overrides={}),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -94,6 +110,10 @@ SIZES = {
         efficacy=dict(extra=["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len",
                              "32", "--batch", "4", "--steps", "2", "--population", "3", "--offspring", "2",
                              "--generations", "1", "--baseline-seeds", "2"]),
+        memory=dict(preset="cpu", gpu_bytes=10**9),
+        parallel=dict(preset="cpu", workers=2, data="synthetic", overrides=dict(
+            d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3, population=2)),
+        threads=dict(preset="cpu", overrides=dict(d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3)),
     ),
 }
 
@@ -538,6 +558,178 @@ def print_search(r):
 
 
 # ----------------------------------------------------------------------------------------------------
+# 7-9. On demand: the paper preset's memory, workers, threads under load
+# ----------------------------------------------------------------------------------------------------
+
+
+def striped(cid: int, depth: int) -> str:
+    """A backbone of `depth` LIVs alternating class `cid` and GMemless (9), nothing shared: the baselines' layout."""
+    return "-".join(f"{cid if k % 2 == 0 else 9}.{k + 1}.1.{k + 1}.1" for k in range(depth))
+
+
+def bench_memory(device, s) -> dict:
+    """The paper preset's step for every class: train.py's estimate, the micro-batch it picks, and (CUDA)
+    the measured peak of one optimizer step of the largest class at that micro-batch."""
+    import genome as gn
+    import star
+    import train
+
+    p = star.PRESETS[s["preset"]]
+    memory = s["gpu_bytes"] or train.device_memory(device)
+    tcfg = train.TrainConfig(steps=1, batch=p.batch, seq_len=p.seq_len, device=str(device))
+    cfg = liv.ModelConfig(vocab_size=256, d_model=p.d_model, head_dim=p.head_dim, depth=p.depth,
+                          max_len=max(p.seq_len, 4096))
+    rows = []
+    for cid, spec in liv.REGISTRY.items():
+        model = gn.build_model(gn.Genome.parse(striped(cid, p.depth)), cfg, seed=0).to(device)
+        n = sum(q.numel() for q in model.parameters())
+        a = train.saved_bytes_per_token(model, p.seq_len, tcfg.bf16)
+        micro = train.micro_batch_for(model, tcfg, memory)
+        peak = lambda m: 16 * n + m * p.seq_len * a  # train.step_memory's formula, A probed once
+        rows.append(dict(id=cid, name=spec.name, params=n, act_bytes_per_token=a, micro_batch=micro,
+                         micro_batches=p.batch // micro, peak_bytes=peak(micro), whole_batch_bytes=peak(p.batch)))
+        del model
+    largest = max(rows, key=lambda r: r["act_bytes_per_token"])
+    res = dict(preset=s["preset"], batch=p.batch, seq_len=p.seq_len, d_model=p.d_model, depth=p.depth,
+               memory_bytes=memory, probe="bf16 autocast" if device.type == "cuda" else "float32 (CPU probe)",
+               rows=rows, largest=largest)
+    if device.type == "cuda":  # one real optimizer step of the largest class at the chosen micro-batch
+        model = gn.build_model(gn.Genome.parse(striped(largest["id"], p.depth)), cfg, seed=0).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        x = torch.randint(0, 256, (p.batch, p.seq_len + 1), device=device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for xm in x.split(largest["micro_batch"]):
+            with autocast(device):
+                logits = model(xm[:, :-1])
+            (F.cross_entropy(logits.float().flatten(0, 1), xm[:, 1:].flatten()) * xm.shape[0] / p.batch).backward()
+        opt.step()
+        res["measured_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return res
+
+
+def print_memory(r):
+    print(f"\n## 7. Memory of one {r['preset']}-preset step ({r['batch']} x {r['seq_len']} tokens, width {r['d_model']}, "
+          f"depth {r['depth']}; activations probed in {r['probe']}; device budget {fmt_bytes(r['memory_bytes'])})")
+    print(table(["class", "params", "saved/token", "whole batch", "micro-batch", "steps of", "estimated peak"],
+                [[f"{x['id']} {x['name']}", f"{x['params'] / 1e6:.1f}M", fmt_bytes(x["act_bytes_per_token"]),
+                  fmt_bytes(x["whole_batch_bytes"]), x["micro_batch"], x["micro_batches"], fmt_bytes(x["peak_bytes"])]
+                 for x in r["rows"]]))
+    big = r["largest"]
+    print(f"largest class {big['id']} {big['name']}: {big['micro_batches']} micro-batches of {big['micro_batch']} "
+          f"sequences, estimated peak {fmt_bytes(big['peak_bytes'])}"
+          + (f", measured {fmt_bytes(r['measured_peak_bytes'])}" if "measured_peak_bytes" in r else
+             " (not measured: needs --device cuda)"))
+
+
+def _star_config(s, device) -> dict:
+    import star
+
+    argv = ["--preset", s["preset"], "--device", str(device)] + (["--data", s["data"]] if s.get("data") else [])
+    for k, v in s["overrides"].items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return star.run_config(star.build_parser().parse_args(argv))
+
+
+def bench_parallel(device, s) -> dict:
+    """One generation (the initial population) evaluated in process, then by worker processes."""
+    import evolve
+    import genome as gn
+    import parallel
+    import star
+    import train
+
+    rc = _star_config(s, device)
+    data = train.load_data(rc["data"], rc["vocab_size"])
+    cfg, tcfg = star.model_config(rc, data.vocab_size), star.train_config(rc, str(device))
+    rng = np.random.default_rng(0)
+    genomes = [gn.repair(gn.random_genome(rc["depth"], rng), rng)[0] for _ in range(rc["population"])]
+
+    def one(g, generation):
+        info, objectives = star.evaluate_genome(g, cfg, tcfg, data, rc)
+        return evolve.Evaluation(objectives=objectives, info=info)
+
+    def generation(evaluate) -> tuple[float, list]:
+        got = [None] * len(genomes)
+        t0 = time.perf_counter()
+        evaluate(genomes, 0, lambda i, ev: got.__setitem__(i, list(ev.objectives)))
+        return time.perf_counter() - t0, got
+
+    star.describe_costs(genomes[0], cfg, rc["cache_len"])  # warm-up, as a worker does before it is ready
+    load0 = os.getloadavg()[0]
+    t1, r1 = generation(parallel.evaluator(one, rc, str(device)))
+    t0 = time.perf_counter()
+    pool = parallel.LocalPool(rc, str(device), workers=s["workers"])
+    pool.wait_ready()
+    startup = time.perf_counter() - t0
+    tn, rn = generation(pool)
+    pool.close()
+    return dict(preset=rc["preset"], candidates=len(genomes), workers=s["workers"], one_process_s=t1,
+                workers_s=tn, workers_startup_s=startup, speedup=t1 / tn, identical=r1 == rn,
+                loadavg_before=load0, loadavg_after=os.getloadavg()[0])
+
+
+def print_parallel(r):
+    print(f"\n## 8. One generation of the {r['preset']} preset ({r['candidates']} candidates), in process vs "
+          f"{r['workers']} worker processes")
+    print(f"in process: {r['one_process_s']:.1f} s | {r['workers']} workers: {r['workers_s']:.1f} s "
+          f"(+ {r['workers_startup_s']:.1f} s start-up, once per run) | x{r['speedup']:.2f} | identical objectives: "
+          f"{r['identical']} | load average {r['loadavg_before']:.1f} -> {r['loadavg_after']:.1f}")
+
+
+_CANDIDATE = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+import genome, star, train
+rc = json.loads(sys.argv[2])
+data = train.load_data(rc["data"], rc["vocab_size"])
+cfg, tcfg = star.model_config(rc, data.vocab_size), star.train_config(rc, "cpu")
+g = genome.BASELINES["striped-mamba"](rc["depth"])
+star.describe_costs(g, cfg, rc["cache_len"])  # warm-up: the meta-device imports
+t = time.perf_counter()
+info, _ = star.evaluate_genome(g, cfg, tcfg, data, rc)
+print(json.dumps(dict(seconds=time.perf_counter() - t, val_loss=info["val_loss"])))
+"""
+
+
+def bench_threads(device, s) -> dict:
+    """StripedMamba at the preset, in a fresh process per setting (OpenMP reads its policy at start-up)."""
+    import subprocess
+
+    rc = _star_config(s, "cpu")
+    here = os.path.dirname(os.path.abspath(__file__))
+    rows = []
+    for loaded in (False, True):
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
+        try:
+            for threads in (1, 2):
+                for policy in ("default", "PASSIVE"):
+                    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+                    env["PYTHONPATH"] = os.pathsep.join(x for x in (here, env.get("PYTHONPATH")) if x)
+                    if policy != "default":
+                        env["OMP_WAIT_POLICY"] = policy
+                    load = os.getloadavg()[0]
+                    out = subprocess.run([sys.executable, "-c", _CANDIDATE, str(threads), json.dumps(rc)], env=env,
+                                         capture_output=True, text=True, check=True).stdout
+                    rows.append(dict(competing_load=loaded, threads=threads, omp_wait_policy=policy,
+                                     loadavg=load, **json.loads(out.splitlines()[-1])))
+        finally:
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+    return dict(preset=rc["preset"], rows=rows, same_loss=len({r["val_loss"] for r in rows}) == 1)
+
+
+def print_threads(r):
+    print(f"\n## 9. One {r['preset']}-preset candidate (StripedMamba) per fresh process: threads, OpenMP wait policy, "
+          "a competing busy process")
+    print(table(["competing load", "threads", "OMP_WAIT_POLICY", "load average", "candidate s", "val loss"],
+                [["yes" if x["competing_load"] else "no", x["threads"], x["omp_wait_policy"], f"{x['loadavg']:.1f}",
+                  f"{x['seconds']:.1f}", f"{x['val_loss']:.6f}"] for x in r["rows"]]))
+    print(f"same validation loss in every setting: {r['same_loss']}")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Targets and main
 # ----------------------------------------------------------------------------------------------------
 
@@ -647,15 +839,16 @@ def main(argv=None) -> int:
     ap = liv.OneLineParser(prog="bench.py", description="STAR speed benchmarks: prints a table, writes JSON.")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)} (default: all but the last 4)")
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
-    bad = [x for x in only if x not in SECTIONS + EXTRA_SECTIONS]
+    bad = [x for x in only if x not in SECTIONS + ON_DEMAND]
     if bad:
-        ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}")
+        ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS + ON_DEMAND)}")
     if not only:
         ap.error(f"--only names no section; choose from {', '.join(SECTIONS)}")
     try:
@@ -684,9 +877,11 @@ def main(argv=None) -> int:
     run = dict(classes=(bench_classes, print_classes), scan=(bench_scan, print_scan), conv=(bench_conv, print_conv),
                transformer=(bench_transformer, print_transformer), decode=(bench_decode, print_decode),
                search=(lambda d, s: bench_search(d, s, args.quick), print_search), variation=(bench_variation, print_variation),
-               efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy))
+               efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy),
+               memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
+               threads=(bench_threads, print_threads))
     res, t_all = dict(meta=meta), time.perf_counter()
-    for name in SECTIONS + EXTRA_SECTIONS:
+    for name in SECTIONS + ON_DEMAND:
         if name in only:
             t0 = time.perf_counter()
             res[name] = run[name][0](device, sizes[name])

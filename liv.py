@@ -42,6 +42,7 @@ Hyena (Poli et al. 2023); Differential Transformer (Ye et al. 2024); Llama (Touv
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -330,6 +331,18 @@ def segsum(x):
     return xs.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=x.device), 0), -torch.inf)
 
 
+def _float32(fn):
+    """Run a scan in float32 whatever the caller's autocast: the decays are exp of cumulative sums,
+    which bf16 (8 bits of mantissa) would ruin. Float tensor arguments are cast up, autocast is off."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        up = lambda a: a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+        with torch.autocast(args[0].device.type, enabled=False):
+            return fn(*map(up, args), **{k: up(v) for k, v in kw.items()})
+    return wrapper
+
+
+@_float32
 def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     """Diagonal linear recurrence h_t = a_t h_{t-1} + x_t ⊗ B_t, y_t = h_t C_t, by chunks (Mamba-2 SSD).
 
@@ -368,6 +381,7 @@ def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     return y, h_last
 
 
+@_float32
 def scan_loop(x, log_a, B, C, h0=None):
     """The same recurrence one step at a time: the reference for tests, and the decoding step."""
     b, l, h, p = x.shape
@@ -442,7 +456,8 @@ class ImplicitFilter(nn.Module):
         t = torch.arange(l, device=self.alpha.device, dtype=torch.float32)
         ang = t[:, None] * self.freqs  # (l, bands)
         z = torch.cat([(t / self.max_len)[:, None], ang.cos(), ang.sin()], dim=-1)  # (l, 1 + 2 bands)
-        h = self.mlp(z.to(self.mlp[0].weight.dtype)).float()  # (l, channels)
+        with torch.autocast(t.device.type, enabled=False):  # the filter MLP in float32, also under bf16 autocast
+            h = self.mlp(z.to(self.mlp[0].weight.dtype)).float()  # (l, channels)
         return rearrange(h * torch.exp(-self.alpha * (t / self.max_len)[:, None]), "l c -> c l")
 
 

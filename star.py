@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -41,6 +42,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+# Idle OpenMP threads sleep instead of spinning. Read once, when torch is imported (lazily, below): on a
+# shared 2-core machine, a 2-thread cpu-preset candidate took 173-235 s spinning, 21-29 s with PASSIVE,
+# same loss (bench.py --only threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
     "quality": ("perplexity",),
@@ -133,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
                     help="print hypervolume against evaluations for these runs at one common reference point; exit")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
+    # many candidates at once (parallel.py); --workers and --ray do not change results
+    ap.add_argument("--workers", type=int, default=1, help="worker processes training candidates at once, "
+                    "round-robin over the GPUs, one CPU core each without (default 1: in this process)")
+    ap.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="each candidate a task on the Ray cluster at ADDRESS (none: a local Ray); needs ray")
+    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="stop a candidate after this long and record it as failed (runs candidates in workers)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (gradient accumulation; "
+                    "must divide --batch; default: chosen from a memory estimate on CUDA, the whole batch on CPU)")
     return ap
 
 
@@ -177,10 +192,20 @@ def run_config(args) -> dict:
             raise UsageError(f"{opt} must not be empty")
     if args.name is not None and (os.sep in args.name or args.name in (".", "..")):
         raise UsageError(f"--name {args.name!r} must be a plain folder name (the folder goes under --out)")
+    if args.workers < 1 or (args.timeout is not None and not args.timeout > 0):
+        raise UsageError(f"--workers must be >= 1 and --timeout > 0 (got {args.workers}, {args.timeout})")
+    if args.ray is not None and args.workers > 1:
+        raise UsageError("--ray and --workers exclude each other: Ray schedules the candidates itself")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise UsageError("--ray needs Ray, an optional dependency: pip install ray")
+    if args.micro_batch is not None and not (1 <= args.micro_batch <= p["batch"] and p["batch"] % args.micro_batch == 0):
+        raise UsageError(f"--micro-batch must divide --batch {p['batch']} (got {args.micro_batch})")
+    # --workers and --ray are not recorded: they do not change results, and a resume may use others
     return dict(objective=args.objective, preset=preset, **p, data=args.data, vocab_size=args.vocab_size,
                 cache_len=args.cache_len, seed=args.seed, seed_baselines=args.seed_baselines,
                 final_top=args.final_top, final_steps=args.final_steps, algorithm=args.algorithm,
-                baseline_seeds=args.baseline_seeds, share_rate=share_rate, crossover_cut=cut)
+                baseline_seeds=args.baseline_seeds, share_rate=share_rate, crossover_cut=cut, timeout=args.timeout,
+                micro_batch=args.micro_batch)
 
 
 def model_config(rc: dict, vocab_size: int):
@@ -198,7 +223,8 @@ def train_config(rc: dict, device: str, steps: int | None = None):
     import train
 
     return train.TrainConfig(steps=steps or rc["steps"], batch=rc["batch"], seq_len=rc["seq_len"],
-                             eval_batches=rc["eval_batches"], seed=rc["seed"], device=device, log_every=0)
+                             eval_batches=rc["eval_batches"], seed=rc["seed"], device=device, log_every=0,
+                             micro_batch=rc.get("micro_batch"))
 
 
 def training_seeds(rc: dict) -> list[int]:
@@ -224,11 +250,13 @@ def describe_costs(g, cfg, cache_len: int) -> dict:
 def evaluate_genome(g, cfg, tcfg, data, rc: dict, seed: int | None = None) -> tuple[dict, tuple[float, ...]]:
     """Train one candidate and score it. A failure (divergence, OOM, exception) gives infinite
     objectives and the error, and the run goes on (D16). `seed` (default: the run's) seeds the initial
-    weights and the training (batch order)."""
+    weights and the training (batch order). A CUDA error that poisons the process is status
+    'cuda_error' (parallel.py ends the worker, or the run)."""
     import dataclasses
 
     import genome
     import liv
+    import parallel
     import torch
     import train
 
@@ -236,6 +264,7 @@ def evaluate_genome(g, cfg, tcfg, data, rc: dict, seed: int | None = None) -> tu
         tcfg = dataclasses.replace(tcfg, seed=seed)
     seed = tcfg.seed
     t0 = time.time()
+    model = None
     info = dict(describe_costs(g, cfg, rc["cache_len"]), perplexity=math.inf, val_loss=math.inf,
                 bits_per_byte=None, status="error", error="", seconds=0.0)
     try:
@@ -250,7 +279,11 @@ def evaluate_genome(g, cfg, tcfg, data, rc: dict, seed: int | None = None) -> tu
     except torch.cuda.OutOfMemoryError as e:
         info.update(status="oom", error=str(e).splitlines()[0])
     except Exception as e:  # a candidate that raises must not stop the search (D16)
-        info.update(status="error", error=f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
+        info.update(status="cuda_error" if parallel.is_sticky_cuda_error(error) else "error", error=error)
+    if info["status"] == "oom":  # here, not in `except`: the traceback that held the tensors is gone
+        model = None
+        train.release_memory()
     info["seconds"] = round(time.time() - t0, 3)
     return info, objectives_of(info, rc["objective"])
 
@@ -654,6 +687,7 @@ def run(args, log=print) -> Path:
 def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log) -> None:
     import evolve
     import genome
+    import parallel
 
     # errors of the loop: a search that cannot go on is exit 1; on --resume, anything else wrong with the
     # stored run (a corrupt line, a snapshot that does not match the replay) is the user's to fix: exit 2
@@ -703,7 +737,8 @@ def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log)
     try:
         result = evolve.nsga2(
             initial=initial, sample=lambda rng: genome.random_genome(rc["depth"], rng, share_rate=rc["share_rate"]),
-            evaluate=evolve.sequential(one),
+            evaluate=parallel.evaluator(one, rc, device, workers=args.workers, ray=args.ray, timeout=args.timeout,
+                                        costs=lambda g: describe_costs(g, cfg, rc["cache_len"])),
             crossover=lambda a, b, rng: genome.crossover(a, b, rng, cut=rc["crossover_cut"]), mutate=genome.mutate,
             repair=genome.repair, encode=str, decode=genome.Genome.parse, key=genome.canonical_str,
             pop_size=rc["population"], n_offspring=rc["offspring"], generations=rc["generations"], seed=rc["seed"],

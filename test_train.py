@@ -478,3 +478,54 @@ def test_cli_bad_genome_as_a_process_has_no_traceback():
     p = subprocess.run([sys.executable, str(HERE / "train.py"), "--genome", "not-a-genome", "--steps", "1"],
                        capture_output=True, text=True, timeout=120, cwd=HERE)
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
+
+
+# --- gradient accumulation and the memory estimate ------------------------------------------------------
+
+
+@needs_genome
+def test_accumulated_micro_batches_give_the_large_batch_update(monkeypatch):
+    """4 micro-batches of 1 sequence = one batch of 4: the same gradient norm, loss and parameters after
+    the optimizer step, to float32 round-off. (AdamW's step is nearly invariant to a gradient's scale,
+    so a missing 1/4 would hide in the parameters: the gradient norm and the loss catch it.)"""
+    import genome
+    import liv
+
+    cfg = liv.ModelConfig(vocab_size=256, d_model=32, head_dim=16, depth=2, max_len=64)
+    g = genome.Genome.parse("5.1.1.1.1-9.2.1.2.1")
+    data = train.synthetic(n_bytes=1 << 14)
+    norms, real_clip = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(real_clip(*a, **k)) or norms[-1])
+    out = {}
+    for micro in (None, 1):
+        model = genome.build_model(g, cfg, seed=0)
+        res = train.train(model, data, TrainConfig(steps=1, batch=4, seq_len=32, eval_batches=1, device="cpu",
+                                                   log_every=1, micro_batch=micro), log=None)
+        out[micro] = (res.train_loss, [p.detach().clone() for p in model.parameters()])
+    assert norms[0].item() == pytest.approx(norms[1].item(), rel=1e-5)
+    assert out[None][0] == pytest.approx(out[1][0], rel=1e-6)
+    for a, b in zip(out[None][1], out[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+@needs_genome
+def test_memory_estimate_counts_activations_and_picks_micro_batches():
+    import genome
+    import liv
+
+    cfg = liv.ModelConfig(vocab_size=256, d_model=32, head_dim=16, depth=2, max_len=64)
+    model = genome.build_model(genome.Genome.parse("1.1.1.1.1-9.2.1.2.1"), cfg, seed=0)
+    tcfg = TrainConfig(steps=1, batch=8, seq_len=64, device="cpu")
+    per_token = train.saved_bytes_per_token(model, 64)
+    assert per_token >= 4 * 256  # at least the float32 log-probabilities the loss keeps per token
+    n = sum(p.numel() for p in model.parameters())
+    one, two = train.step_memory(model, tcfg, 1), train.step_memory(model, tcfg, 2)
+    assert one > 16 * n and two - one == pytest.approx(one - 16 * n, rel=1e-6)  # linear in the micro-batch
+    assert train.micro_batch_for(model, tcfg, None) == 8  # CPU: the whole batch
+    assert train.micro_batch_for(model, tcfg, 10**12) == 8
+    fits_two = int((16 * n + 2.5 * 64 * per_token) / (1 - train.MEMORY_HEADROOM))
+    assert train.micro_batch_for(model, tcfg, fits_two) == 2  # the largest divisor of 8 that fits
+    assert train.micro_batch_for(model, tcfg, 1) == 1
+    assert train.micro_batch_for(model, TrainConfig(batch=8, micro_batch=4), 1) == 4  # set by hand
+    with pytest.raises(ValueError, match="micro_batch"):
+        TrainConfig(batch=8, micro_batch=3)

@@ -38,7 +38,7 @@ The file has four parts:
 
 Glossary (shape comments): b batch, l sequence length (seq_len), v vocabulary size.
 
-What this file does not do: multi-GPU training, gradient accumulation, dropout, resuming a training
+What this file does not do: multi-GPU training, dropout, resuming a training
 run from a checkpoint (the optimizer state is saved, but nothing loads it back yet), tokenisation
 (text is bytes; token files come pre-tokenised).
 """
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -64,6 +65,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# cuBLAS picks reduction strategies per call unless its workspace is fixed; read when CUDA starts
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Data (D17)
@@ -417,11 +421,15 @@ class TrainConfig:
     bf16: bool = True  # D17: bf16 autocast, on CUDA only (ignored on CPU)
     compile: bool = False  # D17: torch.compile; off by default (each candidate is a new graph to compile, DESIGN.md N8)
     log_every: int = 50  # progress line every this many steps (0 = none)
+    micro_batch: int | None = None  # sequences per micro-batch; None = chosen by micro_batch_for (whole batch on CPU)
 
     def __post_init__(self):
         for name in ("steps", "batch", "seq_len", "eval_batches"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"TrainConfig.{name}: must be a positive integer (got {getattr(self, name)!r})")
+        if self.micro_batch is not None and not (isinstance(self.micro_batch, int) and 1 <= self.micro_batch
+                                                 and self.batch % self.micro_batch == 0):
+            raise ValueError(f"TrainConfig.micro_batch: must divide batch {self.batch} (got {self.micro_batch!r})")
         if self.warmup is not None and not (isinstance(self.warmup, int) and self.warmup >= 0):
             raise ValueError(f"TrainConfig.warmup: must be None or an integer >= 0 (got {self.warmup!r})")
         if not self.lr > 0:
@@ -542,6 +550,92 @@ class TrainResult:
         return asdict(self)
 
 
+# Memory of one training step, and the micro-batches that make it fit (gradient accumulation).
+#
+#   peak ≈ 16 P  +  micro_batch · seq_len · A(seq_len)  (+ MEMORY_HEADROOM of the device kept free)
+#
+# 16 P: P parameters in float32 held four times (weights, gradients, AdamW's two moments; the fused
+# optimizer updates in place). A(l): bytes autograd keeps for the backward pass per token, measured by
+# a probe forward of one sequence on the run's own device and precision (bf16 autocast on CUDA): every
+# tensor saved for backward, once per storage, parameters left out. Saved tensors of the chunked scan,
+# FFT convolution and flash attention grow linearly with l, so A is per token; to catch anything that
+# grows faster, A is probed at two lengths and extrapolated linearly in l (an upper bound). The
+# backward's transients (the gradient of one layer's activations at a time, the logits' gradient) and
+# the allocator's fragmentation live in the headroom.
+MEMORY_HEADROOM = 0.25  # fraction of device memory left free for transients
+PROBE_LEN = 256  # tokens of the longer probe sequence
+
+
+def saved_bytes_per_token(model: nn.Module, seq_len: int, bf16: bool = True) -> float:
+    """A(seq_len): bytes saved for backward per training token (see above), from two probe forwards."""
+    device = next(model.parameters()).device
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    per_token = []
+    lens = sorted({max(1, min(seq_len, PROBE_LEN) // 2), min(seq_len, PROBE_LEN)})
+    for l in lens:
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor):
+            s = t.untyped_storage()
+            if s.data_ptr() not in params and t.device.type != "meta":
+                saved[s.data_ptr()] = s.nbytes()
+            return t
+
+        x = torch.zeros(1, l, dtype=torch.long, device=device)  # (1, l)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, bf16):
+            loss = _loss(model(x), x)
+        del loss
+        per_token.append(sum(saved.values()) / l)
+    if len(lens) == 1 or per_token[1] <= per_token[0]:
+        return per_token[-1]
+    slope = (per_token[1] - per_token[0]) / (lens[1] - lens[0])
+    return per_token[1] + slope * max(0, seq_len - lens[1])
+
+
+def step_memory(model: nn.Module, tcfg: TrainConfig, micro_batch: int) -> int:
+    """Estimated peak bytes of one training step at this micro-batch (formula above)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return int(16 * n_params + micro_batch * tcfg.seq_len * saved_bytes_per_token(model, tcfg.seq_len, tcfg.bf16))
+
+
+def micro_batch_for(model: nn.Module, tcfg: TrainConfig, memory: int | None) -> int:
+    """The largest divisor of the batch whose step fits in (1 - MEMORY_HEADROOM) of `memory` bytes
+    (1 when none does); the whole batch when `memory` is None (CPU: no device limit to plan for)."""
+    if tcfg.micro_batch is not None:
+        return tcfg.micro_batch
+    if memory is None:
+        return tcfg.batch
+    fixed = 16 * sum(p.numel() for p in model.parameters())
+    per_seq = tcfg.seq_len * saved_bytes_per_token(model, tcfg.seq_len, tcfg.bf16)
+    budget = (1 - MEMORY_HEADROOM) * memory
+    fits = [m for m in range(1, tcfg.batch + 1) if tcfg.batch % m == 0 and fixed + m * per_seq <= budget]
+    return max(fits, default=1)
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of a CUDA device in bytes; None on CPU."""
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+
+def release_memory() -> None:
+    """Return freed CUDA memory to the device. Call it *after* an `except` block: inside it, the
+    exception's traceback still references the frames that hold the tensors."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def set_determinism(device: torch.device) -> None:
+    """Deterministic kernels where they cost little (README, "What is reproducible on CUDA"): cuDNN
+    without autotuning, and torch's deterministic algorithms, warning (once) where an operator has no
+    deterministic implementation instead of failing. cuBLAS's fixed workspace is set when this module
+    is imported, before CUDA starts."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _fmt_time(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -553,10 +647,16 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     The model is moved to the device and trained in place. `log` receives progress lines (None: quiet).
     The run stops early with status 'diverged' at the first non-finite loss or gradient norm (that
     step's update is not applied), and reports 'oom' when CUDA runs out of memory.
+
+    Gradient accumulation: each step's batch is drawn whole (the same batches whatever the split),
+    then cut into batch / micro_batch micro-batches; each micro-batch's mean loss is scaled by
+    micro_batch / batch, so the summed gradients are the whole batch's mean-loss gradient, and clipping
+    and the update see exactly what one large batch would give (up to float rounding).
     """
     log = log or (lambda _msg: None)
     data.check(tcfg.seq_len)
     device = resolve_device(tcfg.device)
+    set_determinism(device)
     torch.manual_seed(tcfg.seed)  # D17: everything seeded (the model's init has its own seed)
     gen = torch.Generator().manual_seed(tcfg.seed)  # batch order: a function of the seed alone
     t0 = time.perf_counter()
@@ -572,19 +672,23 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     t_train, t_log, step_log = 0.0, time.perf_counter(), 0
     logits = loss = None
     try:
+        micro = micro_batch_for(model, tcfg, device_memory(device))  # sequences per micro-batch
         for step in range(tcfg.steps):
             t_step = time.perf_counter()
             lr = lr_at(step, tcfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = data.get_batch("train", tcfg.batch, tcfg.seq_len, gen, device)  # (b, l) each
-            with _autocast(device, tcfg.bf16):
-                logits = fwd(x)  # (b, l, v)
-            loss = _loss(logits, y)
-            loss.backward()
+            loss_sum = 0.0
+            for xm, ym in zip(x.split(micro), y.split(micro)):  # (micro, l) each
+                with _autocast(device, tcfg.bf16):
+                    logits = fwd(xm)  # (micro, l, v)
+                loss = _loss(logits, ym) * (xm.shape[0] / tcfg.batch)
+                loss.backward()
+                loss_sum = loss_sum + loss.detach()
             # clip_grad_norm_ returns the norm before clipping: inf/NaN there means a broken step
             gnorm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
-            loss_v, gnorm_v = loss.item(), gnorm.item()  # one sync per step; buys an immediate stop
+            loss_v, gnorm_v = float(loss_sum), gnorm.item()  # one sync per step; buys an immediate stop
             if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
                 status = "diverged"
                 error = f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step {step}"
@@ -608,10 +712,10 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     except torch.OutOfMemoryError as e:
         where = "during evaluation" if step == tcfg.steps else f"at step {step}"
         status, error = "oom", f"out of memory {where}: {str(e).splitlines()[0]}"
-        logits = loss = None  # drop this frame's references so that the memory can be returned
+    if status == "oom":  # after `except`: the traceback held the frames that hold the tensors
+        logits = loss = x = y = xm = ym = None
         opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory()
     steps_done = step  # after a break, `step` is the index of the failed step = the steps completed
     result = TrainResult(
         status=status,
@@ -735,7 +839,8 @@ def _train_command(args) -> int:
         cfg = liv.ModelConfig(vocab_size=256, d_model=args.d_model, depth=g.depth,
                               head_dim=args.head_dim, max_len=max(4096, args.seq_len))
         tcfg = TrainConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
-                           seed=args.seed, device=args.device, compile=args.compile, log_every=args.log_every)
+                           seed=args.seed, device=args.device, compile=args.compile, log_every=args.log_every,
+                           micro_batch=args.micro_batch)
         device = resolve_device(tcfg.device)
         data = load_data(args.data, args.vocab_size)
         data.check(tcfg.seq_len)
@@ -787,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="sequences per micro-batch (must divide --batch; default: from a memory estimate on CUDA)")
     p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--data", default=None, help="text file, folder, folder with train.bin/val.bin, or 'synthetic' "
                                                  "(default: Shakespeare, downloaded once)")
