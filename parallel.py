@@ -109,7 +109,7 @@ def in_process(one: Callable, device: str) -> evolve.Evaluator:
     """One candidate after another, in this process, each with CANDIDATE_THREADS threads on CPU."""
     def evaluate(individuals: list, generation: int, report: evolve.Report) -> None:
         for i, g in enumerate(individuals):
-            with _threads(CANDIDATE_THREADS if device == "cpu" else None):
+            with candidate_threads(device):
                 ev = one(g, generation)
             report(i, ev)
             if ev.info.get("status") == "cuda_error":
@@ -118,6 +118,12 @@ def in_process(one: Callable, device: str) -> evolve.Evaluator:
                     "it is recorded as failed; continue with --resume, preferably with --workers 2 so that "
                     "each candidate runs in its own process")
     return evaluate
+
+
+def candidate_threads(device: str) -> "_threads":
+    """The thread count every candidate trains with in this process (CANDIDATE_THREADS on CPU; left
+    alone on CUDA); star.py uses it for the baselines and the final retraining too."""
+    return _threads(CANDIDATE_THREADS if device == "cpu" else None)
 
 
 class _threads:

@@ -711,7 +711,8 @@ def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log)
         g = make(rc["depth"])
         for seed in seeds:
             if (name, seed) not in done:
-                info, _ = evaluate_genome(g, cfg, tcfg, data, rc, seed=seed)
+                with parallel.candidate_threads(device):  # as every candidate (D19)
+                    info, _ = evaluate_genome(g, cfg, tcfg, data, rc, seed=seed)
                 done[(name, seed)] = _append(run_dir / "baselines.jsonl",
                                              dict(name=name, seed=seed, genome=str(g), key=genome.canonical_str(g), **info))
                 log(f"baseline {name:<14} seed {seed} {progress_words(done[(name, seed)])}")
@@ -762,7 +763,8 @@ def _synthesis(args, rc: dict, run_dir: Path, cfg, tcfg, data, device: str, log)
             for seed in seeds:
                 if (job["key"], seed) in finished:
                     continue
-                info, _ = evaluate_genome(genome.Genome.parse(job["genome"]), cfg, long_cfg, data, rc, seed=seed)
+                with parallel.candidate_threads(device):
+                    info, _ = evaluate_genome(genome.Genome.parse(job["genome"]), cfg, long_cfg, data, rc, seed=seed)
                 rec = _append(run_dir / "final.jsonl", dict(job, seed=seed, **info))
                 final.append(rec)
                 log(f"retrained {job.get('name') or job['genome']} seed {seed} for {rc['final_steps']} steps: "

@@ -142,7 +142,7 @@ def test_evaluate_genome_tells_sticky_cuda_errors_from_other_errors(monkeypatch)
         def broken(*a, **k):
             raise RuntimeError(message)
         monkeypatch.setattr(genome, "build_model", broken)
-        info, objectives = star.evaluate_genome(genome.Genome.parse(OK_1), cfg, None, None, rc)
+        info, objectives = star.evaluate_genome(genome.Genome.parse(OK_1), cfg, star.train_config(rc, "cpu"), None, rc)
         assert info["status"] == status and message in info["error"] and objectives == (math.inf, math.inf)
 
 
