@@ -551,17 +551,19 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
 
     ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
           and math.isfinite(r["perplexity"])]
-    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in records], dtype=float)
-    if not ok or not np.isfinite(F).all(axis=1).any():
+    if not ok:
         return False
+    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in records], dtype=float)
     metrics = OBJECTIVES[rc["objective"]][1:] or ("params",)
     base = [b for b in seed_groups(baselines, "name").values() if math.isfinite(b["perplexity"])]
     n_gen = max(r["generation"] for r in records) + 1
     cmap = plt.get_cmap("viridis", n_gen)
     norm = BoundaryNorm(np.arange(-0.5, n_gen), cmap.N)  # one colour per generation
-    b_style = [("*", "tab:red", 15), ("D", "tab:orange", 8), ("P", "tab:pink", 10), ("X", "tab:brown", 10)]
+    styles = [("*", "tab:red", 15), ("D", "tab:orange", 8), ("P", "tab:pink", 10), ("X", "tab:brown", 10)]
+    b_style = [styles[i % len(styles)] for i in range(len(base))]  # marker, colour, size of each baseline
 
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5.6 * (len(metrics) + 1), 4.8), layout="constrained")
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5.6 * (len(metrics) + 1), 4.8), dpi=120,
+                             layout="constrained")
     labels = []  # (axes, xy, name, colour, the panel's points): written once the layout is fixed
     for ax, m in zip(axes, metrics):
         x = np.array([r[m] for r in ok], dtype=float)
@@ -570,13 +572,13 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
                         linewidths=0.4, zorder=3, label="candidate (colour: generation)")
         front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
         ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
-                label="Pareto front" if len(metrics) == 1 else "Pareto front of the panel's two objectives")
+                label="Pareto front" if len(OBJECTIVES[rc["objective"]]) == 2 else "Pareto front of the panel's two metrics")
+        pts = np.column_stack([np.r_[x, [b[m] for b in base]], np.r_[y, [b["perplexity"] for b in base]]])
         for b, (marker, color, size) in zip(base, b_style):
             n = sum(math.isfinite(v) for v in b["ppls"])
             ax.errorbar([b[m]], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
                         mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds)")
-        pts = np.column_stack([np.r_[x, [b[m] for b in base]], np.r_[y, [b["perplexity"] for b in base]]])
-        labels += [(ax, (b[m], b["perplexity"]), b["name"], color, pts) for b, (_, color, _) in zip(base, b_style)]
+            labels.append((ax, (b[m], b["perplexity"]), b["name"], color, pts))
         if pts[:, 0].min() > 0 and pts[:, 0].max() / pts[:, 0].min() > 100:  # cache bytes span KB to MB
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter(unit="B" if m == "cache_bytes" else ""))
@@ -598,7 +600,8 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
     ax.set_ylabel("hypervolume")
     ax.set_title("hypervolume of all candidates evaluated so far", fontsize=10)
     ax.text(0.98, 0.03, "reference point: " + ", ".join(
-        f"{m.split('_')[0]} {_fmt_bytes(v) if m == 'cache_bytes' else f'{v:,.4g}'}" for m, v in zip(OBJECTIVES[rc["objective"]], ref)),
+        f"{m.split('_')[0]} {_fmt_bytes(v) if m == 'cache_bytes' else f'{v:,.0f}' if m == 'params' else f'{v:.4g}'}"
+        for m, v in zip(OBJECTIVES[rc["objective"]], ref)),
         transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
     ax.grid(alpha=0.3)
     ax.margins(x=0.08, y=0.15)
@@ -607,12 +610,13 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
     fig.suptitle(f"STAR {rc['objective']}: {rc['preset']} preset, {rc.get('algorithm', 'nsga2')}, "
                  f"{len(records)} candidates over {n_gen} generations" + (f" ({failed} failed, not shown)" if failed else ""))
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
-    fig.canvas.draw()  # fixes the layout, so that labels can be placed where they cover no point
+    fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
     taken = []
     for ax, xy, name, color, pts in labels:
         _label(ax, xy, name, color, ax.transData.transform(pts), taken)
+    fig.set_layout_engine("none")  # keep that layout (the labels lie inside the panels); saves a second layout pass
     tmp = run_dir / "pareto.png.tmp"
-    fig.savefig(tmp, dpi=120, format="png")
+    fig.savefig(tmp, format="png")
     plt.close(fig)
     os.replace(tmp, run_dir / "pareto.png")  # a kill never leaves half a picture
     return True
