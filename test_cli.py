@@ -204,7 +204,7 @@ def test_plot_front_on_hand_made_records(tmp_path):
              for r in records]
     assert star.plot_front(tmp_path / "three", dict(rc, objective="quality_size_cache"), baselines, three) is True
     w3, h3 = png_size(tmp_path / "three" / "pareto.png")
-    assert h3 == h2 and w3 * 2 == w2 * 3
+    assert h3 == h2 and abs(w3 * 2 - w2 * 3) <= 2  # (one pixel of rounding in some matplotlib versions)
     # no finished candidate yet (or none at all): no picture, and no error
     (tmp_path / "none").mkdir()
     assert star.plot_front(tmp_path / "none", rc, baselines, records[2:3]) is False
