@@ -502,27 +502,29 @@ AXIS_LABELS = {"params": "parameters", "cache_bytes": "inference cache (bytes, b
 
 def _label(ax, xy, text: str, color: str, avoid: np.ndarray, taken: list) -> None:
     """Write `text` next to the point xy where it covers the fewest of the points `avoid` (display
-    coordinates) and none of the labels already placed (`taken`, their boxes: appended to): beside
-    the point if a side is free, else farther out with a leader line."""
+    coordinates) and none of the labels already placed (`taken`, their boxes: appended to): as near
+    as that allows, with a leader line when it is not right beside the point."""
     renderer = ax.figure.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
     style = dict(textcoords="offset points", fontsize=9, color=color, fontweight="bold", zorder=6,
                  bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     best = None
-    for r in (1, 3):  # points of offset: beside the marker, then farther out
-        for dx, dy, ha in ((9, 5, "left"), (9, -15, "left"), (-9, 5, "right"), (-9, -15, "right"),
-                           (0, 14, "center"), (0, -24, "center")):
-            ann = ax.annotate(text, xy, xytext=(r * dx, r * dy), ha=ha, **style)
-            box = ann.get_window_extent(renderer).padded(5)  # a point's marker is about 5 px around its centre
+    for dist in (10, 30, 50):  # points from xy
+        for angle in (30, 0, 330, 150, 180, 210, 60, 120, 300, 240):  # never straight up or down: the error bar
+            dx, dy = dist * math.cos(math.radians(angle)), dist * math.sin(math.radians(angle))
+            align = dict(ha="left" if dx > 1 else "right" if dx < -1 else "center",
+                         va="bottom" if dy > 1 else "top" if dy < -1 else "center")
+            ann = ax.annotate(text, xy, xytext=(dx, dy), **align, **style)
+            box = ann.get_window_extent(renderer).padded(7)  # a marker reaches about 7 px from its centre
             ann.remove()
             cost = (sum(box.contains(px, py) for px, py in avoid) + 100 * sum(box.overlaps(t) for t in taken)
                     + 100 * (box.x0 < inside.x0 or box.x1 > inside.x1 or box.y0 < inside.y0 or box.y1 > inside.y1)
-                    + 0.5 * (r > 1))
+                    + dist / 100)  # then the nearest
             if best is None or cost < best[0]:
-                best = (cost, (r * dx, r * dy), ha, box, r)
-    _, offset, ha, box, r = best
-    ax.annotate(text, xy, xytext=offset, ha=ha, arrowprops=dict(arrowstyle="-", color=color, lw=0.8) if r > 1 else None,
-                **style)
+                best = (cost, (dx, dy), align, box, dist)
+    _, offset, align, box, dist = best
+    ax.annotate(text, xy, xytext=offset, **align, **style,
+                arrowprops=dict(arrowstyle="-", color=color, lw=0.8) if dist > 10 else None)
     taken.append(box)
 
 
@@ -573,12 +575,15 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
         front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
         ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
                 label="Pareto front" if len(OBJECTIVES[rc["objective"]]) == 2 else "Pareto front of the panel's two metrics")
-        pts = np.column_stack([np.r_[x, [b[m] for b in base]], np.r_[y, [b["perplexity"] for b in base]]])
+        stair = np.column_stack([np.repeat(x[front], 2)[1:], np.repeat(y[front], 2)[:-1]])  # the step line's corners
+        # what a label must not cover: the candidates, the baselines and the ends of their error bars
+        pts = np.column_stack([np.r_[x, [b[m] for b in base for _ in range(3)]],
+                               np.r_[y, [b["perplexity"] + k * b["ppl_std"] for b in base for k in (-1, 0, 1)]]])
         for b, (marker, color, size) in zip(base, b_style):
             n = sum(math.isfinite(v) for v in b["ppls"])
             ax.errorbar([b[m]], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
                         mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds)")
-            labels.append((ax, (b[m], b["perplexity"]), b["name"], color, pts))
+            labels.append((ax, (b[m], b["perplexity"]), b["name"], color, pts, stair))
         if pts[:, 0].min() > 0 and pts[:, 0].max() / pts[:, 0].min() > 100:  # cache bytes span KB to MB
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter(unit="B" if m == "cache_bytes" else ""))
@@ -612,8 +617,10 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
     fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
     taken = []
-    for ax, xy, name, color, pts in labels:
-        _label(ax, xy, name, color, ax.transData.transform(pts), taken)
+    for ax, xy, name, color, pts, stair in labels:
+        c = ax.transData.transform(stair)  # and the front: a point every 15 px along it
+        along = [a + (b - a) * t for a, b in zip(c[:-1], c[1:]) for t in np.linspace(0, 1, 2 + int(np.hypot(*(b - a)) / 15))]
+        _label(ax, xy, name, color, np.concatenate([ax.transData.transform(pts), np.reshape(along, (-1, 2))]), taken)
     fig.set_layout_engine("none")  # keep that layout (the labels lie inside the panels); saves a second layout pass
     tmp = run_dir / "pareto.png.tmp"
     fig.savefig(tmp, format="png")
