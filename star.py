@@ -566,7 +566,7 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
 
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5.6 * (len(metrics) + 1), 4.8), dpi=120,
                              layout="constrained")
-    labels = []  # (axes, xy, name, colour, the panel's points): written once the layout is fixed
+    labels = []  # (axes, xy, name, colour, points to keep clear, the front's corners): placed once the layout is fixed
     for ax, m in zip(axes, metrics):
         x = np.array([r[m] for r in ok], dtype=float)
         y = np.array([r["perplexity"] for r in ok])
@@ -574,7 +574,8 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
                         linewidths=0.4, zorder=3, label="candidate (colour: generation)")
         front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
         ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
-                label="Pareto front" if len(OBJECTIVES[rc["objective"]]) == 2 else "Pareto front of the panel's two metrics")
+                label="Pareto front" if len(OBJECTIVES[rc["objective"]]) == 2
+                else "Pareto front of the panel's two metrics")
         stair = np.column_stack([np.repeat(x[front], 2)[1:], np.repeat(y[front], 2)[:-1]])  # the step line's corners
         # what a label must not cover: the candidates, the baselines and the ends of their error bars
         pts = np.column_stack([np.r_[x, [b[m] for b in base for _ in range(3)]],
@@ -591,15 +592,15 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
         ax.set_ylabel("validation perplexity")
         ax.grid(alpha=0.3)
         ax.margins(0.06, 0.1)  # room for the labels at the edges
-    fig.colorbar(sc, ax=list(axes[:len(metrics)]), ticks=range(0, n_gen, max(1, n_gen // 10)), label="generation",
+    fig.colorbar(sc, ax=list(axes[:len(metrics)]), ticks=range(0, n_gen, -(-n_gen // 10)), label="generation",
                  pad=0.02, aspect=30)
 
     ref = evolve.default_ref_point(F)
     curve = archive_hypervolume_curve(records, ref)
     ax = axes[-1]
     ax.plot([n for _, n, _ in curve], [hv for _, _, hv in curve], "o-", color="tab:blue")
-    for g, n, hv in curve:
-        ax.annotate(f"gen {g}", (n, hv), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=8)
+    for g, n, hv in curve[::max(1, len(curve) // 8)]:  # below and right: the curve only rises
+        ax.annotate(f"gen {g}", (n, hv), xytext=(5, -4), textcoords="offset points", ha="left", va="top", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("evaluations")
     ax.set_ylabel("hypervolume")
@@ -609,17 +610,19 @@ def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dic
         for m, v in zip(OBJECTIVES[rc["objective"]], ref)),
         transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
     ax.grid(alpha=0.3)
-    ax.margins(x=0.08, y=0.15)
+    ax.margins(x=0.12, y=0.15)  # room for the last label
 
     failed = len(records) - len(ok)
     fig.suptitle(f"STAR {rc['objective']}: {rc['preset']} preset, {rc.get('algorithm', 'nsga2')}, "
-                 f"{len(records)} candidates over {n_gen} generations" + (f" ({failed} failed, not shown)" if failed else ""))
+                 f"{len(records)} candidates over {n_gen} generations"
+                 + (f" ({failed} failed, not shown)" if failed else ""))
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
     fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
     taken = []
     for ax, xy, name, color, pts, stair in labels:
         c = ax.transData.transform(stair)  # and the front: a point every 15 px along it
-        along = [a + (b - a) * t for a, b in zip(c[:-1], c[1:]) for t in np.linspace(0, 1, 2 + int(np.hypot(*(b - a)) / 15))]
+        along = [a + (b - a) * t for a, b in zip(c[:-1], c[1:])
+                 for t in np.linspace(0, 1, 2 + int(np.hypot(*(b - a)) / 15))]
         _label(ax, xy, name, color, np.concatenate([ax.transData.transform(pts), np.reshape(along, (-1, 2))]), taken)
     fig.set_layout_engine("none")  # keep that layout (the labels lie inside the panels); saves a second layout pass
     tmp = run_dir / "pareto.png.tmp"
