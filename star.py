@@ -482,8 +482,9 @@ def write_summary(run_dir: Path, rc: dict, baselines: list[dict], records: list[
                   f"feature groups {rates['feature_group']:.0%}, either {rates['any']:.0%} (D9, D10)."]
     if failed:
         lines += ["", "## Failed candidates", ""] + [f"- `{r['genome']}`: {r['status']} {r.get('error', '')}" for r in failed]
+    if plot_front(run_dir, rc, baselines, records):
+        lines[2:2] = ["![Pareto front](pareto.png)", ""]
     evolve._write_atomic(run_dir / "summary.md", "\n".join(lines) + "\n")
-    plot_front(run_dir, rc, baselines, records)
 
 
 def sharing_rates(records: list[dict]) -> dict:
@@ -526,30 +527,139 @@ def final_section(rc: dict, final: list[dict], records: list[dict], baselines: l
     return lines
 
 
-def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dict]) -> None:
-    """pareto.png: perplexity against each efficiency metric, when matplotlib is installed."""
+AXIS_LABELS = {"params": "parameters", "cache_bytes": "inference cache (bytes, bf16, T={cache_len})"}
+
+
+def _label(ax, xy, text: str, color: str, avoid: np.ndarray, taken: list) -> None:
+    """Write `text` next to the point xy where it covers the fewest of the points `avoid` (display
+    coordinates) and none of the labels already placed (`taken`, their boxes: appended to): as near
+    as that allows, with a leader line when it is not right beside the point."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    style = dict(textcoords="offset points", fontsize=9, color=color, fontweight="bold", zorder=6,
+                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    best = None
+    for dist in (10, 30, 50):  # points from xy
+        for angle in (30, 0, 330, 150, 180, 210, 60, 120, 300, 240):  # never straight up or down: the error bar
+            dx, dy = dist * math.cos(math.radians(angle)), dist * math.sin(math.radians(angle))
+            align = dict(ha="left" if dx > 1 else "right" if dx < -1 else "center",
+                         va="bottom" if dy > 1 else "top" if dy < -1 else "center")
+            ann = ax.annotate(text, xy, xytext=(dx, dy), **align, **style)
+            box = ann.get_window_extent(renderer).padded(7)  # a marker reaches about 7 px from its centre
+            ann.remove()
+            cost = (sum(box.contains(px, py) for px, py in avoid) + 100 * sum(box.overlaps(t) for t in taken)
+                    + 100 * (box.x0 < inside.x0 or box.x1 > inside.x1 or box.y0 < inside.y0 or box.y1 > inside.y1)
+                    + dist / 100)  # then the nearest
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy), align, box, dist)
+    _, offset, align, box, dist = best
+    ax.annotate(text, xy, xytext=offset, **align, **style,
+                arrowprops=dict(arrowstyle="-", color=color, lw=0.8) if dist > 10 else None)
+    taken.append(box)
+
+
+def plot_front(run_dir: Path, rc: dict, baselines: list[dict], records: list[dict]) -> bool:
+    """pareto.png, one panel per efficiency objective and one for the hypervolume curve:
+
+    - every finished candidate, coloured by its generation (failed ones have no point to plot);
+    - the Pareto front of the candidates in (efficiency, perplexity) as a staircase: everything above
+      and to the right of it is dominated;
+    - each baseline at its mean perplexity over its training seeds, with a ±1 std bar (D21);
+    - hypervolume of everything evaluated so far against the number of evaluations, at the worst
+      finite value of every objective plus 10% of its range (evolve.default_ref_point).
+
+    matplotlib is imported here, so that the library modules never need it. Returns whether the
+    picture was written: not without matplotlib, nor before any candidate has finished."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.colors import BoundaryNorm
+        from matplotlib.ticker import EngFormatter, MaxNLocator
     except ImportError:
-        return  # optional; the summary says everything the plot does
+        return False  # optional; the summary says everything the plot does
+    import evolve
+
+    ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
+          and math.isfinite(r["perplexity"])]
+    if not ok:
+        return False
+    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in records], dtype=float)
     metrics = OBJECTIVES[rc["objective"]][1:] or ("params",)
-    ok = [r for r in records if r.get("status") == "ok"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        ax.scatter([r[m] for r in ok], [r["perplexity"] for r in ok], s=12, c=[r["generation"] for r in ok],
-                   cmap="viridis", label="candidates")
-        for b in baselines:
-            if b.get("status") == "ok":
-                ax.scatter([b[m]], [b["perplexity"]], marker="*", s=120, label=b["name"])
-        ax.set_xlabel(m)
+    base = [b for b in seed_groups(baselines, "name").values() if math.isfinite(b["perplexity"])]
+    n_gen = max(r["generation"] for r in records) + 1
+    cmap = plt.get_cmap("viridis", n_gen)
+    norm = BoundaryNorm(np.arange(-0.5, n_gen), cmap.N)  # one colour per generation
+    styles = [("*", "tab:red", 15), ("D", "tab:orange", 8), ("P", "tab:pink", 10), ("X", "tab:brown", 10)]
+    b_style = [styles[i % len(styles)] for i in range(len(base))]  # marker, colour, size of each baseline
+
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5.6 * (len(metrics) + 1), 4.8), dpi=120,
+                             layout="constrained")
+    labels = []  # (axes, xy, name, colour, points to keep clear, the front's corners): placed once the layout is fixed
+    for ax, m in zip(axes, metrics):
+        x = np.array([r[m] for r in ok], dtype=float)
+        y = np.array([r["perplexity"] for r in ok])
+        sc = ax.scatter(x, y, c=[r["generation"] for r in ok], cmap=cmap, norm=norm, s=28, edgecolors="white",
+                        linewidths=0.4, zorder=3, label="candidate (colour: generation)")
+        front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
+        ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
+                label="Pareto front" if len(OBJECTIVES[rc["objective"]]) == 2
+                else "Pareto front of the panel's two metrics")
+        stair = np.column_stack([np.repeat(x[front], 2)[1:], np.repeat(y[front], 2)[:-1]])  # the step line's corners
+        # what a label must not cover: the candidates, the baselines and the ends of their error bars
+        pts = np.column_stack([np.r_[x, [b[m] for b in base for _ in range(3)]],
+                               np.r_[y, [b["perplexity"] + k * b["ppl_std"] for b in base for k in (-1, 0, 1)]]])
+        for b, (marker, color, size) in zip(base, b_style):
+            n = sum(math.isfinite(v) for v in b["ppls"])
+            ax.errorbar([b[m]], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
+                        mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds)")
+            labels.append((ax, (b[m], b["perplexity"]), b["name"], color, pts, stair))
+        if pts[:, 0].min() > 0 and pts[:, 0].max() / pts[:, 0].min() > 100:  # cache bytes span KB to MB
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B" if m == "cache_bytes" else ""))
+        ax.set_xlabel(AXIS_LABELS[m].format(cache_len=rc["cache_len"]))
         ax.set_ylabel("validation perplexity")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / "pareto.png", dpi=100)
+        ax.grid(alpha=0.3)
+        ax.margins(0.06, 0.1)  # room for the labels at the edges
+    fig.colorbar(sc, ax=list(axes[:len(metrics)]), ticks=range(0, n_gen, -(-n_gen // 10)), label="generation",
+                 pad=0.02, aspect=30)
+
+    ref = evolve.default_ref_point(F)
+    curve = archive_hypervolume_curve(records, ref)
+    ax = axes[-1]
+    ax.plot([n for _, n, _ in curve], [hv for _, _, hv in curve], "o-", color="tab:blue")
+    for g, n, hv in curve[::max(1, len(curve) // 8)]:  # below and right: the curve only rises
+        ax.annotate(f"gen {g}", (n, hv), xytext=(5, -4), textcoords="offset points", ha="left", va="top", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("hypervolume")
+    ax.set_title("hypervolume of all candidates evaluated so far", fontsize=10)
+    ax.text(0.98, 0.03, "reference point: " + ", ".join(
+        f"{m.split('_')[0]} {_fmt_bytes(v) if m == 'cache_bytes' else f'{v:,.0f}' if m == 'params' else f'{v:.4g}'}"
+        for m, v in zip(OBJECTIVES[rc["objective"]], ref)),
+        transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.15)  # room for the last label
+
+    failed = len(records) - len(ok)
+    fig.suptitle(f"STAR {rc['objective']}: {rc['preset']} preset, {rc.get('algorithm', 'nsga2')}, "
+                 f"{len(records)} candidates over {n_gen} generations"
+                 + (f" ({failed} failed, not shown)" if failed else ""))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
+    fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
+    taken = []
+    for ax, xy, name, color, pts, stair in labels:
+        c = ax.transData.transform(stair)  # and the front: a point every 15 px along it
+        along = [a + (b - a) * t for a, b in zip(c[:-1], c[1:])
+                 for t in np.linspace(0, 1, 2 + int(np.hypot(*(b - a)) / 15))]
+        _label(ax, xy, name, color, np.concatenate([ax.transData.transform(pts), np.reshape(along, (-1, 2))]), taken)
+    fig.set_layout_engine("none")  # keep that layout (the labels lie inside the panels); saves a second layout pass
+    tmp = run_dir / "pareto.png.tmp"
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    os.replace(tmp, run_dir / "pareto.png")  # a kill never leaves half a picture
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------

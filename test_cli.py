@@ -1,6 +1,7 @@
 """End-to-end tests of the synthesis command (star.py) at a tiny size: seconds, not minutes."""
 import json
 import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,73 @@ def test_selection_rule():
     assert [r["key"] for r in star.select_top_k(recs, base, "quality_size", 2)] == ["c", "a"]
     assert [r["key"] for r in star.select_top_k(recs, base, "quality_size_cache", 8)] == ["a", "d"]
     assert [r["key"] for r in star.select_top_k(recs, base, "quality", 1)] == ["c"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# pareto.png
+# ----------------------------------------------------------------------------------------------------
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG, read from its header: the 8-byte signature, then the IHDR chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.slow
+def test_run_draws_pareto_png_linked_from_summary(tmp_path):
+    assert run(tmp_path) == 0
+    d = tmp_path / "r"
+    w, h = png_size(d / "pareto.png")
+    assert w >= 1000 and h >= 500 and (d / "pareto.png").stat().st_size > 20_000  # a drawn figure, not a blank
+    assert "![Pareto front](pareto.png)" in (d / "summary.md").read_text().splitlines()[:5]
+    assert not (d / "pareto.png.tmp").exists()
+
+
+def fake_candidate(generation: int, perplexity: float, params: int, cache_bytes: int, status: str = "ok") -> dict:
+    ok = status == "ok"
+    return dict(generation=generation, genome="g", key="g", status=status, params=params, cache_bytes=cache_bytes,
+                perplexity=perplexity if ok else math.inf, objectives=[perplexity, cache_bytes] if ok else [None, None])
+
+
+def test_plot_front_on_hand_made_records(tmp_path):
+    rc = dict(objective="quality_cache", preset="cpu", algorithm="nsga2", cache_len=4096)
+    records = [fake_candidate(0, 30.0, 1000, 4_000), fake_candidate(0, 25.0, 2000, 400_000),
+               fake_candidate(0, 0.0, 1500, 9_000, status="diverged"),
+               fake_candidate(1, 22.0, 1500, 2_000_000), fake_candidate(1, 27.0, 1200, 50_000)]
+    baselines = [dict(name=name, seed=seed, genome="b", perplexity=ppl + seed, params=params, cache_bytes=cache,
+                      status="ok") for name, ppl, params, cache in [("transformer++", 24.0, 2500, 1_000_000),
+                                                                     ("striped-mamba", 26.0, 2400, 300_000)]
+                  for seed in range(3)]
+    assert star.plot_front(tmp_path, rc, baselines, records) is True
+    w2, h2 = png_size(tmp_path / "pareto.png")
+    # one panel per efficiency objective, plus the hypervolume curve: three panels for three objectives
+    (tmp_path / "three").mkdir()
+    three = [dict(r, objectives=[r["perplexity"], r["params"], r["cache_bytes"]] if r["status"] == "ok" else [None] * 3)
+             for r in records]
+    assert star.plot_front(tmp_path / "three", dict(rc, objective="quality_size_cache"), baselines, three) is True
+    w3, h3 = png_size(tmp_path / "three" / "pareto.png")
+    assert h3 == h2 and abs(w3 * 2 - w2 * 3) <= 2  # (one pixel of rounding in some matplotlib versions)
+    # no finished candidate yet (or none at all): no picture, and no error
+    (tmp_path / "none").mkdir()
+    assert star.plot_front(tmp_path / "none", rc, baselines, records[2:3]) is False
+    assert star.plot_front(tmp_path / "none", rc, [], []) is False
+    assert list((tmp_path / "none").iterdir()) == []
+
+
+def test_baseline_label_goes_where_it_covers_no_candidate():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.set(xlim=(0, 10), ylim=(0, 10))
+    crowd = np.array([(x, y) for x in (5.5, 6, 6.5, 7, 7.5) for y in (4.5, 5, 5.5, 6)])  # right of and above (5, 5)
+    fig.draw_without_rendering()
+    taken = []
+    star._label(ax, (5, 5), "transformer++", "red", ax.transData.transform(crowd), taken)
+    plt.close(fig)
+    assert not any(taken[0].contains(px, py) for px, py in ax.transData.transform(crowd))
+    assert taken[0].x1 < ax.transData.transform((5, 5))[0]  # beside it, on its free left side
