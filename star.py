@@ -924,12 +924,12 @@ def compare_runs(run_dirs: list[str]) -> tuple[str, list[dict]]:
             lines.append(f"{d} | {rc.get('algorithm', 'nsga2')} | {rc['seed']} | {g} | {n} | {hv:.6g}")
         head = recs[:n_common]
         F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in head], dtype=float)
-        offspring = [r for r in recs if r["generation"] > 0]
+        offspring = [r for r in head if r["generation"] > 0]  # everything below over the same evaluations
         rows.append(dict(run=d, algorithm=rc.get("algorithm", "nsga2"), seed=rc["seed"], evaluations=n_common,
                          hypervolume=evolve.hypervolume(F_head, ref),
                          repaired=sum(r.get("repairs", 0) > 0 for r in offspring) / max(len(offspring), 1),
-                         **{f"share_{k}": v for k, v in sharing_rates(recs).items() if k != "n"}))
-    lines += ["", f"at {n_common} evaluations (the shortest run's count):",
+                         **{f"share_{k}": v for k, v in sharing_rates(head).items() if k != "n"}))
+    lines += ["", f"at {n_common} evaluations (the shortest run's count; sharing and repair over those evaluations):",
               "run | algorithm | seed | hypervolume | ratio to the first run | featurizer sharing | feature-group "
               "sharing | either | offspring repaired"]
     for r in rows:
