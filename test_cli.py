@@ -172,3 +172,32 @@ def test_baseline_label_goes_where_it_covers_no_candidate():
     plt.close(fig)
     assert not any(taken[0].contains(px, py) for px, py in ax.transData.transform(crowd))
     assert taken[0].x1 < ax.transData.transform((5, 5))[0]  # beside it, on its free left side
+
+
+def test_noise_aware_helpers():
+    """D21: mean ± sample std, the n.s. rule (advantage within 2 baseline std), Spearman with ties."""
+    assert star.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and star.mean_std([5.0]) == (5.0, 0.0)
+    assert star.mean_std([math.inf, 4.0]) == (4.0, 0.0) and star.mean_std([]) == (math.inf, 0.0)
+    base = dict(perplexity=25.0, ppl_std=0.5, ppls=[24.5, 25.0, 25.5])
+    assert star.versus(dict(perplexity=24.2), base) == "-0.80 n.s."  # 0.8 <= 2 x 0.5
+    assert star.versus(dict(perplexity=23.0), base) == "-2.00"
+    assert star.versus(dict(perplexity=26.0), base) == "+1.00 n.s."
+    assert star.versus(dict(perplexity=20.0), dict(base, ppls=[25.0], ppl_std=0.0)) == "-5.00 n.s."  # one seed: no claim
+    assert star.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert star.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties share their average rank: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3) -> 0.9487
+    assert star.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(star.spearman([1], [2]))
+
+
+def test_compare_refuses_runs_of_different_objectives(tmp_path, capsys):
+    for name, obj in (("a", "quality_cache"), ("b", "quality_size")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(dict(objective=obj, seed=0)))
+        (d / "archive.jsonl").write_text(json.dumps(dict(generation=0, objectives=[1.0, 2.0], key="k")) + "\n")
+    assert star.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different objectives" in err[0]
+    assert star.main(["--compare", str(tmp_path / "nothing")]) == 2
+    assert "holds no run" in capsys.readouterr().err
