@@ -30,11 +30,13 @@ shares nothing, whatever its group id. Legality:
          layout, state size, differential status); D6: GMemless (class 9) shares no feature groups,
          so its only legal feature-group strategy is 1.
 
-Variation (D14) edits the flat list of ``5·depth`` integers: ``mutate`` re-samples each integer with
-probability p, ``crossover`` is k-point. Either can produce illegal genomes; ``repair`` (D11) fixes them
-and counts its changes. Many genomes decode to the same architecture (group ids are labels, strategy 1
-members may sit in any group); ``canonical`` (D12) picks one representative, so the search never
-trains the same architecture twice. Text form (D13): ``1.1.1.1.1-9.2.1.2.1``, or the paper's compact
+Variation (D18) respects these constraints: ``random_genome`` joins earlier compatible groups at a set
+rate, ``mutate`` gives each hit entry a value legal at its position, and ``crossover`` (k-point on the
+flat list of ``5·depth`` integers) cuts between LIVs that no link spans, so offspring are legal in the
+common case; what is left illegal, ``repair`` (D11) fixes and counts. Many genomes decode to the same
+architecture (group ids are labels, strategy 1 members may sit in any group, entries that build
+nothing); ``canonical`` (D12) picks one representative, so the search never trains the same
+architecture twice. Text form (D13): ``1.1.1.1.1-9.2.1.2.1``, or the paper's compact
 ``21211-31112`` when every entry is one digit.
 
 Decoding: ``plans(g)`` turns a valid genome into ``liv.LayerPlan``s (who owns my featurizer weights,
@@ -70,7 +72,7 @@ Row = tuple[int, int, int, int, int]
 
 
 def entry_range(entry: int, depth: int) -> tuple[int, int]:
-    """Full range (inclusive) of one entry, independent of the class: what mutation samples from (D14)."""
+    """Full range (inclusive) of one entry, independent of the class (D11 checks values against it)."""
     return ((1, liv.N_CLASSES), (1, depth), (1, 2), (1, depth), (1, 4))[entry]
 
 
@@ -128,7 +130,7 @@ class Genome:
         return len(self.livs)
 
     def flat(self) -> list[int]:
-        """The 5·depth integers that variation operates on (D14)."""
+        """The 5·depth integers that crossover splices (D18)."""
         return [v for row in self.livs for v in row]
 
     @classmethod
