@@ -65,7 +65,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+import candidate
+import config
+import corpus
 import liv
+import report
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
 ON_DEMAND = ("memory", "parallel", "threads", "efficacy")  # long: only when named in --only
@@ -484,16 +488,16 @@ def bench_search(device, s, quick: bool) -> dict:
     try:
         import evolve
         import genome as gn
-        evolve.nsga2, evolve.Evaluation, evolve.sequential  # noqa: B018 — the API this section needs
+        import runlog
+        runlog.search, evolve.Evaluation, evolve.sequential  # noqa: B018 — the API this section needs
     except (ImportError, AttributeError) as e:
-        return dict(skipped=f"evolve.nsga2 / genome not available ({e})")
+        return dict(skipped=f"runlog.search / genome not available ({e})")
     try:  # the CPU preset of star.py, when it exists; else the issue's stand-in
-        import star
-        p = star.PRESETS["cpu"]
-        preset = dict(source="star.PRESETS['cpu']", d_model=p.d_model, head_dim=p.head_dim, depth=p.depth,
+        p = config.PRESETS["cpu"]
+        preset = dict(source="config.PRESETS['cpu']", d_model=p.d_model, head_dim=p.head_dim, depth=p.depth,
                       seq_len=p.seq_len, batch=p.batch, steps=p.steps, offspring=p.offspring)
     except Exception:  # noqa: BLE001 — star.py is optional here
-        preset = dict(source="stand-in (no star.PRESETS)", d_model=64, head_dim=16, depth=6, seq_len=128, batch=16,
+        preset = dict(source="stand-in (no config.PRESETS)", d_model=64, head_dim=16, depth=6, seq_len=128, batch=16,
                       steps=150, offspring=16)
     if quick:
         preset.update(d_model=32, head_dim=16, depth=2, seq_len=16, batch=2)
@@ -507,10 +511,12 @@ def bench_search(device, s, quick: bool) -> dict:
     gens = s["generations"]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        evolve.nsga2(initial=[], sample=lambda rng: gn.random_genome(depth, rng), evaluate=evolve.sequential(noop),
-                     crossover=gn.crossover, mutate=gn.mutate, repair=gn.repair, encode=str,
-                     decode=gn.Genome.parse, key=gn.canonical_str, pop_size=s["pop"], n_offspring=s["offspring"],
-                     generations=gens, seed=0, run_dir=tmp, log=lambda _m: None)
+        var = evolve.Variation(sample=lambda rng: gn.random_genome(depth, rng), crossover=gn.crossover,
+                               mutate=gn.mutate, repair=gn.repair, encode=str, decode=gn.Genome.parse,
+                               key=gn.canonical_str)
+        runlog.search([], var, evolve.sequential(noop),
+                      evolve.Search(pop_size=s["pop"], n_offspring=s["offspring"], generations=gens, seed=0),
+                      run_dir=tmp, log=lambda _m: None)
         bookkeeping = (time.perf_counter() - t0) / (gens + 1)
 
     # (b) one generation of the preset: offspring x (build the model + `steps` AdamW steps). The step time is
@@ -571,10 +577,9 @@ def bench_memory(device, s) -> dict:
     """The paper preset's step for every class: train.py's estimate, the micro-batch it picks, and (CUDA)
     the measured peak of one optimizer step of the largest class at that micro-batch."""
     import genome as gn
-    import star
     import train
 
-    p = star.PRESETS[s["preset"]]
+    p = config.PRESETS[s["preset"]]
     memory = s["gpu_bytes"] or train.device_memory(device)
     tcfg = train.TrainConfig(steps=1, batch=p.batch, seq_len=p.seq_len, device=str(device))
     cfg = liv.ModelConfig(vocab_size=256, d_model=p.d_model, head_dim=p.head_dim, depth=p.depth,
@@ -621,13 +626,13 @@ def print_memory(r):
              " (not measured: needs --device cuda)"))
 
 
-def _star_config(s, device) -> dict:
+def _star_config(s, device):
     import star
 
     argv = ["--preset", s["preset"], "--device", str(device)] + (["--data", s["data"]] if s.get("data") else [])
     for k, v in s["overrides"].items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
-    return star.run_config(star.build_parser().parse_args(argv))
+    return star.config_of(star.build_parser().parse_args(argv))[0]
 
 
 def bench_parallel(device, s) -> dict:
@@ -635,17 +640,15 @@ def bench_parallel(device, s) -> dict:
     import evolve
     import genome as gn
     import parallel
-    import star
-    import train
 
     rc = _star_config(s, device)
-    data = train.load_data(rc["data"], rc["vocab_size"])
-    cfg, tcfg = star.model_config(rc, data.vocab_size), star.train_config(rc, str(device))
+    data = corpus.load_data(rc.data, rc.vocab_size)
+    cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(str(device))
     rng = np.random.default_rng(0)
-    genomes = [gn.repair(gn.random_genome(rc["depth"], rng), rng)[0] for _ in range(rc["population"])]
+    genomes = [gn.repair(gn.random_genome(rc.depth, rng), rng)[0] for _ in range(rc.population)]
 
     def one(g, generation):
-        info, objectives = star.evaluate_genome(g, cfg, tcfg, data, rc)
+        info, objectives = candidate.evaluate_genome(g, cfg, tcfg, data, rc)
         return evolve.Evaluation(objectives=objectives, info=info)
 
     def generation(evaluate) -> tuple[float, list]:
@@ -654,7 +657,7 @@ def bench_parallel(device, s) -> dict:
         evaluate(genomes, 0, lambda i, ev: got.__setitem__(i, list(ev.objectives)))
         return time.perf_counter() - t0, got
 
-    star.describe_costs(genomes[0], cfg, rc["cache_len"])  # warm-up, as a worker does before it is ready
+    candidate.describe_costs(genomes[0], cfg, rc.cache_len)  # warm-up, as a worker does before it is ready
     load0 = os.getloadavg()[0]
     t1, r1 = generation(parallel.evaluator(one, rc, str(device)))
     t0 = time.perf_counter()
@@ -663,7 +666,7 @@ def bench_parallel(device, s) -> dict:
     startup = time.perf_counter() - t0
     tn, rn = generation(pool)
     pool.close()
-    return dict(preset=rc["preset"], candidates=len(genomes), workers=s["workers"], one_process_s=t1,
+    return dict(preset=rc.preset, candidates=len(genomes), workers=s["workers"], one_process_s=t1,
                 workers_s=tn, workers_startup_s=startup, speedup=t1 / tn, identical=r1 == rn,
                 loadavg_before=load0, loadavg_after=os.getloadavg()[0])
 
@@ -680,14 +683,15 @@ _CANDIDATE = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-import genome, star, train
-rc = json.loads(sys.argv[2])
-data = train.load_data(rc["data"], rc["vocab_size"])
-cfg, tcfg = star.model_config(rc, data.vocab_size), star.train_config(rc, "cpu")
-g = genome.BASELINES["striped-mamba"](rc["depth"])
-star.describe_costs(g, cfg, rc["cache_len"])  # warm-up: the meta-device imports
+import candidate, corpus, genome
+from config import RunConfig
+rc = RunConfig.from_json(sys.argv[2])
+data = corpus.load_data(rc.data, rc.vocab_size)
+cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
+g = genome.BASELINES["striped-mamba"](rc.depth)
+candidate.describe_costs(g, cfg, rc.cache_len)  # warm-up: the meta-device imports
 t = time.perf_counter()
-info, _ = star.evaluate_genome(g, cfg, tcfg, data, rc)
+info, _ = candidate.evaluate_genome(g, cfg, tcfg, data, rc)
 print(json.dumps(dict(seconds=time.perf_counter() - t, val_loss=info["val_loss"])))
 """
 
@@ -709,7 +713,7 @@ def bench_threads(device, s) -> dict:
                     if policy != "default":
                         env["OMP_WAIT_POLICY"] = policy
                     load = os.getloadavg()[0]
-                    out = subprocess.run([sys.executable, "-c", _CANDIDATE, str(threads), json.dumps(rc)], env=env,
+                    out = subprocess.run([sys.executable, "-c", _CANDIDATE, str(threads), rc.to_json()], env=env,
                                          capture_output=True, text=True, check=True).stdout
                     rows.append(dict(competing_load=loaded, threads=threads, omp_wait_policy=policy,
                                      loadavg=load, **json.loads(out.splitlines()[-1])))
@@ -717,7 +721,7 @@ def bench_threads(device, s) -> dict:
             if hog is not None:
                 hog.kill()
                 hog.wait()
-    return dict(preset=rc["preset"], rows=rows, same_loss=len({r["val_loss"] for r in rows}) == 1)
+    return dict(preset=rc.preset, rows=rows, same_loss=len({r["val_loss"] for r in rows}) == 1)
 
 
 def print_threads(r):
@@ -768,7 +772,7 @@ def print_variation(r):
 
 def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     """Whole default cpu-preset runs (`python star.py --objective quality_cache`), NSGA-II and the random
-    control for each seed, then `star.compare_runs` per seed at that seed's common reference point.
+    control for each seed, then `report.compare_runs` per seed at that seed's common reference point.
     Runs already finished in `out_dir` are read, not run again; an unfinished one is resumed."""
     import star
 
@@ -785,8 +789,8 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                 if star.main(argv + s["extra"]) != 0:
                     raise RuntimeError(f"run {name} failed")
             dirs.append(str(d))
-        text, rows = star.compare_runs(dirs)
-        base = star.seed_groups(star.load_run(dirs[0])[2], "name")
+        text, rows = report.compare_runs(dirs)
+        base = report.seed_groups(report.load_run(dirs[0])[2], "name")
         per_seed.append(dict(seed=seed, nsga2=rows[0], random=rows[1], ratio=rows[0]["hypervolume"] / rows[1]["hypervolume"],
                              baselines={n: dict(mean=b["perplexity"], std=b["ppl_std"], ppls=b["ppls"]) for n, b in base.items()}))
     return dict(seeds=per_seed, median_ratio=float(np.median([p["ratio"] for p in per_seed])))

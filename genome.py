@@ -687,26 +687,28 @@ def describe(g: Genome) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_depth(g: Genome, cfg: liv.ModelConfig) -> None:
-    if cfg.depth != g.depth:
-        raise ValueError(f"cfg.depth={cfg.depth} but the genome has {g.depth} LIVs")
+def _plans_for(g, cfg: liv.ModelConfig) -> list[liv.LayerPlan]:
+    """The layer plans of a genome (decoded and validated here) or of plans the caller already decoded
+    with `plans(g)`, which builds, counts and sizes one candidate from one decode."""
+    ps = plans(g) if isinstance(g, Genome) else list(g)
+    if cfg.depth != len(ps):
+        raise ValueError(f"cfg.depth={cfg.depth} but the genome has {len(ps)} LIVs")
+    return ps
 
 
-def build_model(g: Genome, cfg: liv.ModelConfig, seed: int = 0) -> torch.nn.Module:
+def build_model(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seed: int = 0) -> torch.nn.Module:
     """Decode `g` into a liv.Backbone. Same genome + seed -> same initial weights; the global torch RNG
     is left as it was (forked)."""
-    _check_depth(g, cfg)
-    ps = plans(g)
+    ps = _plans_for(g, cfg)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return liv.Backbone(cfg, ps)
 
 
-def count_params(g: Genome, cfg: liv.ModelConfig) -> dict[str, int]:
+def count_params(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig) -> dict[str, int]:
     """Unique parameters (shared tensors once, the tied embedding once), without allocating the model:
     the Backbone is built on the meta device, which records shapes only."""
-    _check_depth(g, cfg)
-    ps = plans(g)
+    ps = _plans_for(g, cfg)
     with torch.device("meta"):
         model = liv.Backbone(cfg, ps)
     unique = {id(p): p.numel() for p in model.parameters()}  # identity: a shared tensor counts once
@@ -719,7 +721,7 @@ def count_params(g: Genome, cfg: liv.ModelConfig) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def cache_bytes(g: Genome, cfg: liv.ModelConfig, seq_len: int = 4096, bytes_per_element: int = 2) -> int:
+def cache_bytes(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seq_len: int = 4096, bytes_per_element: int = 2) -> int:
     """D7: the bytes a decoder keeps between steps, for batch 1 and a context of ``seq_len`` tokens.
 
     Written from the formulas of DESIGN.md §3.1, independently of the allocation in liv.py (the tests
@@ -736,8 +738,7 @@ def cache_bytes(g: Genome, cfg: liv.ModelConfig, seq_len: int = 4096, bytes_per_
 
     r = 2 branches for a differential class (D5), else 1; k = cfg.short_conv; T = seq_len.
     """
-    ps = plans(g)
-    _check_depth(g, cfg)
+    ps = _plans_for(g, cfg)
     d, H, P, k, T = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.short_conv, seq_len
     read_whole = {p.share_owner for p in ps if liv.REGISTRY[p.class_id].long_conv and {"B", "V"} <= p.shared_groups}
     total = 0
@@ -783,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = _Parser(description="Print, check and describe STAR backbone genomes (D8-D15).")
     ap.add_argument("genome", nargs="?", help="e.g. 1.1.1.1.1-9.2.1.2.1 or the compact 11111-92121")
     ap.add_argument("--random", type=int, metavar="DEPTH", help="print a random valid genome of this depth")
-    ap.add_argument("--seed", type=int, default=0, help="seed for --random")
+    ap.add_argument("--seed", type=liv.seed_arg, default=0, help="seed for --random (0 <= seed < 2**63)")
     ap.add_argument("--baseline", choices=sorted(BASELINES), help="print a baseline genome (needs --depth)")
     ap.add_argument("--classes", "--explain", action="store_true", help="print the option pool tables (D8)")
     ap.add_argument("--depth", type=int, help="depth for --baseline (a genome's depth is inferred)")
@@ -804,8 +805,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for opt, v in (("--random", args.random), ("--depth", args.depth)):
             if v is not None and not 1 <= v <= CLI_MAX_DEPTH:
                 ap.error(f"{opt} {v}: depth must be in 1..{CLI_MAX_DEPTH}")
-        if not 0 <= args.seed < 2 ** 63:
-            ap.error(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
         if args.random is not None:
             g = random_genome(args.random, np.random.default_rng(args.seed))
         elif args.baseline is not None:

@@ -1078,6 +1078,33 @@ def fmt_bytes(n) -> str:
         n /= 1000
 
 
+def fmt_time(s: float) -> str:
+    """A duration for progress lines and ETAs, everywhere in this project: 5s, 3m07s, 2h05m; '?'
+    when unknown (not finite)."""
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63: what torch.manual_seed and numpy's generators both take
+
+
+def seed_arg(text: str) -> int:
+    """The command lines' --seed type (star.py, train.py, genome.py): an integer in 0 .. 2**63 - 1."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**63 - 1 (got {seed})")
+    return seed
+
+
 class OneLineParser(argparse.ArgumentParser):
     """The command lines' parser (liv.py, train.py, star.py, bench.py): a bad option is one line on
     stderr and exit status 2, not a usage block."""

@@ -41,6 +41,7 @@ with ``--workers`` so that a recurring error is isolated.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import multiprocessing as mp
@@ -52,29 +53,28 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Callable
 
+import candidate
+import corpus
 import evolve
+import genome
+from config import RunConfig
 
 CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module docstring)
 # what marks a CUDA error that poisons the whole process (the context cannot be used again)
-STICKY_CUDA = ("illegal memory access", "CUDA error", "cuFFT", "device-side assert")
 # environment of worker processes, read by OpenMP when torch is imported (before any of our code runs):
 # idle OpenMP threads sleep instead of spinning, so a loaded machine does not collapse (README, "Threads")
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-DEFAULT_EVALUATE = "star:evaluate_genome"  # fn(genome, cfg, tcfg, data, rc) -> (info, objectives)
+DEFAULT_EVALUATE = "candidate:evaluate_genome"  # fn(genome, cfg, tcfg, data, config) -> (info, objectives)
 
 
 class StickyCudaError(SystemExit):
     """Ends an in-process run after a sticky CUDA error (a one-line message, exit status 1)."""
 
 
-def is_sticky_cuda_error(message: str) -> bool:
-    return any(s in message for s in STICKY_CUDA)
-
-
 def failed(status: str, error: str, n_objectives: int, costs: dict | None = None,
            seconds: float = 0.0) -> evolve.Evaluation:
     """A candidate that produced no result: infinite objectives, its analytic costs (``costs``, as
-    star.describe_costs gives them) and the reason in its record."""
+    candidate.describe_costs gives them) and the reason in its record."""
     info = dict(costs or {}, perplexity=math.inf, val_loss=math.inf, bits_per_byte=None, status=status,
                 error=error, seconds=round(seconds, 3))
     return evolve.Evaluation(objectives=(math.inf,) * n_objectives, info=info)
@@ -85,7 +85,7 @@ def failed(status: str, error: str, n_objectives: int, costs: dict | None = None
 # ----------------------------------------------------------------------------------------------------
 
 
-def evaluator(one: Callable, rc: dict, device: str, *, workers: int = 1, ray: str | None = None,
+def evaluator(one: Callable, rc: RunConfig, device: str, *, workers: int = 1, ray: str | None = None,
               timeout: float | None = None, costs: Callable | None = None,
               evaluate: str = DEFAULT_EVALUATE) -> evolve.Evaluator:
     """The batch evaluator for a run.
@@ -170,29 +170,22 @@ def worker_threads(device: str, workers: int) -> int:
 class _Context:
     """What evaluating a candidate needs, built once per process from the run configuration."""
 
-    def __init__(self, rc: dict, device: str, evaluate: str):
-        import star
-        import train
-
+    def __init__(self, rc: RunConfig, device: str, evaluate: str):
         self.rc = rc
-        self.data = train.load_data(rc["data"], rc["vocab_size"])
-        self.cfg = star.model_config(rc, self.data.vocab_size)
-        self.tcfg = star.train_config(rc, device)
+        self.data = corpus.load_data(rc.data, rc.vocab_size)
+        self.cfg = rc.model_config(self.data.vocab_size)
+        self.tcfg = rc.train_config(device)
         module, name = evaluate.split(":")
         self.fn = getattr(importlib.import_module(module), name)
         # warm-up: the first model built on the meta device imports torch's reference operators (seconds);
         # done here, before the worker says it is ready, so that --timeout times candidates, not start-up
-        import genome
-
-        star.describe_costs(genome.BASELINES["transformer++"](rc["depth"]), self.cfg, rc["cache_len"])
+        candidate.describe_costs(genome.BASELINES["transformer++"](rc.depth), self.cfg, rc.cache_len)
 
     def __call__(self, text: str) -> tuple[dict, tuple]:
-        import genome
-
         return self.fn(genome.Genome.parse(text), self.cfg, self.tcfg, self.data, self.rc)
 
 
-def _worker_main(conn, rc: dict, device: str, threads: int, evaluate: str) -> None:
+def _worker_main(conn, rc: RunConfig, device: str, threads: int, evaluate: str) -> None:
     """A local worker: load once, then evaluate (index, genome text) jobs until told to stop (None)."""
     import torch
 
@@ -217,6 +210,24 @@ def _worker_main(conn, rc: dict, device: str, threads: int, evaluate: str) -> No
 # ----------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Start a spawned worker without re-running the user's main script in it. A worker needs nothing of
+    __main__ (its target and the evaluate function are importable by module name), and a script that
+    calls star.synthesize(..., workers=2) without an `if __name__ == "__main__":` guard would otherwise
+    run the synthesis again inside every worker (multiprocessing's spawn re-imports __main__ from its
+    __file__ or __spec__). Hidden for the start only, as in an interactive session."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        main.__dict__.pop("__file__", None)
+        if "__spec__" in saved:
+            main.__spec__ = None
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 class _Worker:
     def __init__(self, ctx, rc, device, threads, evaluate):
         self.conn, child = ctx.Pipe()
@@ -224,7 +235,8 @@ class _Worker:
         os.environ.update(WORKER_ENV)  # a spawned child copies this environment
         try:
             self.proc = ctx.Process(target=_worker_main, args=(child, rc, device, threads, evaluate), daemon=True)
-            self.proc.start()
+            with _main_not_reimported():
+                self.proc.start()
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -259,12 +271,12 @@ class LocalPool:
     """N worker processes on this machine; a batch evaluator (``__call__``) that keeps them between
     generations. The workers stop when the pool is closed or garbage-collected, or at exit."""
 
-    def __init__(self, rc: dict, device: str, *, workers: int, timeout: float | None = None,
+    def __init__(self, rc: RunConfig, device: str, *, workers: int, timeout: float | None = None,
                  costs: Callable | None = None, evaluate: str = DEFAULT_EVALUATE):
         self.rc, self.timeout, self.evaluate, self.costs = rc, timeout, evaluate, costs or (lambda g: {})
         self.devices = worker_devices(device, workers)
         self.threads = worker_threads(device, workers)
-        self.n_obj = len(_objective_names(rc))
+        self.n_obj = len(rc.metrics)
         self._ctx = mp.get_context("spawn")
         self.workers = [self._start(k) for k in range(workers)]
         self._finalizer = weakref.finalize(self, _shutdown, self.workers)
@@ -337,12 +349,6 @@ class LocalPool:
                     fail(w, "timeout", f"stopped after --timeout {self.timeout:g} s")
 
 
-def _objective_names(rc: dict) -> tuple:
-    import star
-
-    return star.OBJECTIVES[rc["objective"]]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Ray
 # ----------------------------------------------------------------------------------------------------
@@ -358,7 +364,7 @@ def _alarm(signum, frame):
     raise _TaskTimeout
 
 
-def _ray_task(rc: dict, device: str, threads: int, evaluate: str, timeout: float | None,
+def _ray_task(rc: RunConfig, device: str, threads: int, evaluate: str, timeout: float | None,
               text: str) -> tuple[dict, tuple]:
     import json
     import signal
@@ -366,7 +372,7 @@ def _ray_task(rc: dict, device: str, threads: int, evaluate: str, timeout: float
     import torch
 
     torch.set_num_threads(threads)
-    key = json.dumps([rc, device, evaluate], sort_keys=True)
+    key = json.dumps([rc.to_json(), device, evaluate])
     if key not in _RAY_CONTEXTS:
         _RAY_CONTEXTS[key] = _Context(rc, device, evaluate)
     if timeout:  # the clock starts when the task starts, not while it waits in Ray's queue
@@ -375,7 +381,7 @@ def _ray_task(rc: dict, device: str, threads: int, evaluate: str, timeout: float
     try:
         info, objectives = _RAY_CONTEXTS[key](text)
     except _TaskTimeout:
-        ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(_objective_names(rc)))
+        ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(rc.metrics))
         return ev.info, ev.objectives
     finally:
         if timeout:
@@ -403,7 +409,7 @@ class RayEvaluator:
     The timeout runs inside the task (SIGALRM), from the moment it starts; a candidate stuck inside one
     long C call is stopped when that call returns."""
 
-    def __init__(self, rc: dict, device: str, *, address: str | None, timeout: float | None,
+    def __init__(self, rc: RunConfig, device: str, *, address: str | None, timeout: float | None,
                  costs: Callable | None = None, evaluate: str = DEFAULT_EVALUATE):
         ray = self.ray = import_ray()
         here = os.path.dirname(os.path.abspath(__file__))
@@ -416,7 +422,7 @@ class RayEvaluator:
                 env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
             ray.init(address=address, runtime_env=env, log_to_driver=False, include_dashboard=False)
         self.rc, self.timeout, self.evaluate, self.costs = rc, timeout, evaluate, costs or (lambda g: {})
-        self.n_obj = len(_objective_names(rc))
+        self.n_obj = len(rc.metrics)
         cuda = device.startswith("cuda")
         self.device = "cuda" if cuda else device  # Ray sets CUDA_VISIBLE_DEVICES to the task's own GPU
         self.threads = CANDIDATE_THREADS

@@ -1,4 +1,5 @@
 """End-to-end tests of the synthesis command (star.py) at a tiny size: seconds, not minutes."""
+import dataclasses
 import json
 import math
 import struct
@@ -9,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import candidate
+import report
 import star
+from config import RunConfig
 
 TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
         "--batch", "4", "--steps", "3", "--population", "4", "--offspring", "3", "--generations", "2",
@@ -29,7 +33,7 @@ def test_killed_run_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
     assert run(tmp_path, name="whole") == 0
     whole = read_jsonl(tmp_path / "whole" / "archive.jsonl")
 
-    real, calls = star.evaluate_genome, {"n": 0}
+    real, calls = candidate.evaluate_genome, {"n": 0}
 
     def dies_in_generation_1(*a, **k):
         calls["n"] += 1
@@ -37,14 +41,14 @@ def test_killed_run_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(star, "evaluate_genome", dies_in_generation_1)
+    monkeypatch.setattr(candidate, "evaluate_genome", dies_in_generation_1)
     assert run(tmp_path, name="killed") == 130
     part = read_jsonl(tmp_path / "killed" / "archive.jsonl")
     assert len(part) == 4 + 1
-    monkeypatch.setattr(star, "evaluate_genome", real)
+    monkeypatch.setattr(candidate, "evaluate_genome", real)
     calls["n"] = 0
     counting = lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]
-    monkeypatch.setattr(star, "evaluate_genome", counting)
+    monkeypatch.setattr(candidate, "evaluate_genome", counting)
     assert run(tmp_path, "--resume", name="killed") == 0
     assert calls["n"] == len(whole) - len(part)  # no baseline and no finished candidate re-trained
     resumed = read_jsonl(tmp_path / "killed" / "archive.jsonl")
@@ -72,12 +76,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
 def test_resume_with_another_configuration_is_refused(tmp_path, capsys, monkeypatch):
     d = tmp_path / "r"
     d.mkdir()
-    rc = star.run_config(star.build_parser().parse_args(TINY))
-    (d / "config.json").write_text(json.dumps(rc))
+    rc = star.config_of(star.build_parser().parse_args(TINY))[0]
+    (d / "config.json").write_text(rc.to_json())
     (d / "archive.jsonl").write_text("")
     assert run(tmp_path, "--resume", "--steps", "5") == 2
     err = capsys.readouterr().err
-    assert "different configuration" in err and "steps" in err
+    assert "cannot change" in err and "steps = 3" in err
     assert (d / "archive.jsonl").read_text() == ""  # nothing written or lost
     assert run(tmp_path) == 2 and "already holds a run" in capsys.readouterr().err
 
@@ -134,7 +138,8 @@ def fake_candidate(generation: int, perplexity: float, params: int, cache_bytes:
 
 
 def test_plot_front_on_hand_made_records(tmp_path):
-    rc = dict(objective="quality_cache", preset="cpu", algorithm="nsga2", cache_len=4096)
+    rc = RunConfig(objective="quality_cache", preset="cpu", algorithm="nsga2", cache_len=4096)
+    ref = (33.0, 2_200_000)  # the run's reference point, as a snapshot stores it
     records = [fake_candidate(0, 30.0, 1000, 4_000), fake_candidate(0, 25.0, 2000, 400_000),
                fake_candidate(0, 0.0, 1500, 9_000, status="diverged"),
                fake_candidate(1, 22.0, 1500, 2_000_000), fake_candidate(1, 27.0, 1200, 50_000)]
@@ -142,19 +147,20 @@ def test_plot_front_on_hand_made_records(tmp_path):
                       status="ok") for name, ppl, params, cache in [("transformer++", 24.0, 2500, 1_000_000),
                                                                      ("striped-mamba", 26.0, 2400, 300_000)]
                   for seed in range(3)]
-    assert star.plot_front(tmp_path, rc, baselines, records) is True
+    assert report.plot_front(tmp_path, rc, baselines, records, ref) is True
     w2, h2 = png_size(tmp_path / "pareto.png")
     # one panel per efficiency objective, plus the hypervolume curve: three panels for three objectives
     (tmp_path / "three").mkdir()
     three = [dict(r, objectives=[r["perplexity"], r["params"], r["cache_bytes"]] if r["status"] == "ok" else [None] * 3)
              for r in records]
-    assert star.plot_front(tmp_path / "three", dict(rc, objective="quality_size_cache"), baselines, three) is True
+    assert report.plot_front(tmp_path / "three", dataclasses.replace(rc, objective="quality_size_cache"), baselines, three,
+                             (33.0, 2800, 2_200_000)) is True
     w3, h3 = png_size(tmp_path / "three" / "pareto.png")
     assert h3 == h2 and abs(w3 * 2 - w2 * 3) <= 2  # (one pixel of rounding in some matplotlib versions)
     # no finished candidate yet (or none at all): no picture, and no error
     (tmp_path / "none").mkdir()
-    assert star.plot_front(tmp_path / "none", rc, baselines, records[2:3]) is False
-    assert star.plot_front(tmp_path / "none", rc, [], []) is False
+    assert report.plot_front(tmp_path / "none", rc, baselines, records[2:3], ref) is False
+    assert report.plot_front(tmp_path / "none", rc, [], [], ref) is False
     assert list((tmp_path / "none").iterdir()) == []
 
 
@@ -169,7 +175,7 @@ def test_baseline_label_goes_where_it_covers_no_candidate():
     crowd = np.array([(x, y) for x in (5.5, 6, 6.5, 7, 7.5) for y in (4.5, 5, 5.5, 6)])  # right of and above (5, 5)
     fig.draw_without_rendering()
     taken = []
-    star._label(ax, (5, 5), "transformer++", "red", ax.transData.transform(crowd), taken)
+    report._label(ax, (5, 5), "transformer++", "red", ax.transData.transform(crowd), taken)
     plt.close(fig)
     assert not any(taken[0].contains(px, py) for px, py in ax.transData.transform(crowd))
     assert taken[0].x1 < ax.transData.transform((5, 5))[0]  # beside it, on its free left side
@@ -177,25 +183,25 @@ def test_baseline_label_goes_where_it_covers_no_candidate():
 
 def test_noise_aware_helpers():
     """D21: mean ± sample std, the n.s. rule (advantage within 2 baseline std), Spearman with ties."""
-    assert star.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and star.mean_std([5.0]) == (5.0, 0.0)
-    assert star.mean_std([math.inf, 4.0]) == (4.0, 0.0) and star.mean_std([]) == (math.inf, 0.0)
+    assert report.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and report.mean_std([5.0]) == (5.0, 0.0)
+    assert report.mean_std([math.inf, 4.0]) == (4.0, 0.0) and report.mean_std([]) == (math.inf, 0.0)
     base = dict(perplexity=25.0, ppl_std=0.5, ppls=[24.5, 25.0, 25.5])
-    assert star.versus(dict(perplexity=24.2), base) == "-0.80 n.s."  # 0.8 <= 2 x 0.5
-    assert star.versus(dict(perplexity=23.0), base) == "-2.00"
-    assert star.versus(dict(perplexity=26.0), base) == "+1.00 n.s."
-    assert star.versus(dict(perplexity=20.0), dict(base, ppls=[25.0], ppl_std=0.0)) == "-5.00 n.s."  # one seed: no claim
-    assert star.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert star.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert report.versus(dict(perplexity=24.2), base) == "-0.80 n.s."  # 0.8 <= 2 x 0.5
+    assert report.versus(dict(perplexity=23.0), base) == "-2.00"
+    assert report.versus(dict(perplexity=26.0), base) == "+1.00 n.s."
+    assert report.versus(dict(perplexity=20.0), dict(base, ppls=[25.0], ppl_std=0.0)) == "-5.00 n.s."  # one seed: no claim
+    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties share their average rank: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3) -> 0.9487
-    assert star.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
-    assert math.isnan(star.spearman([1], [2]))
+    assert report.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(report.spearman([1], [2]))
 
 
 def test_compare_refuses_runs_of_different_objectives(tmp_path, capsys):
     for name, obj in (("a", "quality_cache"), ("b", "quality_size")):
         d = tmp_path / name
         d.mkdir()
-        (d / "config.json").write_text(json.dumps(dict(objective=obj, seed=0)))
+        (d / "config.json").write_text(RunConfig(objective=obj).to_json())
         (d / "archive.jsonl").write_text(json.dumps(dict(generation=0, objectives=[1.0, 2.0], key="k")) + "\n")
     assert star.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

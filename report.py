@@ -1,0 +1,410 @@
+"""What a run tells its user (workshop tier): summary.md, pareto.png, --compare, and the statistics they
+use (mean ± std over seeds, Spearman, the n.s. rule of D21).
+
+One hypervolume per run: everything here is measured at the run's reference point, fixed after
+generation 0 (evolve.default_ref_point of its objectives) and stored in every snapshot; the summary and
+the picture state it. `--compare` takes one *common* reference point over the runs it compares, and
+says so.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+import evolve
+import genome
+import liv
+import runlog
+from config import OBJECTIVES, RunConfig, UsageError
+from runlog import fmt_ppl
+
+
+def fmt_ref(metrics, ref) -> str:
+    """A reference point in words: 'perplexity 25.9, cache_bytes 5.2 MB'."""
+    return ", ".join(f"{m} {liv.fmt_bytes(v) if m == 'cache_bytes' else f'{v:,.0f}' if m == 'params' else f'{v:.4g}'}"
+                     for m, v in zip(metrics, ref))
+
+
+def front_of(records: list[dict], objective: str) -> list[dict]:
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return []
+    F = np.array([[r[m] for m in OBJECTIVES[objective]] for r in ok], dtype=float)
+    return sorted((ok[i] for i in evolve.non_dominated_sort(F)[0]), key=lambda r: r["perplexity"])
+
+
+def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.SearchResult, final: list[dict],
+              select) -> None:
+    """summary.md and pareto.png of a run folder, from the search's state (runlog.RunFolder's hook)."""
+    tpp = seed_groups(baselines, "name").get("transformer++")
+    c = folder.config
+    write_summary(folder.path, c, baselines, result.records, result.stats, final,
+                  select(result.records, tpp, c.objective, c.final_top), result.ref_point)
+
+
+def _row(r: dict, label: str = "") -> str:
+    return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))} | "
+            f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} | {r.get('status', '')} |")
+
+
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the finite values; (inf, 0) when none is."""
+    v = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.inf, 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties); nan for fewer than 2 points or a constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for val in np.unique(v):  # ties share their average rank
+            r[v == val] = r[v == val].mean()
+        return r
+    if len(x) < 2:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
+    """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
+    perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
+    out: dict[str, dict] = {}
+    for r in records:
+        row = out.setdefault(r[field], dict(r, seeds=[], ppls=[]))
+        row["seeds"].append(r.get("seed"))
+        row["ppls"].append(r.get("perplexity") if r.get("status") == "ok" else math.inf)
+    for row in out.values():
+        row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
+        row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
+    return out
+
+
+def _fmt_mean_std(row: dict) -> str:
+    if not math.isfinite(row["perplexity"]):
+        return "inf"
+    n = sum(math.isfinite(x) for x in row["ppls"])
+    return f"{row['perplexity']:.3f} ± {row['ppl_std']:.3f} (n={n})" if n > 1 else f"{row['perplexity']:.3f}"
+
+
+def versus(r: dict, base: dict) -> str:
+    """A candidate's perplexity against a baseline's seed mean: the difference, and 'n.s.' when the
+    advantage is within 2 of the baseline's standard deviations (D21)."""
+    if not (math.isfinite(r.get("perplexity", math.inf)) and math.isfinite(base["perplexity"])):
+        return "-"
+    diff = r["perplexity"] - base["perplexity"]
+    sig = -diff > 2 * base["ppl_std"] and sum(math.isfinite(x) for x in base["ppls"]) > 1
+    return f"{diff:+.2f}" + ("" if sig else " n.s.")
+
+
+def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, float]]:
+    """(generation, evaluations so far, hypervolume of everything evaluated so far) per generation."""
+    out, F = [], []
+    gens = sorted({r["generation"] for r in records})
+    for g in gens:
+        F += [[math.inf if v is None else v for v in r["objectives"]] for r in records if r["generation"] == g]
+        out.append((g, len(F), evolve.hypervolume(np.array(F, dtype=float), ref)))
+    return out
+
+
+def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: list[dict], stats: list[dict],
+                  final: list[dict], top: list[dict], ref) -> None:
+    """summary.md: baselines (mean ± std over seeds), the final Pareto front with its significance
+    against each baseline, the selected top-k, the --final-steps retraining with the proxy's rank
+    correlation, and the hypervolume curve."""
+    base = seed_groups(baselines, "name")
+    front = front_of(records, rc.objective)
+    n_off = sum(s.get("offspring", 0) for s in stats if s.get("generation", 0) > 0)
+    rep = sum(s.get("repaired", 0) for s in stats if s.get("generation", 0) > 0)
+    dup = sum(s.get("duplicates", 0) for s in stats if s.get("generation", 0) > 0)
+    failed = [r for r in records if r.get("status") != "ok"]
+    head = "| | genome | perplexity | params | cache | status |\n|---|---|---|---|---|---|"
+    names = list(base)
+    vs_head = "".join(f" vs {n} |" for n in names)
+    lines = [f"# STAR run: {rc.objective} ({rc.preset} preset, {rc.algorithm})", "",
+             f"Objectives (minimised): {', '.join(OBJECTIVES[rc.objective])}. Width {rc.d_model}, "
+             f"depth {rc.depth}, {rc.steps} steps x {rc.batch} x {rc.seq_len} tokens per candidate; "
+             f"cache at T = {rc.cache_len}, bf16, batch 1.", "",
+             f"{len(records)} candidates evaluated ({len(failed)} failed), {len(stats)} generations "
+             f"(generation 0 = initial population).", "",
+             f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
+             head.replace("perplexity", "perplexity (mean ± std)")]
+    lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} "
+              f"| {b['status']} |" for name, b in base.items()]
+    lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
+              "Each candidate is scored under one seed (the first baseline seed). \"n.s.\": its advantage over "
+              "the baseline is within 2 of the baseline's seed standard deviations, so it is not significant.", "",
+              "| | genome | perplexity | params | cache | status |" + vs_head,
+              "|---|---|---|---|---|---|" + "---|" * len(names)]
+    lines += [_row(r, f"gen {r['generation']}") + "".join(f" {versus(r, base[n])} |" for n in names) for r in front]
+    rule = {"quality": "lowest perplexity", "quality_size": "fewer parameters than Transformer++",
+            "quality_cache": "smaller cache than Transformer++",
+            "quality_size_cache": "fewer parameters and a smaller cache than Transformer++"}[rc.objective]
+    lines += ["", f"## Selected top-{rc.final_top} ({rule}, by perplexity)", ""]
+    if top:
+        lines += ["| | genome | perplexity | params | cache | status |" + vs_head,
+                  "|---|---|---|---|---|---|" + "---|" * len(names)]
+        lines += [_row(r, f"#{i + 1}") + "".join(f" {versus(r, base[n])} |" for n in names) for i, r in enumerate(top)]
+        lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["genome"])), "```"]
+    else:
+        lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
+    if final:
+        lines += final_section(rc, final, records, baselines)
+    lines += ["", "## Hypervolume against evaluations", "",
+              f"Hypervolume of everything evaluated so far, at the run's reference point ({fmt_ref(rc.metrics, ref)}; "
+              "fixed after generation 0: the worst finite value of each objective plus 10% of its range), the same "
+              "point as the console and pareto.png. `python star.py --compare RUN_DIR RUN_DIR ...` compares runs "
+              "at one common reference point instead.", "",
+              "| generation | evaluations | hypervolume (all evaluated) | hypervolume (population) | front size | offspring "
+              "| repaired | duplicates | failed | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for s_ in stats:
+        lines.append(f"| {s_['generation']} | {s_.get('evaluated', '')} | {s_.get('hypervolume_archive', math.nan):.6g} | "
+                     f"{s_['hypervolume']:.6g} | {s_['front_size']} | {s_.get('offspring', 0)} | {s_.get('repaired', 0)} | "
+                     f"{s_.get('duplicates', 0)} | {s_.get('failed', 0)} | {s_.get('wall_s', 0):.1f} |")
+    if n_off:
+        lines += ["", f"Offspring needing repair: {rep}/{n_off} ({rep / n_off:.0%}); duplicates regenerated: {dup}."]
+    rates = sharing_rates(records)
+    lines += ["", f"Sharing among the {rates['n']} evaluated canonical genomes: featurizer {rates['featurizer']:.0%}, "
+                  f"feature groups {rates['feature_group']:.0%}, either {rates['any']:.0%} (D9, D10)."]
+    if failed:
+        lines += ["", "## Failed candidates", ""] + [f"- `{r['genome']}`: {r['status']} {r.get('error', '')}" for r in failed]
+    if plot_front(run_dir, rc, baselines, records, ref):
+        lines[2:2] = ["![Pareto front](pareto.png)", ""]
+    runlog.write_atomic(run_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def sharing_rates(records: list[dict]) -> dict:
+    """Share of evaluated canonical genomes that use featurizer sharing (D9), feature-group sharing
+    (D10), either."""
+    ps = [genome.plans(genome.Genome.parse(r["key"])) for r in records]
+    feat = [any(p.featurizer_owner != i for i, p in enumerate(q)) for q in ps]
+    fg = [any(p.share_owner != i for i, p in enumerate(q)) for q in ps]
+    n = max(len(ps), 1)
+    return dict(n=len(ps), featurizer=sum(feat) / n, feature_group=sum(fg) / n,
+                any=sum(a or b for a, b in zip(feat, fg)) / n)
+
+
+def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselines: list[dict]) -> list[str]:
+    """--final-steps: each retrained genome's mean ± std over the seeds, and how well the search's
+    short-budget score ranks them (Spearman between the search score and the retrained mean)."""
+    rows = seed_groups(final, "key")
+    search_score = {r["key"]: r["perplexity"] for r in records}
+    search_score.update({b["key"]: b["perplexity"] for b in baselines if b.get("seed") == rc.seed})
+    lines = ["", f"## Retrained for {rc.final_steps} steps under seeds {rc.training_seeds()}", "",
+             "| | genome | search perplexity | retrained perplexity (mean ± std) | params | cache |", "|---|---|---|---|---|---|"]
+    pairs = []
+    for row in rows.values():
+        s_ = search_score.get(row["key"])
+        lines.append(f"| {row.get('name') or 'candidate'} | `{row['genome']}` | {fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
+                     f"{row['params']:,} | {liv.fmt_bytes(row['cache_bytes'])} |")
+        if s_ is not None and math.isfinite(s_) and math.isfinite(row["perplexity"]):
+            pairs.append((s_, row["perplexity"]))
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    lines += ["", f"Proxy fidelity: Spearman rank correlation between the search's score ({rc.steps} steps, one "
+                  f"seed) and the retrained mean ({rc.final_steps} steps): {rho:.2f} over {len(pairs)} genomes."]
+    tpp = rows.get(next((b["key"] for b in baselines if b["name"] == "transformer++"), None))
+    if tpp is not None:
+        best = min((r for r in rows.values() if not r.get("name")), key=lambda r: r["perplexity"], default=None)
+        if best is not None:
+            lines += [f"Best retrained candidate against Transformer++: {versus(best, tpp)} perplexity "
+                      f"({_fmt_mean_std(best)} vs {_fmt_mean_std(tpp)})."]
+    return lines
+
+
+AXIS_LABELS = {"params": "parameters", "cache_bytes": "inference cache (bytes, bf16, T={cache_len})"}
+
+
+def _label(ax, xy, text: str, color: str, avoid: np.ndarray, taken: list) -> None:
+    """Write `text` next to the point xy where it covers the fewest of the points `avoid` (display
+    coordinates) and none of the labels already placed (`taken`, their boxes: appended to): as near
+    as that allows, with a leader line when it is not right beside the point."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    style = dict(textcoords="offset points", fontsize=9, color=color, fontweight="bold", zorder=6,
+                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    best = None
+    for dist in (10, 30, 50):  # points from xy
+        for angle in (30, 0, 330, 150, 180, 210, 60, 120, 300, 240):  # never straight up or down: the error bar
+            dx, dy = dist * math.cos(math.radians(angle)), dist * math.sin(math.radians(angle))
+            align = dict(ha="left" if dx > 1 else "right" if dx < -1 else "center",
+                         va="bottom" if dy > 1 else "top" if dy < -1 else "center")
+            ann = ax.annotate(text, xy, xytext=(dx, dy), **align, **style)
+            box = ann.get_window_extent(renderer).padded(7)  # a marker reaches about 7 px from its centre
+            ann.remove()
+            cost = (sum(box.contains(px, py) for px, py in avoid) + 100 * sum(box.overlaps(t) for t in taken)
+                    + 100 * (box.x0 < inside.x0 or box.x1 > inside.x1 or box.y0 < inside.y0 or box.y1 > inside.y1)
+                    + dist / 100)  # then the nearest
+            if best is None or cost < best[0]:
+                best = (cost, (dx, dy), align, box, dist)
+    _, offset, align, box, dist = best
+    ax.annotate(text, xy, xytext=offset, **align, **style,
+                arrowprops=dict(arrowstyle="-", color=color, lw=0.8) if dist > 10 else None)
+    taken.append(box)
+
+
+def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: list[dict], ref) -> bool:
+    """pareto.png, one panel per efficiency objective and one for the hypervolume curve:
+
+    - every finished candidate, coloured by its generation (failed ones have no point to plot);
+    - the Pareto front of the candidates in (efficiency, perplexity) as a staircase: everything above
+      and to the right of it is dominated;
+    - each baseline at its mean perplexity over its training seeds, with a ±1 std bar (D21);
+    - hypervolume of everything evaluated so far against the number of evaluations, at the worst
+      run's reference point `ref` (fixed after generation 0), stated in the panel;
+    - a log cache axis plots max(cache, 1 byte) and says so: a backbone of GMemless alone has a cache
+      of 0 bytes.
+
+    matplotlib is imported here, so that the library modules never need it. Returns whether the
+    picture was written: not without matplotlib, nor before any candidate has finished."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import BoundaryNorm
+        from matplotlib.ticker import EngFormatter, MaxNLocator
+    except ImportError:
+        return False  # optional; the summary says everything the plot does
+    ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
+          and math.isfinite(r["perplexity"])]
+    if not ok:
+        return False
+    metrics = OBJECTIVES[rc.objective][1:] or ("params",)
+    base = [b for b in seed_groups(baselines, "name").values() if math.isfinite(b["perplexity"])]
+    n_gen = max(r["generation"] for r in records) + 1
+    cmap = plt.get_cmap("viridis", n_gen)
+    norm = BoundaryNorm(np.arange(-0.5, n_gen), cmap.N)  # one colour per generation
+    styles = [("*", "tab:red", 15), ("D", "tab:orange", 8), ("P", "tab:pink", 10), ("X", "tab:brown", 10)]
+    b_style = [styles[i % len(styles)] for i in range(len(base))]  # marker, colour, size of each baseline
+
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5.6 * (len(metrics) + 1), 4.8), dpi=120,
+                             layout="constrained")
+    labels = []  # (axes, xy, name, colour, points to keep clear, the front's corners): placed once the layout is fixed
+    for ax, m in zip(axes, metrics):
+        x = np.array([r[m] for r in ok], dtype=float)
+        y = np.array([r["perplexity"] for r in ok])
+        log_x = x.max() / max(x.min(), 1) > 100  # cache bytes span kB to MB: a log axis, floored at 1 byte
+        x = np.maximum(x, 1) if log_x else x
+        sc = ax.scatter(x, y, c=[r["generation"] for r in ok], cmap=cmap, norm=norm, s=28, edgecolors="white",
+                        linewidths=0.4, zorder=3, label="candidate (colour: generation)")
+        front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
+        ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
+                label="Pareto front" if len(OBJECTIVES[rc.objective]) == 2
+                else "Pareto front of the panel's two metrics")
+        stair = np.column_stack([np.repeat(x[front], 2)[1:], np.repeat(y[front], 2)[:-1]])  # the step line's corners
+        # what a label must not cover: the candidates, the baselines and the ends of their error bars
+        pts = np.column_stack([np.r_[x, [b[m] for b in base for _ in range(3)]],
+                               np.r_[y, [b["perplexity"] + k * b["ppl_std"] for b in base for k in (-1, 0, 1)]]])
+        for b, (marker, color, size) in zip(base, b_style):
+            n = sum(math.isfinite(v) for v in b["ppls"])
+            ax.errorbar([b[m]], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
+                        mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds)")
+            labels.append((ax, (b[m], b["perplexity"]), b["name"], color, pts, stair))
+        if log_x:
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B" if m == "cache_bytes" else ""))
+        ax.set_xlabel(AXIS_LABELS[m].format(cache_len=rc.cache_len)
+                      + ("; log axis, max(x, 1) plotted" if log_x and (x == 1).any() else ""))
+        ax.set_ylabel("validation perplexity")
+        ax.grid(alpha=0.3)
+        ax.margins(0.06, 0.1)  # room for the labels at the edges
+    fig.colorbar(sc, ax=list(axes[:len(metrics)]), ticks=range(0, n_gen, -(-n_gen // 10)), label="generation",
+                 pad=0.02, aspect=30)
+
+    curve = archive_hypervolume_curve(records, ref)
+    ax = axes[-1]
+    ax.plot([n for _, n, _ in curve], [hv for _, _, hv in curve], "o-", color="tab:blue")
+    for g, n, hv in curve[::max(1, len(curve) // 8)]:  # below and right: the curve only rises
+        ax.annotate(f"gen {g}", (n, hv), xytext=(5, -4), textcoords="offset points", ha="left", va="top", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("hypervolume")
+    ax.set_title("hypervolume of all candidates evaluated so far", fontsize=10)
+    ax.text(0.98, 0.03, "the run's reference point:\n" + fmt_ref(rc.metrics, ref),
+        transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.15)  # room for the last label
+
+    failed = len(records) - len(ok)
+    fig.suptitle(f"STAR {rc.objective}: {rc.preset} preset, {rc.algorithm}, "
+                 f"{len(records)} candidates over {n_gen} generations"
+                 + (f" ({failed} failed, not shown)" if failed else ""))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
+    fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
+    taken = []
+    for ax, xy, name, color, pts, stair in labels:
+        c = ax.transData.transform(stair)  # and the front: a point every 15 px along it
+        along = [a + (b - a) * t for a, b in zip(c[:-1], c[1:])
+                 for t in np.linspace(0, 1, 2 + int(np.hypot(*(b - a)) / 15))]
+        _label(ax, xy, name, color, np.concatenate([ax.transData.transform(pts), np.reshape(along, (-1, 2))]), taken)
+    fig.set_layout_engine("none")  # keep that layout (the labels lie inside the panels); saves a second layout pass
+    tmp = run_dir / "pareto.png.tmp"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, run_dir / "pareto.png")  # a kill never leaves half a picture
+    return True
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, list[dict], list[dict]]:
+    """(config, archive records, baseline records) of a run folder, read without writing anything."""
+    d = Path(run_dir)
+    if not (d / "config.json").is_file() or not (d / "archive.jsonl").is_file():
+        raise UsageError(f"{d} holds no run (needs config.json and archive.jsonl)")
+    try:
+        rc = RunConfig.from_json((d / "config.json").read_text(), str(d / "config.json"))
+        records = runlog.parse_jsonl(d / "archive.jsonl")[0]
+        baselines = runlog.parse_jsonl(d / "baselines.jsonl")[0]
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{d}: cannot read the run: {e}") from None
+    return rc, records, baselines
+
+
+def compare_runs(run_dirs: list[str]) -> tuple[str, list[dict]]:
+    """Hypervolume against evaluations for several runs at ONE reference point: the worst finite value
+    of every objective over all the runs plus 10% of its range (evolve.default_ref_point), so that the
+    numbers are comparable across runs. Also each run's hypervolume after the number of evaluations the
+    shortest run made, its ratio to the first run's, its sharing rates and its repair rate."""
+    runs = [(str(d), *load_run(d)) for d in run_dirs]
+    objectives = {rc.objective for _, rc, _, _ in runs}
+    if len(objectives) != 1:
+        raise UsageError(f"--compare: the runs optimise different objectives ({', '.join(sorted(objectives))})")
+    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs for r in recs],
+                 dtype=float)
+    if not np.isfinite(F).all(axis=1).any():
+        raise UsageError("--compare: no run has a finished candidate")
+    ref = evolve.default_ref_point(F)
+    n_common = min(len(recs) for _, _, recs, _ in runs)
+    lines = [f"common reference point of these runs (not each run's own): {fmt_ref(OBJECTIVES[objectives.pop()], ref)} "
+             f"({', '.join(f'{x:.6g}' for x in ref)})", "",
+             "run | algorithm | seed | generation | evaluations | hypervolume"]
+    rows = []
+    for d, rc, recs, _ in runs:
+        for g, n, hv in archive_hypervolume_curve(recs, ref):
+            lines.append(f"{d} | {rc.algorithm} | {rc.seed} | {g} | {n} | {hv:.6g}")
+        head = recs[:n_common]
+        F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in head], dtype=float)
+        offspring = [r for r in head if r["generation"] > 0]  # everything below over the same evaluations
+        rows.append(dict(run=d, algorithm=rc.algorithm, seed=rc.seed, evaluations=n_common,
+                         hypervolume=evolve.hypervolume(F_head, ref),
+                         repaired=sum(r.get("repairs", 0) > 0 for r in offspring) / max(len(offspring), 1),
+                         **{f"share_{k}": v for k, v in sharing_rates(head).items() if k != "n"}))
+    lines += ["", f"at {n_common} evaluations (the shortest run's count; sharing and repair over those evaluations):",
+              "run | algorithm | seed | hypervolume | ratio to the first run | featurizer sharing | feature-group "
+              "sharing | either | offspring repaired"]
+    for r in rows:
+        ratio = r["hypervolume"] / rows[0]["hypervolume"] if rows[0]["hypervolume"] > 0 else math.nan
+        r["ratio"] = ratio
+        lines.append(f"{r['run']} | {r['algorithm']} | {r['seed']} | {r['hypervolume']:.6g} | {ratio:.3f} | "
+                     f"{r['share_featurizer']:.0%} | {r['share_feature_group']:.0%} | {r['share_any']:.0%} | {r['repaired']:.0%}")
+    return "\n".join(lines), rows
