@@ -863,7 +863,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)} (default: all but the last 4)")
+                    help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)}, run in this order "
+                         "(default: all but the last 4)")
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
@@ -906,14 +907,13 @@ def main(argv=None) -> int:
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name in SECTIONS + ON_DEMAND:
-        if name in only:
-            t0 = time.perf_counter()
-            res[name] = run[name][0](device, sizes[name])
-            res[name]["wall_s"] = time.perf_counter() - t0
-            run[name][1](res[name])
-            print(f"({name}: {res[name]['wall_s']:.1f} s)", flush=True)
-            out.write_text(json.dumps(res, indent=1))  # after each section: a run cut off still reports
+    for name in dict.fromkeys(only):  # in the order given (gpu_check.py puts the most wanted first)
+        t0 = time.perf_counter()
+        res[name] = run[name][0](device, sizes[name])
+        res[name]["wall_s"] = time.perf_counter() - t0
+        run[name][1](res[name])
+        print(f"({name}: {res[name]['wall_s']:.1f} s)", flush=True)
+        out.write_text(json.dumps(res, indent=1))  # after each section: a run cut off still reports
     res["targets"] = targets(res)
     res["meta"]["wall_s"] = time.perf_counter() - t_all
     print("\n## Targets")

@@ -10,7 +10,7 @@ Sections, in order (the JSON keys):
     oracles  test_device.py on the device: the LIV, decode and training oracles in float32 with TF32 off at
              the CPU tolerances, and a bf16 autocast smoke test of the same comparisons at 2e-2 relative
     repro    one candidate trained twice by train.py, in two processes: the same losses, bit-identical weights
-    bench    bench.py --device D --only classes,scan,conv,transformer: tokens/s and bf16 MFU per class
+    bench    bench.py --device D --only transformer,classes,scan,conv: tokens/s and bf16 MFU per class
              (6 x weight-matrix parameters x tokens + causal attention as half the full score matrix), the
              scan and FFT ratios, Transformer++ against the hand-written Llama
     preset   the gpu preset shortened (100 steps, a population of 4, 1 baseline seed, synthetic data) by
@@ -228,7 +228,7 @@ def section_repro(device: str, out: Path, deadline: float) -> dict:
             res["error"] = f"train.py: {rc}"
             write_json(out / "repro.json", res)
             return res
-    a, b = (torch.load(out / f"repro_{k}.pt", map_location="cpu", weights_only=False)["model"] for k in "ab")
+    a, b = (torch.load(out / f"repro_{k}.pt", map_location="cpu", weights_only=True)["model"] for k in "ab")
     differ = [n for n in a if not torch.equal(a[n], b[n])]
     res["weights_identical"] = not differ and a.keys() == b.keys()
     res["tensors_differing"] = differ[:10]
@@ -425,7 +425,7 @@ def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int) 
         return [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
                 str(HERE / "test_device.py")]
     if name == "bench":
-        argv = [PY, str(HERE / "bench.py"), "--device", device, "--only", "classes,scan,conv,transformer",
+        argv = [PY, str(HERE / "bench.py"), "--device", device, "--only", "transformer,classes,scan,conv",
                 "--out", str(out / "bench.json")]
         return argv + (["--quick"] if device == "cpu" else [])
     return [PY, str(HERE / "gpu_check.py"), "--section", name, "--device", device, "--out", str(out),
