@@ -500,6 +500,8 @@ def headline(name: str, r: dict) -> str:
                                  f"{x['candidates_per_hour']:,.0f} cand/h{u}")
                 else:
                     parts.append(f"{x['workers']}w: rc {x['rc']}")
+            if r.get("speedup_candidates_per_hour"):
+                parts.append(f"{r['speedup_candidates_per_hour']:.2f}x the rate")
             e = r.get("extrapolated", {})
             for k in ("workers_1_hours", "workers_n_hours"):
                 if k in e:
@@ -541,7 +543,7 @@ def targets(res: dict, device: str) -> list[dict]:
     if cuda and "conv" in b:
         add(f"FFT >= 5x direct conv at l {b['conv']['l']}", f"{b['conv']['ratio']:.1f}x", b["conv"]["ratio"] >= 5)
     p = sec.get("preset", {})
-    if p.get("speedup_candidates_per_hour") is not None:
+    if cuda and p.get("speedup_candidates_per_hour") is not None:
         add(f"candidates/hour with {p['workers_n']} workers >= 3x one", f"{p['speedup_candidates_per_hour']:.2f}x",
             p["speedup_candidates_per_hour"] >= 3)
     e = p.get("extrapolated", {})
