@@ -13,7 +13,7 @@ Sections, in order (the JSON keys):
     bench    bench.py --device D --only transformer,classes,scan,conv: tokens/s and bf16 MFU per class
              (6 x weight-matrix parameters x tokens + causal attention as half the full score matrix), the
              scan and FFT ratios, Transformer++ against the hand-written Llama
-    preset   the gpu preset shortened (100 steps, a population of 4, 1 baseline seed, synthetic data) by
+    preset   the gpu preset shortened (100 steps, a population of 4, 1 baseline seed, 8 MB of random text) by
              star.py with 1 worker and with --workers N (N offspring on warm workers) on the one device:
              seconds per candidate, candidates per hour, GPU utilisation (nvidia-smi, sampled every 0.5 s),
              and the whole preset's time extrapolated from them
@@ -209,12 +209,13 @@ def section_repro(device: str, out: Path, deadline: float) -> dict:
     import torch
 
     s = REPRO_SHAPE["cuda" if device.startswith("cuda") else "cpu"]
+    data = write_corpus(out / "repro_corpus.txt", 2 << 20)
     res = dict(genome=REPRO_GENOME, **s, runs=[])
     for k in ("a", "b"):
         ckpt = out / f"repro_{k}.pt"
         argv = [PY, str(HERE / "train.py"), "--genome", REPRO_GENOME, "--steps", str(s["steps"]), "--d-model",
                 str(s["d_model"]), "--head-dim", str(s["head_dim"]), "--seq-len", str(s["seq_len"]), "--batch",
-                str(s["batch"]), "--data", "synthetic", "--device", device, "--seed", "0", "--log-every", "0",
+                str(s["batch"]), "--data", str(data), "--device", device, "--seed", "0", "--log-every", "0",
                 "--save", str(ckpt)]
         t0 = time.perf_counter()
         rc, text = run_group(argv, deadline - time.time())
@@ -234,18 +235,32 @@ def section_repro(device: str, out: Path, deadline: float) -> dict:
     res["tensors_differing"] = differ[:10]
     res["losses_identical"] = res["runs"][0]["losses"] == res["runs"][1]["losses"]
     res["identical"] = res["weights_identical"] and res["losses_identical"]
-    for k in "ab":
-        (out / f"repro_{k}.pt").unlink(missing_ok=True)  # weights are not a result
+    for f in ("repro_a.pt", "repro_b.pt", "repro_corpus.txt"):
+        (out / f).unlink(missing_ok=True)  # not results
     write_json(out / "repro.json", res)
     return res
+
+
+CORPUS_BYTES = 8 << 20  # 90% train: more than the 3.3M tokens of 100 gpu-preset steps; 10% held out
+
+
+def write_corpus(path: Path, n_bytes: int = CORPUS_BYTES, seed: int = 0) -> Path:
+    """A seeded random text file for the preset section: no download (the GPU machine has no network), one
+    pass or less over it, and a validation split larger than the gpu preset's 16 x 32 x 1024 evaluation
+    tokens. What it says does not matter for timing."""
+    import numpy as np
+
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     \n", dtype=np.uint8)
+    path.write_bytes(alphabet[np.random.default_rng(seed).integers(0, len(alphabet), n_bytes)].tobytes())
+    return path
 
 
 def _short(device: str, workers: int) -> dict:
     return dict(SHORT, **(CPU_SHAPE if device == "cpu" else {}), **({"offspring": workers} if workers > 1 else {}))
 
 
-def _star_argv(device: str, workers: int, run_out: Path, name: str) -> list[str]:
-    argv = [PY, str(HERE / "star.py"), "--objective", "quality_cache", "--preset", "gpu", "--data", "synthetic",
+def _star_argv(device: str, workers: int, run_out: Path, name: str, data: Path) -> list[str]:
+    argv = [PY, str(HERE / "star.py"), "--objective", "quality_cache", "--preset", "gpu", "--data", str(data),
             "--device", device, "--out", str(run_out), "--name", name, "--workers", str(workers)]
     for k, v in _short(device, workers).items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -313,10 +328,13 @@ def section_preset(device: str, out: Path, deadline: float, workers: int) -> dic
     run_out = out / "runs"
     if run_out.exists():
         shutil.rmtree(run_out)
-    res = dict(short={w: _short(device, w) for w in (1, workers)}, data="synthetic", workers_n=workers, runs={})
+    run_out.mkdir(parents=True)
+    data = write_corpus(run_out / "corpus.txt")
+    res = dict(short={w: _short(device, w) for w in (1, workers)}, data=f"random text, {CORPUS_BYTES:,} bytes",
+               workers_n=workers, runs={})
     for w in (1, workers):
         name = f"workers{w}"
-        argv = _star_argv(device, w, run_out, name)
+        argv = _star_argv(device, w, run_out, name, data)
         t0 = time.perf_counter()
         with GpuSampler() as gpu:
             rc, text = run_group(argv, deadline - time.time())
@@ -327,6 +345,7 @@ def section_preset(device: str, out: Path, deadline: float, workers: int) -> dic
         write_json(out / "preset.json", res)
         if rc != 0:
             break
+    data.unlink(missing_ok=True)  # not a result
     one, many = res["runs"].get("workers1"), res["runs"].get(f"workers{workers}")
     if one and one.get("seconds_per_candidate"):
         res["extrapolated"] = _extrapolate(one, many if workers > 1 else None, device)
