@@ -7,7 +7,8 @@
 
 Sections (the JSON keys):
 
-    classes      per LIV class 1-17: training throughput (forward + backward) and peak memory, ratios to SA-1
+    classes      per LIV class 1-17: training throughput (forward + backward), model TFLOP/s and (CUDA) bf16 MFU,
+                 peak memory, ratios to SA-1
     scan         recurrence: scan_chunked vs scan_loop, forward + backward, l in {256, 1024, 4096}
     conv         GConv-2's long convolution: fft_conv vs direct_conv, forward + backward, same lengths
     transformer  Transformer++ decoded from its plans vs a plain hand-written Llama: training step time
@@ -121,8 +122,26 @@ SIZES = {
     ),
 }
 
-# bf16 dense tensor-core peak (TFLOP/s) for the model-FLOPs utilisation of the transformer row
+# bf16 dense tensor-core peak (TFLOP/s) for the model-FLOPs utilisation (MFU) of the classes and transformer rows
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+FLOP_FORMULA = "6 x weight-matrix parameters x tokens + causal attention 6 x l x (heads x head width) x tokens"
+
+
+def model_flops_per_token(n_matrix_params: int, attention_width: int, l: int) -> float:
+    """Model FLOPs per training token, forward + backward (PaLM, appendix B): 6 per weight-matrix entry
+    (2 forward, 4 backward), plus attention counted as half the full l x l score matrix (causal): QK^T and
+    AV cost 4·l·w forward per token for a full matrix (w = heads x head width, summed over score maps),
+    12·l·w with the backward, halved: 6·l·w. Scans, convolutions and FFTs are not counted, so the MFU of
+    the Rec and GConv classes understates the work they do."""
+    return 6 * n_matrix_params + 6 * l * attention_width
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The card's bf16 dense peak from PEAK_BF16_TFLOPS by device name; None on CPU or an unknown card."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,9 +234,10 @@ def bench_classes(device, s) -> dict:
     b, l = s["b"], s["l"]
     torch.manual_seed(0)
     x = torch.randn(b, l, cfg.d_model, device=device, requires_grad=True)
-    steps, mem = {}, {}
+    steps, mem, n_matrix = {}, {}, {}
     for cid in liv.REGISTRY:
         m = liv.make_liv(cfg, cid).to(device)
+        n_matrix[cid] = sum(p.numel() for p in m.parameters() if p.ndim >= 2)
 
         def step(m=m):  # one training step of one LIV: forward + backward, gradients freed first
             m.zero_grad(set_to_none=True)
@@ -229,10 +249,14 @@ def bench_classes(device, s) -> dict:
         mem[cid] = peak_bytes(step, device)  # also the warm-up call
         steps[cid] = step
     t = interleaved(steps, device, s["repeats"], warmup=0)
+    peak = peak_tflops(device)
     rows = []
     for cid, spec in liv.REGISTRY.items():
         rows.append(dict(id=cid, name=spec.name, step_s=t[cid], tokens_per_s=b * l / t[cid], peak_bytes=mem[cid],
                          time_vs_sa1=t[cid] / t[1], mem_vs_sa1=mem[cid] / mem[1]))
+        width = (2 if spec.differential else 1) * cfg.d_model if spec.family == "SA" else 0  # H · P per score map
+        rows[-1]["model_tflops"] = model_flops_per_token(n_matrix[cid], width, l) * rows[-1]["tokens_per_s"] / 1e12
+        rows[-1]["mfu"] = rows[-1]["model_tflops"] / peak if peak else None
     slow = max(rows, key=lambda r: r["time_vs_sa1"])
     big = max(rows, key=lambda r: r["mem_vs_sa1"])
     return dict(shape=dict(b=b, l=l, d=cfg.d_model, head_dim=cfg.head_dim, dtype="bf16" if device.type == "cuda" else "fp32"),
@@ -244,9 +268,11 @@ def print_classes(r):
     sh = r["shape"]
     print(f"\n## 1. LIV classes: one training step (forward + backward) of one LIV, b {sh['b']}, l {sh['l']}, "
           f"d {sh['d']}, head_dim {sh['head_dim']}, {sh['dtype']}")
-    print(table(["id", "class", "step", "tokens/s", "peak mem", "time/SA-1", "mem/SA-1"],
+    print(table(["id", "class", "step", "tokens/s", "peak mem", "time/SA-1", "mem/SA-1", "model TFLOP/s", "MFU"],
                 [[x["id"], x["name"], fmt_s(x["step_s"]), f"{x['tokens_per_s']:,.0f}", fmt_bytes(x["peak_bytes"]),
-                  f"{x['time_vs_sa1']:.2f}", f"{x['mem_vs_sa1']:.2f}"] for x in r["rows"]]))
+                  f"{x['time_vs_sa1']:.2f}", f"{x['mem_vs_sa1']:.2f}", f"{x.get('model_tflops', 0):.3g}",
+                  f"{x['mfu']:.1%}" if x.get("mfu") is not None else "-"] for x in r["rows"]]))
+    print(f"model FLOPs: {FLOP_FORMULA}; MFU against the card's bf16 dense peak (CUDA only)")
     print(f"slowest: {r['slowest']['name']} {r['slowest']['time_vs_sa1']:.2f}x SA-1; "
           f"largest: {r['largest']['name']} {r['largest']['mem_vs_sa1']:.2f}x SA-1")
 
@@ -400,14 +426,11 @@ def bench_transformer(device, s) -> dict:
     t = interleaved({"decoded": trainer(ours), "plain": trainer(plain)}, device, s["repeats"], warmup=2)
     out = dict(shape=dict(b=b, l=l, d=d, blocks=blocks, head_dim=cfg.head_dim), params_decoded=n_ours, params_plain=n_plain,
                decoded_s=t["decoded"], plain_s=t["plain"], ratio=t["decoded"] / t["plain"])
-    # model FLOPs per token (PaLM appendix B): 6 N (non-embedding matmuls, tied head counted) + attention 6·L·l·d
-    # (causal: half of 12·L·l·d), forward + backward
     n_matmul = sum(p.numel() for p in ours.parameters() if p.ndim >= 2)  # projections + the tied head
-    flops_tok = 6 * n_matmul + 6 * blocks * l * d
+    flops_tok = model_flops_per_token(n_matmul, blocks * d, l)  # one score map of width d per attention layer
     out["model_tflops"] = flops_tok * b * l / t["decoded"] / 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        peak = peak_tflops(device)
         out["mfu"] = out["model_tflops"] / peak if peak else None
     return out
 
@@ -844,7 +867,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)} (default: all but the last 4)")
+                    help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)}, run in this order "
+                         "(default: all but the last 4)")
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
@@ -885,13 +909,15 @@ def main(argv=None) -> int:
                memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
                threads=(bench_threads, print_threads))
     res, t_all = dict(meta=meta), time.perf_counter()
-    for name in SECTIONS + ON_DEMAND:
-        if name in only:
-            t0 = time.perf_counter()
-            res[name] = run[name][0](device, sizes[name])
-            res[name]["wall_s"] = time.perf_counter() - t0
-            run[name][1](res[name])
-            print(f"({name}: {res[name]['wall_s']:.1f} s)", flush=True)
+    out = Path(args.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in dict.fromkeys(only):  # in the order given (gpu_check.py puts the most wanted first)
+        t0 = time.perf_counter()
+        res[name] = run[name][0](device, sizes[name])
+        res[name]["wall_s"] = time.perf_counter() - t0
+        run[name][1](res[name])
+        print(f"({name}: {res[name]['wall_s']:.1f} s)", flush=True)
+        out.write_text(json.dumps(res, indent=1))  # after each section: a run cut off still reports
     res["targets"] = targets(res)
     res["meta"]["wall_s"] = time.perf_counter() - t_all
     print("\n## Targets")
@@ -903,9 +929,7 @@ def main(argv=None) -> int:
         print("(GPU targets — chunked scan >= 10x loop, FFT >= 5x direct at l 4096, >= 35% MFU — need --device cuda; "
               "not measured here)")
     print(f"\nwall time {res['meta']['wall_s']:.1f} s; JSON written to {args.out}")
-    Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    with open(Path(args.out).expanduser(), "w") as fh:
-        json.dump(res, fh, indent=1)
+    out.write_text(json.dumps(res, indent=1))
     return 0
 
 

@@ -7,6 +7,7 @@
 """
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -24,3 +25,16 @@ def pytest_configure(config):
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# The device of test_device.py (the oracles re-run on a chosen device; gpu_check.py sets it): STAR_TEST_DEVICE=cuda
+# runs them on the GPU in float32 with TF32 off, so the float32 tolerances are the CPU ones (DESIGN.md D30).
+TEST_DEVICE = os.environ.get("STAR_TEST_DEVICE", "cpu")
+if TEST_DEVICE.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device named by STAR_TEST_DEVICE (default cpu)."""
+    return torch.device(TEST_DEVICE)
