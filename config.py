@@ -68,8 +68,10 @@ PRESETS = {
     # measured on 2 CPU cores: see README "Presets"
     "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_batches=8,
                   population=8, offspring=8, generations=5),
-    # one GPU: the paper's population and generations at a smaller scale
-    "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=32, steps=1000, eval_batches=16,
+    # one GPU: the paper's population and generations at a smaller scale, sized to the default corpus
+    # (D31): 500 x 8 x 1024 = 4.1M tokens per candidate, 0.91 passes over its 4.6M training bytes; the
+    # held-out set 16 x 8 x 1024 = 131,072 tokens, under its 457,250 validation bytes
+    "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=8, steps=500, eval_batches=16,
                   population=16, offspring=16, generations=18),
     # the paper's 125M setting: 64 x 4096 = 0.25M tokens per step
     "paper": Preset(d_model=768, head_dim=64, depth=24, seq_len=4096, batch=64, steps=5000, eval_batches=32,
@@ -152,6 +154,31 @@ class RunConfig:
         return train.TrainConfig(steps=steps or self.steps, batch=self.batch, seq_len=self.seq_len,
                                  eval_batches=self.eval_batches, seed=self.seed, device=device, log_every=0,
                                  micro_batch=self.micro_batch)
+
+    @property
+    def tokens_per_candidate(self) -> int:
+        return self.steps * self.batch * self.seq_len
+
+    @property
+    def eval_tokens(self) -> int:
+        return self.eval_batches * self.batch * self.seq_len
+
+    def data_fit(self, data) -> list[str]:
+        """The run header's words on how the budget fits the data (D31): passes over the training split
+        per candidate, and warnings when a candidate sees its training data more than once or the
+        held-out windows overlap."""
+        passes = self.tokens_per_candidate / len(data.train)
+        lines = [f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens; per candidate "
+                 f"{self.tokens_per_candidate:,} training tokens = {passes:.2f} passes, {self.eval_tokens:,} "
+                 "held-out tokens"]
+        if passes > 1:
+            lines.append(f"warning: each candidate trains {passes:.1f} times over the same data, so the search "
+                         "rewards memorising it; give more text with --data (token files for the paper preset) or "
+                         "lower --steps or --batch")
+        if self.eval_tokens > len(data.val):
+            lines.append(f"warning: the held-out set ({self.eval_tokens:,} tokens) is larger than the held-out "
+                         f"split ({len(data.val):,}), so its windows overlap")
+        return lines
 
     def training_seeds(self) -> list[int]:
         """D21: the seeds the baselines (and a --final-steps retraining) are trained under; the first is

@@ -90,9 +90,8 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=(
             return candidate.evaluate_genome(g, cfg, config.train_config(device, steps) if steps else tcfg,
                                              data, config, seed=seed)
     with folder:
-        log(f"STAR {config.objective} | preset {config.preset} | data {data.name} | d {cfg.d_model} depth "
-            f"{cfg.depth} | {config.steps} steps/candidate | population {config.population} + {config.offspring} x "
-            f"{config.generations} generations | {device} | {path or 'in memory'}")
+        for line in _header(config, data, device, path):
+            log(line)
         # 1. the baselines, under the same budget (D15) and several training seeds (D21)
         baselines = [folder.baseline(name, make(config.depth), seed, train_one)
                      for name, make in genome.BASELINES.items() for seed in config.training_seeds()]
@@ -140,6 +139,12 @@ def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: 
             seen.add(r["key"])
             best.append(r)
     return best[:k]
+
+
+def _header(config: RunConfig, data, device: str, path) -> list[str]:
+    return [f"STAR {config.objective} | preset {config.preset} | data {data.name} | d {config.d_model} depth "
+            f"{config.depth} | {config.steps} steps/candidate | population {config.population} + {config.offspring} x "
+            f"{config.generations} generations | {device} | {path or 'in memory'}"] + config.data_fit(data)
 
 
 def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given: set[str], log):

@@ -208,3 +208,27 @@ def test_compare_refuses_runs_of_different_objectives(tmp_path, capsys):
     assert len(err) == 1 and "different objectives" in err[0]
     assert star.main(["--compare", str(tmp_path / "nothing")]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_the_header_counts_passes_over_the_data_and_warns_above_one(tmp_path, capsys):
+    text = tmp_path / "small.txt"
+    text.write_bytes(b"to be or not to be, that is the question. " * 60)  # 2,520 bytes: 2,268 train, 252 held out
+    base = ["--data", str(text), "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
+            "--batch", "4", "--population", "2", "--offspring", "1", "--generations", "1", "--baseline-seeds", "1",
+            "--out", str(tmp_path)]
+    assert star.main(base + ["--steps", "3", "--name", "a"]) == 0  # 384 tokens: 0.17 passes
+    out = capsys.readouterr().out.splitlines()
+    assert "2,268 training / 252 held-out tokens; per candidate 384 training tokens = 0.17 passes" in out[1]
+    assert not any(line.startswith("warning: each candidate") for line in out)
+    assert any(line.startswith("warning: the held-out set (1,024 tokens)") for line in out)  # 8 x 4 x 32 > 252
+    assert star.main(base + ["--steps", "20", "--name", "b"]) == 0  # 2,560 tokens: 1.13 passes
+    assert any(line.startswith("warning: each candidate trains 1.1 times") for line in capsys.readouterr().out.splitlines())
+
+
+def test_the_cpu_and_gpu_presets_fit_the_default_corpus_and_the_paper_preset_does_not():
+    train_bytes, val_bytes = 4_600_027, 457_250  # the default corpus's splits (D17; test_train checks them)
+    for name in ("cpu", "gpu"):
+        c = RunConfig.make(name)
+        assert c.tokens_per_candidate <= train_bytes and c.eval_tokens <= val_bytes, name
+    paper = RunConfig.make("paper")
+    assert paper.tokens_per_candidate / train_bytes > 280  # README: the paper preset needs --data token files
