@@ -78,12 +78,14 @@ PRESETS = {
                     population=16, offspring=16, generations=18),
 }
 
-EXTENT = ("generations", "final_steps", "final_top", "timeout")  # may change on --resume
+EXTENT = ("generations", "final_steps", "final_top", "timeout", "patience")  # may change on --resume
 
 # what a key missing from a format-1 config.json meant: the defaults of the code that wrote it
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
-                           vocab_size=None, cache_len=4096)}
+                           vocab_size=None, cache_len=4096, patience=None),
+                   # format 2: fields added after it was first written, each the behaviour from before it
+                   2: dict(patience=None)}
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class RunConfig:
     crossover_cut: str = genome.CROSSOVER_CUT
     timeout: Optional[float] = None     # seconds per candidate (runs candidates in workers)
     micro_batch: Optional[int] = None   # gradient accumulation (None: chosen on CUDA, whole batch on CPU)
+    patience: Optional[int] = None      # stop once the hypervolume has not grown for this many generations
 
     @classmethod
     def make(cls, preset: Optional[str] = None, **overrides) -> "RunConfig":
@@ -264,6 +267,8 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--seed must be in 0 .. 2**63 - 1 (got {c.seed})")
     if c.timeout is not None and not (0 < c.timeout < 1e9 and math.isfinite(c.timeout)):
         raise UsageError(f"--timeout must be a number of seconds > 0 and < 1e9 (got {c.timeout})")
+    if c.patience is not None and (type(c.patience) is not int or c.patience < 1):
+        raise UsageError(f"--patience must be a number of generations >= 1 (got {c.patience})")
     if c.micro_batch is not None and not (1 <= c.micro_batch <= c.batch and c.batch % c.micro_batch == 0):
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
 

@@ -167,13 +167,18 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
               "point as the console and pareto.png. `python star.py --compare RUN_DIR RUN_DIR ...` compares runs "
               "at one common reference point instead.", "",
               "| generation | evaluations | hypervolume (all evaluated) | hypervolume (population) | front size | offspring "
-              "| repaired | duplicates | failed | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| new front members | repaired | duplicates | failed | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s_ in stats:
         lines.append(f"| {s_['generation']} | {s_.get('evaluated', '')} | {s_.get('hypervolume_archive', math.nan):.6g} | "
-                     f"{s_['hypervolume']:.6g} | {s_['front_size']} | {s_.get('offspring', 0)} | {s_.get('repaired', 0)} | "
+                     f"{s_['hypervolume']:.6g} | {s_['front_size']} | {s_.get('offspring', 0)} | {s_.get('new_front', '-')} | "
+                     f"{s_.get('repaired', 0)} | "
                      f"{s_.get('duplicates', 0)} | {s_.get('failed', 0)} | {s_.get('wall_s', 0):.1f} |")
     if n_off:
         lines += ["", f"Offspring needing repair: {rep}/{n_off} ({rep / n_off:.0%}); duplicates regenerated: {dup}."]
+    idle = [s_["generation"] for s_ in stats if s_.get("generation", 0) > 0 and s_.get("new_front") == 0]
+    if idle:
+        lines += [f"Generations that brought no new front member: {', '.join(map(str, idle))} (of {len(stats) - 1}); "
+                  "`--patience N` stops a run whose hypervolume has not grown for N generations."]
     rates = sharing_rates(records)
     lines += ["", f"Sharing among the {rates['n']} evaluated canonical genomes: featurizer {rates['featurizer']:.0%}, "
                   f"feature groups {rates['feature_group']:.0%}, either {rates['any']:.0%} (D9, D10)."]

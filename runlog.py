@@ -79,7 +79,7 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
            run_dir: Optional[str | Path] = None, resume: bool = False,
            ref_point: Optional[Sequence[float]] = None, log: Callable[[str], None] = print,
            on_generation: Optional[Callable[[SearchResult], None]] = None,
-           format_info: Optional[Callable[[dict], str]] = None) -> SearchResult:
+           format_info: Optional[Callable[[dict], str]] = None, patience: Optional[int] = None) -> SearchResult:
     """evolve.nsga2 with its log book: the archive, the snapshots, resume, statistics and progress.
 
     ``evaluate(individuals, generation, report)`` is the user's batch evaluator: it must call
@@ -93,7 +93,8 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
     ``run_dir`` (None: in memory) receives the files above; ``resume=True`` continues the run found
     there, or raises ``ResumeError``. ``ref_point`` defaults to ``default_ref_point`` of generation 0's
     objectives, fixed for the run. ``on_generation(result)`` runs after each generation's snapshot;
-    ``format_info(record) -> str`` words the progress line of each evaluation.
+    ``format_info(record) -> str`` words the progress line of each evaluation. ``patience``: end the
+    search once the hypervolume of everything evaluated has not grown for that many generations.
     """
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir")
@@ -146,25 +147,39 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
         progress.generation(g, stat)
         if on_generation is not None:
             on_generation(result())
+        _check_patience(book["stats"], patience, log)
         book["t_start"] = time.perf_counter()
 
     seen = {r["key"] for r in archive.records if r["generation"] < state.start}
     try:
+        _check_patience(book["stats"], patience, log)  # a resumed run that had already stopped stays stopped
         evolve.nsga2(initial, var, evaluations, settings, start=State(state.population, seen, state.start - 1),
                      on_generation=after)
+    except _Stagnated:
+        pass
     finally:
         archive.close()
     return result()
+
+
+def _check_patience(stats: list[dict], patience: Optional[int], log: Callable[[str], None]) -> None:
+    if patience and stats and stagnant_for(stats) >= patience:
+        log(f"stopping after generation {stats[-1]['generation']}: the hypervolume of everything evaluated has not "
+            f"grown for {stagnant_for(stats)} generations (--patience {patience})")
+        raise _Stagnated
 
 
 def generation_stats(g: int, step: Generation, archive: "Archive", ref: tuple[float, ...]) -> dict:
     """The statistics line of one generation (generations.jsonl), timings left to the caller."""
     pop, children = step.population, step.children
     archive_F = np.array([_objectives_from_json(r["objectives"]) for r in archive.records], dtype=float)
+    archive_F = archive_F.reshape(-1, len(ref))
+    front_keys = {archive.records[i]["key"] for i in evolve.finite_front(archive_F)}
     repaired = sum(c.repairs > 0 for c in children)
     return {"generation": g,
             "hypervolume": hypervolume(pop.F, ref),
-            "hypervolume_archive": hypervolume(archive_F.reshape(-1, len(ref)), ref),
+            "hypervolume_archive": hypervolume(archive_F, ref),
+            "new_front": sum(c.key in front_keys for c in children),  # children on the front of all evaluated
             "front_size": len(evolve.finite_front(pop.F)),
             "population": len(pop.keys), "offspring": len(children),
             "failed": int((~np.isfinite(step.F).all(axis=1)).sum()),
@@ -515,8 +530,24 @@ class Progress:
                  f"(archive {stat['hypervolume_archive']:.6g}), front {stat['front_size']}/"
                  f"{stat['population']}, offspring {stat['offspring']}, repaired {stat['repaired']} "
                  f"({100 * stat['repair_share']:.0f}%), duplicates {stat['duplicates']}, failed "
-                 f"{stat['failed']}/{stat['offspring']}{all_failed}, {fmt_time(stat['wall_s'])} "
+                 f"{stat['failed']}/{stat['offspring']}{all_failed}, {_new_front_words(stat)}, {fmt_time(stat['wall_s'])} "
                  f"(bookkeeping {1000 * stat['bookkeeping_s']:.1f} ms), ETA {fmt_time(eta)}")
+
+
+def _new_front_words(stat: dict) -> str:
+    n = stat.get("new_front", 0)
+    return f"{n} new front member{'s' if n != 1 else ''}" if n else "no new front member"
+
+
+def stagnant_for(stats: list[dict]) -> int:
+    """Generations since the hypervolume of everything evaluated last grew (0: it grew in the last one)."""
+    hv = [s["hypervolume_archive"] for s in stats]
+    best_at = max(range(len(hv)), key=lambda i: (hv[i], -i)) if hv else 0  # the first generation at the best
+    return len(hv) - 1 - best_at
+
+
+class _Stagnated(Exception):
+    """Raised from the per-generation hook to end a search early (--patience)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -801,7 +832,7 @@ class RunFolder:
         cannot go on is RunFailed (exit 1), a stored run that does not fit its replay is UsageError."""
         try:
             return search(initial, var, evaluate, settings, run_dir=self.path, resume=self.resume, log=self.log,
-                          on_generation=on_generation, format_info=progress_words)
+                          on_generation=on_generation, format_info=progress_words, patience=self.config.patience)
         except SearchError as e:
             where = f"; what was evaluated is in {self.path}" if self.path else ""
             raise RunFailed(f"{e}{where}") from None

@@ -57,7 +57,7 @@ import parallel
 import report
 import runlog
 import train
-from config import OBJECTIVES, PRESETS, RunConfig, RunFailed, UsageError, check_execution, run_name
+from config import EXTENT, OBJECTIVES, PRESETS, RunConfig, RunFailed, UsageError, check_execution, run_name
 
 
 @dataclass
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="each candidate a task on the Ray cluster at ADDRESS (none: a local Ray); needs ray")
     ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                     help="stop a candidate after this long and record it as failed (runs candidates in workers)")
+    ap.add_argument("--patience", type=int, default=None, metavar="N",
+                    help="stop once the hypervolume of everything evaluated has not grown for N generations")
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (gradient accumulation; "
                     "must divide --batch; default: chosen from a memory estimate on CUDA, the whole batch on CPU)")
     return ap
@@ -220,9 +222,10 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
     overrides = {k: getattr(args, k, None) for k in PRESET_KEYS}  # eval_batches: no option
     overrides.update({k: getattr(args, k) for k in ("objective", "data", "vocab_size", "cache_len", "seed", "seed_baselines",
                                                     "final_top", "final_steps", "algorithm", "baseline_seeds",
-                                                    "share_rate", "crossover_cut", "timeout", "micro_batch")})
+                                                    "share_rate", "crossover_cut", "timeout", "micro_batch",
+                                                    "patience")})
     config = RunConfig.make(args.preset, **overrides)
-    return config, {k for k in ("generations", "final_steps", "final_top", "timeout") if getattr(args, k) is not None}
+    return config, {k for k in EXTENT if getattr(args, k) is not None}
 
 
 def run(args, log=print) -> Path:

@@ -268,6 +268,7 @@ TRAIN_BAD = [
     (["--device", ""], "--device", None),
     (["--seed", "-1"], "--seed", None),
     (["--seed", str(2 ** 63)], "--seed", None),
+    (["--patience", "0"], "--patience", None),
     (["--log-every", "-5"], "--log-every", None),
     (["--save", "/proc/model.pt"], "--save", None),
     (["--save", "{d}"], "--save", None),

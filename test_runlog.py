@@ -480,3 +480,34 @@ def test_damaged_run_folder_is_refused_with_one_line_and_nothing_written(tmp_pat
     assert "\n" not in msg and all(s in msg for s in names), msg
     assert any(w in msg for w in ("restore", "start a new run")), msg  # what the user can do
     assert calls == [] and folder_bytes(d) == before
+
+
+# ----------------------------------------------------------------------------------------------------
+# A search that says when it stops finding, and stops on request (--patience)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_new_front_members_counted_against_brute_force(tmp_path):
+    res = nsga2(**problem(generations=6)[0])
+    dom = lambda a, b: all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))  # noqa: E731
+    for s in res.stats:
+        upto = [r for r in res.records if r["generation"] <= s["generation"]]
+        front = {r["key"] for r in upto if not any(dom(o["objectives"], r["objectives"]) for o in upto)}
+        assert s["new_front"] == sum(r["key"] in front for r in upto if r["generation"] == s["generation"])
+    assert res.stats[0]["new_front"] > 0
+
+
+def test_patience_stops_a_stagnant_search_and_a_resume_stays_stopped(tmp_path):
+    lines = []
+    full = nsga2(**problem(generations=40, log=lines.append)[0])
+    hv = [s["hypervolume_archive"] for s in full.stats]
+    # the first generation g after which the hypervolume did not grow for 3 generations
+    stop = next(g for g in range(3, len(hv)) if max(hv[: g + 1]) == max(hv[: g - 2]))
+    kw, _ = problem(generations=40, run_dir=tmp_path / "p", patience=3, log=lines.append)
+    short = nsga2(**kw)
+    assert short.generation == stop < 40 and runlog.stagnant_for(short.stats) == 3
+    assert short.records == full.records[: len(short.records)]  # the same run, cut short
+    assert any("has not grown for 3 generations (--patience 3)" in line for line in lines)
+    again = nsga2(**problem(generations=40, run_dir=tmp_path / "p", patience=3, resume=True)[0])
+    assert again.generation == stop and len(again.records) == len(short.records)
+    assert any("no new front member" in line for line in lines)
