@@ -50,6 +50,7 @@ This file imports no test code: the hand-written Llama below is its own (mirrori
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -71,9 +72,11 @@ import config
 import corpus
 import liv
 import report
+import train
+from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
-ON_DEMAND = ("memory", "parallel", "threads", "efficacy")  # long: only when named in --only
+ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -91,6 +94,7 @@ SIZES = {
         memory=dict(preset="paper", gpu_bytes=80 * 10**9),
         parallel=dict(preset="cpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
+        noise=dict(preset="cpu", overrides={}, seeds=3),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -103,6 +107,7 @@ SIZES = {
         memory=dict(preset="paper", gpu_bytes=None),  # None: this GPU's own memory
         parallel=dict(preset="gpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
+        noise=dict(preset="gpu", overrides={}, seeds=3),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -119,6 +124,8 @@ SIZES = {
         parallel=dict(preset="cpu", workers=2, data="synthetic", overrides=dict(
             d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3, population=2)),
         threads=dict(preset="cpu", overrides=dict(d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3)),
+        noise=dict(preset="cpu", overrides=dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4,
+                                                steps=3), seeds=2),
     ),
 }
 
@@ -793,6 +800,68 @@ def print_variation(r):
     print(table(["", "featurizer", "feature groups", "either"], rows))
 
 
+def bench_noise(device, s) -> dict:
+    """The held-out perplexity's sampling noise at a preset's eval tokens (D33), against the seed noise.
+
+    Transformer++ is trained under `seeds` seeds and StripedMamba under the first, at the preset's budget;
+    every model is scored window by window on the preset's held-out windows. The sampling noise of one
+    score is ppl x (std of the window losses) / sqrt(windows); the noise of a *difference* between two
+    candidates on the same windows is the paired one, ppl x std(loss_a - loss_b) / sqrt(windows), and is
+    estimated a second way from two disjoint halves of the windows (even and odd): |d1 - d2| / 2 estimates
+    the standard deviation of the whole set's difference."""
+    import genome as gn
+
+    rc = RunConfig.make(s["preset"], **s["overrides"])
+    data = corpus.load_data(rc.data, rc.vocab_size)
+    rc = rc.fitted(data)
+    cfg = rc.model_config(data.vocab_size)
+    starts = data.eval_windows(rc.eval_windows, rc.seq_len)
+
+    def window_losses(name, seed):
+        import parallel
+
+        model = gn.build_model(gn.BASELINES[name](rc.depth), cfg, seed=seed)
+        with parallel.candidate_threads(str(device)):  # as every candidate trains (D19): the run's scores
+            res = train.train(model, data, dataclasses.replace(rc.train_config(str(device)), seed=seed), log=None)
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(starts), rc.batch):
+                x, y = data._windows(data.val, starts[i:i + rc.batch], rc.seq_len, device)
+                with autocast(device):
+                    logits = model(x).float()
+                out += F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1).tolist()
+        return res.val_ppl, np.array(out)
+
+    tpp = [window_losses("transformer++", rc.seed + k) for k in range(s["seeds"])]
+    sm_ppl, sm = window_losses("striped-mamba", rc.seed)
+    ppl0, l0 = tpp[0]
+    n = len(l0)
+    single = float(ppl0 * l0.std(ddof=1) / math.sqrt(n))
+    d = l0 - sm
+    paired = float(ppl0 * d.std(ddof=1) / math.sqrt(n))
+    halves = [float(np.exp(l0[h::2].mean()) - np.exp(sm[h::2].mean())) for h in (0, 1)]
+    seed_std = float(np.std([p for p, _ in tpp], ddof=1))
+    return dict(preset=rc.preset, windows=n, seq_len=rc.seq_len, eval_tokens=n * rc.seq_len,
+                tpp_ppl=[p for p, _ in tpp], striped_mamba_ppl=sm_ppl, seed_std=seed_std,
+                noise_single=single, noise_paired=paired, halves=halves, noise_halves=abs(halves[0] - halves[1]) / 2,
+                quarter_seed_std=seed_std / 4, keep=bool(paired <= seed_std / 4))
+
+
+def print_noise(r):
+    print(f"\n## Held-out noise: {r['preset']} preset, {r['windows']} windows of {r['seq_len']} = {r['eval_tokens']:,} tokens")
+    print(f"Transformer++ perplexity under {len(r['tpp_ppl'])} seeds: "
+          f"{', '.join(f'{p:.3f}' for p in r['tpp_ppl'])} (std {r['seed_std']:.3f}); StripedMamba {r['striped_mamba_ppl']:.3f}")
+    print(table(["noise of", "perplexity std"], [
+        ["one candidate's score (window sampling)", f"{r['noise_single']:.3f}"],
+        ["a difference of two, paired windows", f"{r['noise_paired']:.3f}"],
+        ["a difference of two, from disjoint halves", f"{r['noise_halves']:.3f} (halves {r['halves'][0]:+.3f}, "
+                                                      f"{r['halves'][1]:+.3f})"],
+        ["Transformer++ over training seeds", f"{r['seed_std']:.3f}"]]))
+    print(f"paired sampling noise {'<=' if r['keep'] else '>'} a quarter of the seed std ({r['quarter_seed_std']:.3f}): "
+          + ("the held-out set is large enough" if r["keep"] else "the held-out set is too small: raise --eval-tokens"))
+
+
 def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     """Whole default cpu-preset runs (`python star.py --objective quality_cache`), NSGA-II and the random
     control for each seed, then `report.compare_runs` per seed at that seed's common reference point.
@@ -907,7 +976,7 @@ def main(argv=None) -> int:
                search=(lambda d, s: bench_search(d, s, args.quick), print_search), variation=(bench_variation, print_variation),
                efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy),
                memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
-               threads=(bench_threads, print_threads))
+               threads=(bench_threads, print_threads), noise=(bench_noise, print_noise))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,12 @@ it from the options with `RunConfig.make(preset, **overrides)`.
 
 config.json (DESIGN.md D22) carries `format` (today `FORMAT`). On --resume:
 
+- options not given take the run's values (`--resume --name X` alone continues run X as it was);
 - *identity* keys (everything that changes results: data, widths, budget per candidate, objective,
-  seeds, search sizes and variation) must equal the run's; a change is refused with one line naming
-  the key;
+  seeds, search sizes and variation), when given, must equal the run's; a change is refused with one
+  line naming the key;
 - *extent* keys (`EXTENT`: how far the run goes: generations, the final retraining, the per-candidate
-  timeout) take the new value when the option is given, else the run's;
+  timeout, patience) take the new value when given;
 - keys missing from an older format are filled with what that format meant (`FORMAT_DEFAULTS`).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import liv
 import train
 
 FORMAT = 2  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format"
+# (format 1's eval_batches is read as eval_tokens = eval_batches x batch x seq_len, what it meant)
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
     "quality": ("perplexity",),
@@ -58,7 +60,7 @@ class Preset:
     seq_len: int
     batch: int
     steps: int
-    eval_batches: int
+    eval_tokens: int      # the held-out set: eval_tokens // seq_len fixed windows (D33)
     population: int
     offspring: int
     generations: int
@@ -66,15 +68,15 @@ class Preset:
 
 PRESETS = {
     # measured on 2 CPU cores: see README "Presets"
-    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_batches=8,
+    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_tokens=8192,
                   population=8, offspring=8, generations=5),
     # one GPU: the paper's population and generations at a smaller scale, sized to the default corpus
     # (D31): 500 x 8 x 1024 = 4.1M tokens per candidate, 0.91 passes over its 4.6M training bytes; the
-    # held-out set 16 x 8 x 1024 = 131,072 tokens, under its 457,250 validation bytes
-    "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=8, steps=500, eval_batches=16,
+    # held-out set 131,072 tokens, under its 457,250 validation bytes
+    "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=8, steps=500, eval_tokens=131_072,
                   population=16, offspring=16, generations=18),
     # the paper's 125M setting: 64 x 4096 = 0.25M tokens per step
-    "paper": Preset(d_model=768, head_dim=64, depth=24, seq_len=4096, batch=64, steps=5000, eval_batches=32,
+    "paper": Preset(d_model=768, head_dim=64, depth=24, seq_len=4096, batch=64, steps=5000, eval_tokens=8_388_608,
                     population=16, offspring=16, generations=18),
 }
 
@@ -100,7 +102,7 @@ class RunConfig:
     seq_len: int = PRESETS["cpu"].seq_len
     batch: int = PRESETS["cpu"].batch
     steps: int = PRESETS["cpu"].steps
-    eval_batches: int = PRESETS["cpu"].eval_batches
+    eval_tokens: int = PRESETS["cpu"].eval_tokens
     population: int = PRESETS["cpu"].population
     offspring: int = PRESETS["cpu"].offspring
     generations: int = PRESETS["cpu"].generations
@@ -155,7 +157,7 @@ class RunConfig:
 
     def train_config(self, device: str, steps: Optional[int] = None) -> train.TrainConfig:
         return train.TrainConfig(steps=steps or self.steps, batch=self.batch, seq_len=self.seq_len,
-                                 eval_batches=self.eval_batches, seed=self.seed, device=device, log_every=0,
+                                 eval_windows=self.eval_windows, seed=self.seed, device=device, log_every=0,
                                  micro_batch=self.micro_batch)
 
     @property
@@ -163,8 +165,9 @@ class RunConfig:
         return self.steps * self.batch * self.seq_len
 
     @property
-    def eval_tokens(self) -> int:
-        return self.eval_batches * self.batch * self.seq_len
+    def eval_windows(self) -> int:
+        """The held-out set's fixed windows of seq_len tokens (D33): as many as eval_tokens holds."""
+        return self.eval_tokens // self.seq_len
 
     def data_fit(self, data) -> list[str]:
         """The run header's words on how the budget fits the data (D31): passes over the training split
@@ -172,16 +175,19 @@ class RunConfig:
         held-out windows overlap."""
         passes = self.tokens_per_candidate / len(data.train)
         lines = [f"data: {len(data.train):,} training / {len(data.val):,} held-out tokens; per candidate "
-                 f"{self.tokens_per_candidate:,} training tokens = {passes:.2f} passes, {self.eval_tokens:,} "
-                 "held-out tokens"]
+                 f"{self.tokens_per_candidate:,} training tokens = {passes:.2f} passes, {self.eval_windows:,} "
+                 f"held-out windows of {self.seq_len} = {self.eval_windows * self.seq_len:,} tokens"]
         if passes > 1:
             lines.append(f"warning: each candidate trains {passes:.1f} times over the same data, so the search "
                          "rewards memorising it; give more text with --data (token files for the paper preset) or "
                          "lower --steps or --batch")
-        if self.eval_tokens > len(data.val):
-            lines.append(f"warning: the held-out set ({self.eval_tokens:,} tokens) is larger than the held-out "
-                         f"split ({len(data.val):,}), so its windows overlap")
         return lines
+
+    def fitted(self, data) -> "RunConfig":
+        """This configuration with its held-out set never larger than the held-out split (D33): at most
+        as many windows of seq_len as the split holds without overlapping."""
+        most = max(1, (len(data.val) - 1) // self.seq_len)
+        return self if self.eval_windows <= most else dataclasses.replace(self, eval_tokens=most * self.seq_len)
 
     def training_seeds(self) -> list[int]:
         """D21: the seeds the baselines (and a --final-steps retraining) are trained under; the first is
@@ -218,6 +224,9 @@ class RunConfig:
         if fmt not in (1, FORMAT):
             raise UsageError(f"{where} has format {fmt!r}; this version reads formats 1 and {FORMAT}")
         d = {**FORMAT_DEFAULTS.get(fmt, {}), **d}
+        if fmt == 1 and isinstance(d.get("eval_batches"), int) and isinstance(d.get("batch"), int) \
+                and isinstance(d.get("seq_len"), int):  # format 1 counted eval_batches of `batch` windows
+            d["eval_tokens"] = d.pop("eval_batches") * d["batch"] * d["seq_len"]
         names = {f.name for f in fields(cls)}
         if set(d) - names or names - set(d):
             odd = sorted((set(d) - names) | (names - set(d)))[0]
@@ -229,11 +238,10 @@ class RunConfig:
             raise UsageError(f"{where}: {e}") from None
 
     def resumed(self, stored: "RunConfig", given: set[str], where: str) -> "RunConfig":
-        """The configuration a --resume runs with: `self` (what this invocation asks for) must equal the
-        run's `stored` one on every identity key; an extent key takes this invocation's value if it was
-        `given`, else the run's."""
+        """The configuration a --resume runs with: the run's `stored` one, except the fields this
+        invocation `given`: an extent key takes the new value, an identity key must equal the run's."""
         for f in fields(self):
-            if f.name not in EXTENT and getattr(self, f.name) != getattr(stored, f.name):
+            if f.name in given and f.name not in EXTENT and getattr(self, f.name) != getattr(stored, f.name):
                 raise UsageError(f"--resume: {where} was made with {f.name} = {getattr(stored, f.name)!r}, this "
                                  f"asks for {getattr(self, f.name)!r}; it decides results and cannot change: "
                                  "use the run's option or another --name")
@@ -251,6 +259,8 @@ def _validate(c: RunConfig) -> None:
             raise UsageError(f"--{key.replace('_', '-')} must be an integer >= 1 (got {v!r})")
     if c.depth % 2:
         raise UsageError(f"--depth must be even: the baselines alternate a mixer and a GMemless (got {c.depth})")
+    if type(c.eval_tokens) is not int or c.eval_tokens < c.seq_len:
+        raise UsageError(f"--eval-tokens must be at least --seq-len {c.seq_len} (got {c.eval_tokens})")
     if type(c.cache_len) is not int or c.cache_len < 1:
         raise UsageError(f"--cache-len must be >= 1 (got {c.cache_len})")
     if c.final_top < 1 or c.final_steps < 0:

@@ -86,11 +86,13 @@ class Data:
         last = len(self.val) - seq_len - 1  # the last start whose window (seq_len + 1 tokens) fits
         return np.linspace(0, last, n_windows).round().astype(np.int64)  # (n_windows,)
 
-    def val_batches(self, n_batches: int, batch: int, seq_len: int, device: str | torch.device = "cpu"):
-        """Yield the fixed held-out set as `n_batches` batches of (x, y), each (b, l)."""
-        starts = self.eval_windows(n_batches * batch, seq_len)
-        for i in range(n_batches):
-            yield self._windows(self.val, starts[i * batch:(i + 1) * batch], seq_len, device)
+    def val_batches(self, n_batches: int, batch: int, seq_len: int, device: str | torch.device = "cpu",
+                    n_windows: int | None = None):
+        """Yield the fixed held-out set as batches of (x, y), each (b, l): `n_batches` batches of `batch`
+        windows, or `n_windows` windows in batches of `batch` (the last one smaller)."""
+        starts = self.eval_windows(n_batches * batch if n_windows is None else n_windows, seq_len)
+        for i in range(0, len(starts), batch):
+            yield self._windows(self.val, starts[i:i + batch], seq_len, device)
 
     @staticmethod
     def _windows(arr: np.ndarray, starts: np.ndarray, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:

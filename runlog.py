@@ -707,6 +707,22 @@ def lock(run_dir: Path):
     return fh
 
 
+def _read_config(cfg_path: Path) -> str:
+    try:
+        return cfg_path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
+
+
+def resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConfig:
+    """The configuration a --resume of `run_dir` runs with (config.py's rule), read without writing or
+    locking anything: what the data and widths are checked against before the folder is opened."""
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        return config  # prepare_run_dir words the refusal
+    return config.resumed(RunConfig.from_json(_read_config(cfg_path), f"--resume: {cfg_path}"), given, str(run_dir))
+
+
 def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[str]) -> tuple[RunConfig, Any]:
     """Check the run folder, create it, lock it and write config.json (atomically). Returns the
     configuration to run with (on --resume: config.py's rule applied to the stored one; config.json is
@@ -727,10 +743,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[s
                          "move the folder away or choose another --name")
     stored_text = None
     if resume and cfg_path.exists():  # config.json is written atomically: safe to read unlocked
-        try:
-            stored_text = cfg_path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
+        stored_text = _read_config(cfg_path)
         config = config.resumed(RunConfig.from_json(stored_text, f"--resume: {cfg_path}"), given, str(run_dir))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

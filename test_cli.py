@@ -218,9 +218,10 @@ def test_the_header_counts_passes_over_the_data_and_warns_above_one(tmp_path, ca
             "--out", str(tmp_path)]
     assert star.main(base + ["--steps", "3", "--name", "a"]) == 0  # 384 tokens: 0.17 passes
     out = capsys.readouterr().out.splitlines()
-    assert "2,268 training / 252 held-out tokens; per candidate 384 training tokens = 0.17 passes" in out[1]
+    assert "2,268 training / 252 held-out tokens; per candidate 384 training tokens = 0.17 passes" in out[2]
     assert not any(line.startswith("warning: each candidate") for line in out)
-    assert any(line.startswith("warning: the held-out set (1,024 tokens)") for line in out)  # 8 x 4 x 32 > 252
+    assert out[0] == "note: the held-out set is capped at the held-out split: 224 tokens instead of --eval-tokens 8,192"
+    assert "7 held-out windows of 32 = 224 tokens" in out[2]  # 7 x 32 <= 251: no window overlaps another
     assert star.main(base + ["--steps", "20", "--name", "b"]) == 0  # 2,560 tokens: 1.13 passes
     assert any(line.startswith("warning: each candidate trains 1.1 times") for line in capsys.readouterr().out.splitlines())
 
@@ -230,5 +231,6 @@ def test_the_cpu_and_gpu_presets_fit_the_default_corpus_and_the_paper_preset_doe
     for name in ("cpu", "gpu"):
         c = RunConfig.make(name)
         assert c.tokens_per_candidate <= train_bytes and c.eval_tokens <= val_bytes, name
+    assert RunConfig.make("cpu").eval_windows == 64  # 8 x 8 windows of 128: the held-out set before D33
     paper = RunConfig.make("paper")
     assert paper.tokens_per_candidate / train_bytes > 280  # README: the paper preset needs --data token files

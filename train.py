@@ -66,7 +66,8 @@ class TrainConfig:
     weight_decay: float = 0.1  # D17: matrices only
     betas: tuple[float, float] = (0.9, 0.95)  # D17
     grad_clip: float = 1.0  # D17: max global gradient norm (0 = no clipping)
-    eval_batches: int = 8  # held-out set = eval_batches * batch fixed windows of seq_len
+    eval_batches: int = 8  # held-out set = eval_batches * batch fixed windows of seq_len ...
+    eval_windows: int | None = None  # ... or this many windows, in batches of `batch` (a run's eval tokens, D33)
     seed: int = 0  # seeds torch and the batch order
     device: str = "auto"  # "auto" = cuda when available, else cpu
     bf16: bool = True  # D17: bf16 autocast, on CUDA only (ignored on CPU)
@@ -78,6 +79,8 @@ class TrainConfig:
         for name in ("steps", "batch", "seq_len", "eval_batches"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"TrainConfig.{name}: must be a positive integer (got {getattr(self, name)!r})")
+        if self.eval_windows is not None and not (isinstance(self.eval_windows, int) and self.eval_windows >= 1):
+            raise ValueError(f"TrainConfig.eval_windows: must be None or a positive integer (got {self.eval_windows!r})")
         if self.micro_batch is not None and not (isinstance(self.micro_batch, int) and 1 <= self.micro_batch
                                                  and self.batch % self.micro_batch == 0):
             raise ValueError(f"TrainConfig.micro_batch: must divide batch {self.batch} (got {self.micro_batch!r})")
@@ -169,7 +172,7 @@ def evaluate(model: nn.Module, data: Data, tcfg: TrainConfig) -> tuple[float, fl
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in data.val_batches(tcfg.eval_batches, tcfg.batch, tcfg.seq_len, device):
+    for x, y in data.val_batches(tcfg.eval_batches, tcfg.batch, tcfg.seq_len, device, n_windows=tcfg.eval_windows):
         with _autocast(device, tcfg.bf16):
             logits = model(x)  # (b, l, v)
         total += _loss(logits, y).item() * y.numel()
