@@ -964,20 +964,20 @@ class Backbone(nn.Module):
             computes.append(frozenset(g for g in "CBV" if g in s.groups) - p.shared_groups)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.norms = nn.ModuleList(RMSNorm(cfg.d_model, cfg.norm_eps) for _ in plans)
-        # D9: a featurizer-sharing group's featurizer is built by its first member that needs one (see LIV)
-        # and computes the groups of every member that needs it; members that need none get none
+        # D9: who owns a featurizer is the plans' decision (genome.plans: the first member of a sharing
+        # group that needs weights); the owner builds it with the groups of every member that uses it
         needs = [featurizer_needed(p.class_id, c) for p, c in zip(plans, computes)]
-        users = {}  # featurizer-sharing group (its first member's index) -> the members that need a featurizer
         for i, p in enumerate(plans):
-            if needs[i]:
-                users.setdefault(p.featurizer_owner, []).append(i)
+            o = p.featurizer_owner
+            if needs[i] and o != i and not (needs[o] and plans[o].featurizer_owner == o):
+                raise ValueError(f"LIV {i + 1}: its featurizer owner, LIV {o + 1}, builds no featurizer (D9)")
+        users = {o: [j for j, p in enumerate(plans) if needs[j] and p.featurizer_owner == o] for o in range(len(plans))}
         livs = []
         for i, p in enumerate(plans):
-            group = users.get(p.featurizer_owner, [])
-            if needs[i] and group[0] != i:  # uses the weights its group's builder owns
-                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizer=livs[group[0]].feat()))
-            else:  # builds and owns its featurizer, with its whole group's feature groups, if it needs one
-                groups = frozenset().union(*(computes[j] for j in group)) if needs[i] else None
+            if needs[i] and p.featurizer_owner != i:  # uses the weights its owner built
+                livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizer=livs[p.featurizer_owner].feat()))
+            else:  # builds and owns its featurizer, with its users' feature groups, if it needs one
+                groups = frozenset().union(*(computes[j] for j in users[i])) if needs[i] else None
                 livs.append(make_liv(cfg, p.class_id, i, p.shared_groups, featurizer_groups=groups))
         self.livs = nn.ModuleList(livs)
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)

@@ -528,11 +528,17 @@ def test_no_decoded_module_has_an_empty_parameter(cid):
 
 
 def test_featurizer_group_is_built_by_its_first_member_that_needs_one():
-    """LIV 2 (SA-2) receives C, B, V and owns featurizer group 2 but needs no featurizer: LIV 3, the
-    group's next member, builds it (with C, B, V) and LIV 4 (receives B, V, computes C) uses it. Decoding
-    reproduces the parallel forward."""
-    plans = [LayerPlan(2, 0, 0), LayerPlan(2, 1, 0, frozenset("CBV")), LayerPlan(2, 1, 2), LayerPlan(2, 1, 2, frozenset("BV"))]
+    """LIV 2 (SA-2) receives C, B, V and heads featurizer group 2 but needs no featurizer: LIV 3, the
+    group's next member, builds it (with C, B, V) and LIV 4 (receives B, V, computes C) uses it. The
+    owner is genome.plans' decision (D9, in one place), which Backbone takes as given, and refuses plans
+    that name an owner building no featurizer. Decoding reproduces the parallel forward."""
+    plans = [LayerPlan(2, 0, 0), LayerPlan(2, 1, 0, frozenset("CBV")), LayerPlan(2, 2, 2), LayerPlan(2, 2, 2, frozenset("BV"))]
     cfg = small_cfg(depth=4)
+    with pytest.raises(ValueError, match="builds no featurizer"):  # owner LIV 2, as the genome's group ids say
+        liv.Backbone(cfg, [LayerPlan(2, 0, 0), LayerPlan(2, 1, 0, frozenset("CBV")), LayerPlan(2, 1, 2),
+                           LayerPlan(2, 1, 2, frozenset("BV"))])
+    ps = genome.plans(genome.Genome(((2, 1, 1, 1, 1), (2, 2, 1, 1, 4), (2, 2, 2, 2, 1), (2, 2, 2, 2, 2))))
+    assert [p.featurizer_owner for p in ps] == [0, 1, 2, 2] and ps[3].shared_groups == frozenset("BV")
     m = seeded(lambda: liv.Backbone(cfg, plans).eval())
     assert m.livs[1].feat() is None
     assert m.livs[3].feat() is m.livs[2].feat() and m.livs[2].feat().groups == frozenset("CBV")
