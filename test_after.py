@@ -197,3 +197,20 @@ def test_a_config_json_of_format_2_without_the_new_keys_reads_as_before():
     c = RunConfig.from_json(json.dumps(old))
     assert (c.allow_classes, c.init, c.weights) == (None, None, False)
     assert not math.isnan(c.share_rate)
+
+
+def test_export_of_long_convolutions_and_sharing_matches_the_model(tmp_path):
+    """GConv-2 with its stream shared by a GConv-1, attention sharing weights, keys and values (one KV
+    cache), at a length the program was not traced at and step by step from an empty cache (the
+    recurrence is in the run's winner above)."""
+    import liv
+    g = genome.Genome.parse("8.1.1.1.1-7.2.1.1.2-1.3.1.3.1-1.3.2.3.2")
+    cfg = liv.ModelConfig(vocab_size=64, d_model=32, depth=4, head_dim=16, max_len=96)
+    model = genome.build_model(g, cfg, seed=0)
+    train.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg)
+    about = after.export(tmp_path / "c.pt", out=tmp_path / "export", context=40, log=lambda s: None)
+    assert about["forward"]["max_abs_diff"] < 1e-5 and about["step"]["max_abs_diff"] < 1e-5
+    program = torch.export.load(tmp_path / "export" / "forward.pt2").module()
+    x = torch.randint(0, 64, (3, 96), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (program(x) - model.eval()(x)).abs().max() < 1e-5
