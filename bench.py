@@ -18,6 +18,9 @@ Sections (the JSON keys):
                  random depth-24 parents, both cuts) and sharing rates of sampled genomes; no training
     efficacy     (only with --only efficacy; about an hour on 2 cores) whole default cpu-preset runs of
                  NSGA-II and of the random control for --seeds, compared at one reference point
+    scaling      (only with --only scaling; about an hour on 2 cores, estimated) README's seed-0 winner
+                 and Transformer++, both scaled to depth 12 (genome.repeat: two independent copies of
+                 the depth-6 genomes) and width 128, trained 1000 steps under seeds 0, 1, 2 (D26)
 
 On demand only (`--only memory,parallel,threads`; they build full-size models or start processes):
 
@@ -76,7 +79,7 @@ import train
 from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
-ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise")  # long: only when named in --only
+ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -95,6 +98,7 @@ SIZES = {
         parallel=dict(preset="cpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
         noise=dict(preset="cpu", overrides={}, seeds=3),
+        scaling=dict(preset="cpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -108,6 +112,7 @@ SIZES = {
         parallel=dict(preset="gpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
         noise=dict(preset="gpu", overrides={}, seeds=3),
+        scaling=dict(preset="gpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -126,6 +131,8 @@ SIZES = {
         threads=dict(preset="cpu", overrides=dict(d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3)),
         noise=dict(preset="cpu", overrides=dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4,
                                                 steps=3), seeds=2),
+        scaling=dict(preset="cpu", times=2, overrides=dict(data="synthetic", d_model=32, seq_len=32, batch=4, steps=2),
+                     seeds=(0,)),
     ),
 }
 
@@ -904,6 +911,44 @@ def print_efficacy(r):
     print(f"median ratio over the seeds: {r['median_ratio']:.3f} (target >= 1.10)")
 
 
+# README's seed-0 winner (canonical; GMemless, GConv-2, GMemless, three GConv-1-Diff) and the baseline
+SCALED = {"seed-0 winner": "9.1.1.1.1-8.2.1.2.1-9.3.1.3.1-16.4.1.4.1-16.5.1.5.1-16.6.1.6.1", "transformer++": None}
+
+
+def bench_scaling(device, s) -> dict:
+    """D26's evidence: the depth-6 genomes repeated `times` (independent copies, genome.repeat) at the
+    preset's other settings with the overrides (width 128, 1000 steps), trained as the search trains
+    (candidate.evaluate_genome, one thread on CPU) under each seed; perplexity mean ± std per genome."""
+    import genome as gn
+    import parallel
+
+    rows = []
+    for name, text in SCALED.items():
+        base = gn.transformer_pp(6) if text is None else gn.Genome.parse(text)
+        g = gn.repeat(base, s["times"])
+        rc = config.RunConfig.make(s["preset"], **{**s["overrides"], "depth": g.depth})
+        data = corpus.load_data(rc.data, rc.vocab_size)
+        cfg = rc.model_config(data.vocab_size)
+        runs = []
+        for seed in s["seeds"]:
+            with parallel.candidate_threads(str(device)):
+                info, _ = candidate.evaluate_genome(g, cfg, rc.train_config(str(device)), data, rc, seed=seed)
+            runs.append(dict(seed=seed, perplexity=info["perplexity"], seconds=info["seconds"], status=info["status"]))
+            print(f"  {name} seed {seed}: ppl {info['perplexity']:.3f} in {info['seconds']:.0f} s", flush=True)
+        mean, std = report.mean_std([r["perplexity"] for r in runs])
+        rows.append(dict(name=name, base=str(base), genome=str(g), depth=g.depth, d_model=cfg.d_model, steps=rc.steps,
+                         params=info["params"], cache_bytes=info["cache_bytes"], mean=mean, std=std, runs=runs))
+    return dict(rows=rows, preset=s["preset"], times=s["times"])
+
+
+def print_scaling(r):
+    print(f"\n## Scaling (D26): depth x{r['times']} (independent copies) and the preset's width override, "
+          f"{r['rows'][0]['steps'] if r['rows'] else 0} steps, seeds {[x['seed'] for x in r['rows'][0]['runs']] if r['rows'] else []}")
+    print(table(["genome", "depth", "width", "params", "cache", "perplexity"],
+                [[x["name"], x["depth"], x["d_model"], f"{x['params']:,}", liv.fmt_bytes(x["cache_bytes"]),
+                  f"{x['mean']:.2f} ± {x['std']:.2f}"] for x in r["rows"]]))
+
+
 def targets(res: dict) -> list[dict]:
     out = []
 
@@ -937,7 +982,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)}, run in this order "
-                         "(default: all but the last 4)")
+                         "(default: all but the last 6)")
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
@@ -976,7 +1021,8 @@ def main(argv=None) -> int:
                search=(lambda d, s: bench_search(d, s, args.quick), print_search), variation=(bench_variation, print_variation),
                efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy),
                memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
-               threads=(bench_threads, print_threads), noise=(bench_noise, print_noise))
+               threads=(bench_threads, print_threads), noise=(bench_noise, print_noise),
+               scaling=(bench_scaling, print_scaling))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""One candidate: a genome decoded once, built, trained and scored on the run's objectives (D16).
+"""One candidate: a genome decoded once, built, trained and scored on the run's objectives (D16), and
+its weights kept when asked (D24).
 
 This is what every driver calls for one genome (star.py in its own process for the baselines and the
 retraining, parallel.py's workers and Ray tasks for the search's candidates): below the drivers, so
@@ -7,8 +8,13 @@ that a worker imports it without importing them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import time
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -30,11 +36,12 @@ def describe_costs(g, cfg: liv.ModelConfig, cache_len: int) -> dict:
 
 
 def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainConfig, data, config: RunConfig,
-                    seed: int | None = None) -> tuple[dict, tuple[float, ...]]:
+                    seed: int | None = None, keep: Optional[Callable] = None) -> tuple[dict, tuple[float, ...]]:
     """Train one candidate and score it. A failure (divergence, OOM, exception) gives infinite
     objectives and the error, and the run goes on (D16). `seed` (default: the run's) seeds the initial
     weights and the training (batch order). A CUDA error that poisons the process is status
-    'cuda_error' (parallel.py ends the worker, or the run)."""
+    'cuda_error' (parallel.py ends the worker, or the run). `keep(model, state, info, tcfg)`, given,
+    receives a trained candidate with its final training state (`train.train_state`), to save it (D24)."""
     if seed is not None:
         tcfg = dataclasses.replace(tcfg, seed=seed)
     seed = tcfg.seed
@@ -49,9 +56,12 @@ def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainCon
         info["cache_bytes_measured"] = measured
         if measured != info["cache_bytes"]:
             raise RuntimeError(f"cache mismatch: analytic {info['cache_bytes']} != measured {measured}")
-        res = train.train(model, data, tcfg, log=None)
+        final = {}
+        res = train.train(model, data, tcfg, log=None, checkpoint=final.update if keep is not None else None)
         info.update(perplexity=res.val_ppl, val_loss=res.val_loss, bits_per_byte=res.bits_per_byte,
                     train_loss=res.train_loss, tokens_per_s=res.tokens_per_s, status=res.status, error=res.error)
+        if keep is not None and info["status"] == "ok":
+            keep(model, final, info, tcfg)
     except torch.cuda.OutOfMemoryError as e:
         info.update(status="oom", error=str(e).splitlines()[0])
     except Exception as e:  # a candidate that raises must not stop the search (D16)
@@ -72,3 +82,48 @@ def objectives_of(info: dict, objective: str) -> tuple[float, ...]:
 
 def is_sticky_cuda_error(message: str) -> bool:
     return any(s in message for s in STICKY_CUDA)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A trained candidate's weights (D24): a folder with train.py's checkpoint and a small JSON description
+# ----------------------------------------------------------------------------------------------------
+
+WEIGHTS_FORMAT = "star-weights-1"
+WEIGHTS_JSON = "config.json"
+
+
+def weights_name(key: str) -> str:
+    """The folder of a genome's weights under a run's weights/: a short hash of its canonical key (a
+    depth-24 key is too long for a file name), the same whatever its rank."""
+    return "g" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def save_weights(folder: Path, model, state: dict, info: dict, g: genome.Genome, cfg: liv.ModelConfig,
+                 tcfg: train.TrainConfig, config: RunConfig, **extra) -> dict:
+    """Write `folder/checkpoint.pt` (train.py's checkpoint: weights, optimizer, data position: it samples,
+    exports and trains on) and then `folder/config.json` (genome, canonical form, widths, vocabulary,
+    training recipe, data, score, and `extra`), each atomically; config.json last, so a folder that has
+    one is complete. Returns the description."""
+    folder = Path(folder)
+    data = {"data": config.data, "vocab_size": config.vocab_size}
+    train.save_checkpoint(folder / train.CHECKPOINT_FILE, model, str(g), cfg, tcfg, state=state, data=data)
+    about = dict(format=WEIGHTS_FORMAT, genome=str(g), canonical=genome.canonical_str(g),
+                 vocab_size=cfg.vocab_size, d_model=cfg.d_model, depth=cfg.depth, head_dim=cfg.head_dim,
+                 model_config=cfg.to_dict(), recipe=tcfg.to_dict(), data=data,
+                 score={k: info.get(k) for k in ("perplexity", "val_loss", "bits_per_byte", "train_loss")},
+                 params=info.get("params"), non_embedding_params=info.get("non_embedding_params"),
+                 cache_bytes=info.get("cache_bytes"), cache_len=config.cache_len,
+                 files=dict(checkpoint=train.CHECKPOINT_FILE), **extra)
+    tmp = folder / (WEIGHTS_JSON + ".tmp")
+    tmp.write_text(json.dumps(about, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, folder / WEIGHTS_JSON)
+    return about
+
+
+def read_weights(folder: Path) -> Optional[dict]:
+    """The description of a complete weights folder, or None."""
+    try:
+        about = json.loads((Path(folder) / WEIGHTS_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return about if isinstance(about, dict) and about.get("format") == WEIGHTS_FORMAT else None

@@ -13,7 +13,7 @@ config.json (DESIGN.md D22) carries `format` (today `FORMAT`). On --resume:
   seeds, search sizes and variation), when given, must equal the run's; a change is refused with one
   line naming the key;
 - *extent* keys (`EXTENT`: how far the run goes: generations, the final retraining, the per-candidate
-  timeout, patience) take the new value when given;
+  timeout, patience, the weights kept) take the new value when given;
 - keys missing from an older format are filled with what that format meant (`FORMAT_DEFAULTS`).
 """
 from __future__ import annotations
@@ -80,14 +80,16 @@ PRESETS = {
                     population=16, offspring=16, generations=18),
 }
 
-EXTENT = ("generations", "final_steps", "final_top", "timeout", "patience")  # may change on --resume
+EXTENT = ("generations", "final_steps", "final_top", "timeout", "patience", "weights")  # may change on --resume
 
-# what a key missing from a format-1 config.json meant: the defaults of the code that wrote it
+# what a key missing from an older config.json meant: the defaults of the code that wrote it. Format 2
+# files written before D24-D25 have no class set, no initial genomes and kept no weights.
+_BEFORE_D24 = dict(allow_classes=None, init=None, weights=False)
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
-                           vocab_size=None, cache_len=4096, patience=None),
+                           vocab_size=None, cache_len=4096, patience=None, **_BEFORE_D24),
                    # format 2: fields added after it was first written, each the behaviour from before it
-                   2: dict(patience=None)}
+                   2: dict(patience=None, **_BEFORE_D24)}
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,9 @@ class RunConfig:
     timeout: Optional[float] = None     # seconds per candidate (runs candidates in workers)
     micro_batch: Optional[int] = None   # gradient accumulation (None: chosen on CUDA, whole batch on CPU)
     patience: Optional[int] = None      # stop once the hypervolume has not grown for this many generations
+    allow_classes: Optional[tuple] = None  # D25: the LIV classes sampled and mutated (None: all 17)
+    init: Optional[tuple] = None        # D25: genomes that open generation 0 (the strings themselves)
+    weights: bool = True                # D24: retrain the selected top-k and keep their weights in the folder
 
     @classmethod
     def make(cls, preset: Optional[str] = None, **overrides) -> "RunConfig":
@@ -138,6 +143,9 @@ class RunConfig:
         return cls(**{**dataclasses.asdict(PRESETS[preset]), "preset": preset, **given})
 
     def __post_init__(self):
+        for key in ("allow_classes", "init"):  # a list from JSON or the caller: a tuple, so the config hashes
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         _validate(self)
 
     # --- derived configurations, in one place ---
@@ -199,11 +207,17 @@ class RunConfig:
                              seed=self.seed, algorithm=self.algorithm)
 
     def variation(self) -> evolve.Variation:
+        classes = self.allow_classes  # D25 (None: the 17, drawn exactly as without a set)
         return evolve.Variation(
-            sample=lambda rng: genome.random_genome(self.depth, rng, share_rate=self.share_rate),
+            sample=lambda rng: genome.random_genome(self.depth, rng, share_rate=self.share_rate, classes=classes),
             crossover=lambda a, b, rng: genome.crossover(a, b, rng, cut=self.crossover_cut),
-            mutate=genome.mutate, repair=genome.repair, encode=str, decode=genome.Genome.parse,
-            key=genome.canonical_str)
+            mutate=genome.mutate if classes is None else lambda g, rng: genome.mutate(g, rng, classes=classes),
+            repair=genome.repair if classes is None else lambda g, rng: genome.repair(g, rng, classes=classes),
+            encode=str, decode=genome.Genome.parse, key=genome.canonical_str)
+
+    def initial(self) -> list:
+        """D25: the genomes given to open generation 0 (--init), in their order."""
+        return [genome.Genome.parse(text) for text in self.init or ()]
 
     # --- config.json ---
 
@@ -242,10 +256,43 @@ class RunConfig:
         invocation `given`: an extent key takes the new value, an identity key must equal the run's."""
         for f in fields(self):
             if f.name in given and f.name not in EXTENT and getattr(self, f.name) != getattr(stored, f.name):
-                raise UsageError(f"--resume: {where} was made with {f.name} = {getattr(stored, f.name)!r}, this "
-                                 f"asks for {getattr(self, f.name)!r}; it decides results and cannot change: "
+                raise UsageError(f"--resume: {where} was made with {f.name} = {_short(getattr(stored, f.name))}, this "
+                                 f"asks for {_short(getattr(self, f.name))}; it decides results and cannot change: "
                                  "use the run's option or another --name")
         return dataclasses.replace(stored, **{k: getattr(self, k) for k in EXTENT if k in given})
+
+
+def _short(value, width: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _validate_space(c: RunConfig) -> None:
+    """D25: the class set and the initial genomes (each legal, of the run's depth, inside the set)."""
+    try:
+        classes = genome.check_classes(c.allow_classes)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--allow-classes: {e}") from None
+    if classes is not None and c.allow_classes != classes:
+        object.__setattr__(c, "allow_classes", classes)
+    if classes is not None and c.seed_baselines and not all(genome.uses_only(make(c.depth), classes)
+                                                           for make in genome.BASELINES.values()):
+        raise UsageError(f"--seed-baselines puts Transformer++ and StripedMamba (classes 1, 5, 9) into generation 0, "
+                         f"but --allow-classes allows only {', '.join(map(str, classes))}")
+    if c.init is None:
+        return
+    if not c.init or len(c.init) > c.population:
+        raise UsageError(f"--init: {len(c.init)} genomes; give 1 to --population {c.population}")
+    for i, text in enumerate(c.init):
+        try:
+            g = genome.Genome.parse(text) if isinstance(text, str) else None
+        except ValueError as e:
+            raise UsageError(f"--init genome {i + 1}: {e}") from None
+        if g is None or g.depth != c.depth:
+            raise UsageError(f"--init genome {i + 1}: {'not a genome string' if g is None else f'{g.depth} LIVs'}, "
+                             f"the run's --depth is {c.depth}")
+        if not genome.uses_only(g, classes):
+            raise UsageError(f"--init genome {i + 1} ({text}) uses a class outside --allow-classes")
 
 
 def _validate(c: RunConfig) -> None:
@@ -281,6 +328,9 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--patience must be a number of generations >= 1 (got {c.patience})")
     if c.micro_batch is not None and not (1 <= c.micro_batch <= c.batch and c.batch % c.micro_batch == 0):
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
+    if not isinstance(c.weights, bool):
+        raise UsageError(f"weights must be true or false (got {c.weights!r})")
+    _validate_space(c)
 
 
 def check_execution(workers: int, ray: Optional[str]) -> None:

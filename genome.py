@@ -254,12 +254,12 @@ def is_valid(g: Genome) -> bool:
     return True
 
 
-def repair(g: Genome, rng: np.random.Generator) -> tuple[Genome, int]:
+def repair(g: Genome, rng: np.random.Generator, classes: Sequence[int] | None = None) -> tuple[Genome, int]:
     """D11: make `g` valid; return (repaired genome, number of entries changed).
 
     1. Values out of range or illegal for the class (entries 1, 3, 5, and group ids outside 1..depth)
        are re-sampled uniformly from the legal values; the class is fixed first, since entry 5 depends
-       on it.
+       on it. With ``classes`` (D25), a class outside them counts as illegal and is drawn from them.
     2. An illegal link (entries 2, 4) is removed by moving that LIV to a fresh group id: the smallest id
        in 1..depth that no LIV uses (deterministic, so repair draws no randomness for links). A free id
        always exists: the moved LIV shares a group with its owner, so fewer than `depth` ids are in use.
@@ -271,9 +271,12 @@ def repair(g: Genome, rng: np.random.Generator) -> tuple[Genome, int]:
     """
     rows = [list(r) for r in g.livs]
     depth = g.depth
+    classes = check_classes(classes)
     for i, row in enumerate(rows):
         for e in (CLASS, FEAT_GROUP, FEAT_STRATEGY, FG_GROUP, FG_STRATEGY):
-            if _bad_value(rows, i, e):
+            if e == CLASS and classes is not None and row[CLASS] not in classes:
+                row[CLASS] = int(classes[rng.integers(len(classes))])
+            elif _bad_value(rows, i, e):
                 allowed = legal_values(e, row[CLASS], depth)
                 row[e] = int(allowed[rng.integers(len(allowed))])
     for level, (ge, _, _, _) in enumerate(_LEVELS):
@@ -362,6 +365,63 @@ def canonical_str(g: Genome) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Shaping the search space (D25) and scaling a found backbone (D26)
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:
+    """A set of LIV classes as a sorted tuple (None: all 17, drawn exactly as without a set)."""
+    if classes is None:
+        return None
+    out = tuple(sorted({operator.index(c) for c in classes}))
+    if not out or not all(1 <= c <= liv.N_CLASSES for c in out):
+        raise ValueError(f"a class set needs at least one class, each in 1..{liv.N_CLASSES} (got {list(classes)})")
+    return out
+
+
+def parse_classes(text: str) -> tuple[int, ...]:
+    """`1,5-9,GConv-2` -> (1, 5, 6, 7, 8, 9): class ids, ranges of ids, and registry names (any case), as
+    `python genome.py --classes` prints them."""
+    names = {s.name.lower(): c for c, s in liv.REGISTRY.items()}
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        lo, sep, hi = part.partition("-")
+        if part.isdigit():
+            out.append(int(part))
+        elif sep and lo.strip().isdigit() and hi.strip().isdigit() and int(lo) <= int(hi):
+            out += range(int(lo), int(hi) + 1)
+        elif part.lower() in names:
+            out.append(names[part.lower()])
+        else:
+            raise ValueError(f"class {part!r}: expected an id 1..{liv.N_CLASSES}, a range such as 5-8, or a name "
+                             f"({', '.join(s.name for s in liv.REGISTRY.values())})")
+    return check_classes(out)
+
+
+def uses_only(g: Genome, classes: Sequence[int] | None) -> bool:
+    return classes is None or all(r[CLASS] in classes for r in g.livs)
+
+
+def repeat(g: Genome, times: int, share_across: bool = False) -> Genome:
+    """D26: a deeper backbone made of `times` copies of `g` (its canonical form), one after another.
+
+    Each copy's group ids are renumbered into its own range, so that a copy shares only within itself:
+    the copies are independent blocks, and the counts are exact (parameters: `times` x the non-embedding
+    parameters less the final norm, plus the final norm and the embedding; cache: `times` x the cache).
+    Writing the genome's text twice would not do this: the second copy's ids would name the first
+    copy's groups. With `share_across`, every LIV of a later copy uses the featurizer weights of its
+    counterpart's featurizer owner in the first copy (D9: the same class), like weight-tied repeated
+    blocks; feature groups (D10, what the cache holds) stay within each copy."""
+    if not isinstance(times, int) or times < 1:
+        raise ValueError(f"repeat: times must be an integer >= 1 (got {times!r})")
+    base = canonical(g)
+    d = base.depth
+    rows = [(c, fg if share_across and k else fg + k * d, 2 if share_across and k else fs, sg + k * d, ss)
+            for k in range(times) for (c, fg, fs, sg, ss) in base.livs]
+    return validate(Genome(tuple(rows)))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Variation (D18: legal by construction; replaces D14's uniform re-sampling)
 # ----------------------------------------------------------------------------------------------------
 #
@@ -409,19 +469,23 @@ def _drop_illegal_links(rows: list[list[int]]) -> None:
             rows[bad[0][0]][ge] = _fresh_id(rows, ge, bad[0][0])
 
 
-def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHARE_RATE) -> Genome:
+def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHARE_RATE,
+                  classes: Sequence[int] | None = None) -> Genome:
     """A valid random genome, legal by construction (D18).
 
     LIV by LIV: with probability ``share_rate`` it joins the featurizer group of a random earlier owner,
     with strategy 2 and the owner's class (D9). Then, with probability ``share_rate``, it joins the
     feature-group group of a random earlier owner that it may share with (D10), with strategy 2, 3 or
     4; an LIV whose class is still open takes a class with the owner's share key. A class still open
-    after both is uniform over all 17. What joins nothing has groups of its own and strategy 1.
+    after both is uniform over all 17, or over ``classes`` when given (D25: the search space shaped;
+    None draws exactly as before).
+    What joins nothing has groups of its own and strategy 1.
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     if not 0.0 <= share_rate <= 1.0:
         raise ValueError(f"share_rate must be in [0, 1], got {share_rate}")
+    classes = check_classes(classes)
     rows: list[list[int]] = []
     for i in range(depth):
         row = [0, i + 1, 1, i + 1, 1]  # id i+1 is free: LIV j < i uses j+1 or an earlier id
@@ -436,17 +500,18 @@ def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHAR
         if s_owners and rng.random() < share_rate:  # D10: a class with the owner's share key
             o = s_owners[rng.integers(len(s_owners))]
             if not row[CLASS]:
-                peers = [c for c, s in liv.REGISTRY.items() if s.share_key == liv.REGISTRY[rows[o][CLASS]].share_key]
+                peers = [c for c, s in liv.REGISTRY.items() if s.share_key == liv.REGISTRY[rows[o][CLASS]].share_key
+                         and (classes is None or c in classes)]  # the owner's class is always one
                 row[CLASS] = peers[rng.integers(len(peers))]
             strategies = _sharing_strategies(FG_STRATEGY, row[CLASS])
             row[FG_GROUP], row[FG_STRATEGY] = rows[o][FG_GROUP], strategies[rng.integers(len(strategies))]
         if not row[CLASS]:
-            row[CLASS] = int(rng.integers(1, liv.N_CLASSES + 1))
+            row[CLASS] = int(rng.integers(1, liv.N_CLASSES + 1)) if classes is None else classes[rng.integers(len(classes))]
         rows.append(row)
     return validate(Genome(tuple(tuple(r) for r in rows)))
 
 
-def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
+def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1, classes: Sequence[int] | None = None) -> Genome:
     """D18: each of the 5·depth entries mutates with probability p to a *different* value that is legal
     at its position given the rest of the genome (LIV by LIV, each entry seeing the changes before it).
     A valid genome stays valid, without repair; an invalid one (a crossover child) is left for `repair`.
@@ -458,16 +523,21 @@ def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1) -> Genome:
                            strategy 1 also draws a sharing strategy, so that the move is not moot.
         strategy (3 or 5)  another strategy legal for the class; a member of a group whose owner is
                            incompatible can only keep strategy 1.
+
+    ``classes`` (D25): a class entry only takes one of these (None: any of the 17).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"mutation probability must be in [0, 1], got {p}")
+    classes = check_classes(classes)
     legal = is_valid(g)  # a crossover child may not be: then nothing is fixed here, `repair` does it
     rows = [list(r) for r in g.livs]
     for i, e in zip(*np.nonzero(rng.random((g.depth, 5)) < p)):
         i, e = int(i), int(e)
         row = rows[i]
         if e == CLASS:
-            options = [c for c in range(1, liv.N_CLASSES + 1) if c != row[CLASS]]
+            options = [c for c in range(1, liv.N_CLASSES + 1) if c != row[CLASS] and (classes is None or c in classes)]
+            if not options:
+                continue  # one class allowed: no other legal value
             new = options[rng.integers(len(options))]
             owner = _owners([r[FEAT_GROUP] for r in rows])
             linked = i == owner[i] or row[FEAT_STRATEGY] == 2
@@ -792,6 +862,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--vocab-size", type=int, default=256)
     ap.add_argument("--no-params", action="store_true", help="skip the parameter count")
+    ap.add_argument("--repeat", type=int, default=1, metavar="TIMES",
+                    help="scale depth: TIMES independent copies of the genome, one after another (D26)")
+    ap.add_argument("--share-across", action="store_true",
+                    help="with --repeat: later copies use the first copy's featurizer weights (D26)")
     args = ap.parse_args(argv)
 
     try:
@@ -815,6 +889,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             g = Genome.parse(args.genome)
             if args.depth is not None and args.depth != g.depth:
                 ap.error(f"--depth {args.depth} disagrees with the genome's {g.depth} LIVs")
+        if args.repeat != 1 or args.share_across:
+            if args.repeat < 1 or args.repeat * g.depth > CLI_MAX_DEPTH:
+                ap.error(f"--repeat {args.repeat}: must be >= 1, and the repeated depth at most {CLI_MAX_DEPTH}")
+            print(f"{g} repeated {args.repeat} times ({'featurizers shared across copies' if args.share_across else 'independent copies'}):")
+            g = repeat(g, args.repeat, args.share_across)
         cfg = None if args.no_params else liv.ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model,
                                                           depth=g.depth, head_dim=args.head_dim)
         print(describe(g))

@@ -350,7 +350,7 @@ def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     Returns y (b, l, h, p) and the final state (b, h, p, n). Everything in float32.
     """
     b, l, h, p = x.shape
-    q = min(chunk, l)
+    q = l if torch.compiler.is_exporting() else min(chunk, l)  # torch.export: one chunk, no branch on a symbolic l
     pad = (q - l % q) % q  # N1: zero input and zero log-decay at the end, sliced off below
     if pad:
         x, B, C = (F.pad(t, (0, 0) * (t.ndim - 2) + (0, pad)) for t in (x, B, C))
@@ -737,10 +737,11 @@ class Attention(LIV):
         v = repeat(f["V"], "b h l p -> (r b) h l p", r=r)  # one V for both branches (D5)
         gqa = self.kv_heads != self.cfg.n_heads  # enable_gqa groups heads as repeat_interleave does (N5)
         lk = k.shape[2]
-        if lk == l:  # training / prefill from position 0: equal lengths, so is_causal is right
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif l == 1:  # one query sees every cached key: no mask (is_causal would show it the first key only, N4)
+        if l == 1:  # one query sees every cached key: no mask (is_causal would show it the first key only, N4);
+            # tested before lk, so that an exported decoding step does not branch on the cache's length
             o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        elif lk == l:  # training / prefill from position 0: equal lengths, so is_causal is right
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:  # a chunk after a cached prefix: explicit offset mask
             mask = torch.arange(lk, device=x.device)[None, :] <= (lk - l + torch.arange(l, device=x.device))[:, None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

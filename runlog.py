@@ -36,6 +36,7 @@ import numpy as np
 import evolve
 from evolve import (Child, Evaluation, Evaluator, Generation, Population, Search, State, Variation,
                     clean_objectives, default_ref_point, hypervolume, shorten)
+import candidate
 from config import RunConfig, RunFailed, UsageError
 from liv import fmt_bytes, fmt_time
 
@@ -830,10 +831,13 @@ class RunFolder:
         return self.done[(name, seed)]
 
     def retrain(self, job: dict, seed: int, train_one: Callable) -> dict:
-        """The record of `job` (a genome of the selection, or a baseline) retrained for final_steps."""
+        """The record of `job` (a genome of the selection, or a baseline) retrained for final_steps; with
+        `weights`, its weights are kept too (D24)."""
         if (job["key"], seed) not in self.final:
             g = self.config.variation().decode(job["genome"])
-            info, _ = train_one(g, steps=self.config.final_steps, seed=seed)
+            name = f"{job.get('name') or candidate.weights_name(job['key'])}-final{self.config.final_steps}-seed{seed}"
+            info, _ = train_one(g, steps=self.config.final_steps, seed=seed,
+                                keep=self._keeper(name, g, kind="final", seed=seed, steps=self.config.final_steps))
             rec = self.final[(job["key"], seed)] = append_record(self._file("final.jsonl"), dict(job, seed=seed, **info))
             self.log(f"retrained {job.get('name') or job['genome']} seed {seed} for {self.config.final_steps} "
                      f"steps: ppl {fmt_ppl(rec['perplexity'])}")
@@ -857,3 +861,47 @@ class RunFolder:
     def summary(self, baselines: list[dict], result: SearchResult, final: list[dict]) -> None:
         if self._write_summary is not None and self.path is not None:
             self._write_summary(self, baselines, result, final)
+
+    # --- the weights a run keeps (D24) ---
+
+    def _keeper(self, name: str, g, archived: Optional[float] = None, **extra) -> Optional[Callable]:
+        """What candidate.evaluate_genome calls with a trained model: save it in weights/<name>/, with
+        whether it reproduced the `archived` perplexity exactly."""
+        if self.path is None or not self.config.weights:
+            return None
+
+        def keep(model, state, info, tcfg):
+            checked = {} if archived is None else dict(archived_perplexity=archived, reproduced=info["perplexity"] == archived)
+            candidate.save_weights(self.path / "weights" / name, model, state, info, g, model.cfg, tcfg, self.config,
+                                   **extra, **checked)
+        return keep
+
+    def keep_weights(self, top: list[dict], train_one: Callable, final: list[dict]) -> list[dict]:
+        """D24: the selected top-k retrained with the search's own seed and budget (training is
+        deterministic, so each must reproduce its archived perplexity exactly: checked and recorded),
+        saved in weights/<name>/, and weights/top.json listing them by rank with the --final-steps
+        retrainings. A folder already complete is kept, so a resumed run retrains none twice."""
+        if self.path is None or not self.config.weights:
+            return []
+        rows, weights = [], self.path / "weights"
+        for rank, r in enumerate(top, 1):
+            name = candidate.weights_name(r["key"])
+            if candidate.read_weights(weights / name) is None:
+                g = self.config.variation().decode(r["genome"])
+                info, _ = train_one(g, keep=self._keeper(name, g, r["perplexity"], kind="search", seed=self.config.seed,
+                                                         generation=r["generation"]))
+                same = info["perplexity"] == r["perplexity"]
+                self.log(f"weights top{rank} {r['genome']}: ppl {fmt_ppl(info['perplexity'])}, " + (
+                    "the archived perplexity exactly" if same else f"NOT the archived {fmt_ppl(r['perplexity'])}")
+                    + (f" -> {weights / name}" if info["status"] == "ok" else f"; {info['status']}, no weights"))
+            about = candidate.read_weights(weights / name)
+            finals = [f"weights/{n}" for f in final if f["key"] == r["key"]
+                      for n in [f"{name}-final{self.config.final_steps}-seed{f['seed']}"] if candidate.read_weights(weights / n)]
+            if about is not None:
+                rows.append(dict(rank=rank, genome=r["genome"], key=r["key"], perplexity=r["perplexity"],
+                                 params=r.get("params"), cache_bytes=r.get("cache_bytes"), folder=f"weights/{name}",
+                                 reproduced=about.get("reproduced"), final=finals))
+        if rows:
+            weights.mkdir(exist_ok=True)
+            write_atomic(weights / "top.json", json.dumps(json_safe(rows), indent=2) + "\n")
+        return rows

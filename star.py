@@ -86,10 +86,10 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
     config, path = folder.config, folder.path
     cfg, tcfg = config.model_config(data.vocab_size), config.train_config(device)
 
-    def train_one(g, steps=None, seed=None):  # the baselines and the retraining, as every candidate (D19)
+    def train_one(g, steps=None, seed=None, keep=None):  # the baselines and the retraining, as every candidate (D19)
         with parallel.candidate_threads(device):
             return candidate.evaluate_genome(g, cfg, config.train_config(device, steps) if steps else tcfg,
-                                             data, config, seed=seed)
+                                             data, config, seed=seed, keep=keep)
     with folder:
         for line in _header(config, data, device, path):
             log(line)
@@ -107,7 +107,7 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
 
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
         evaluate = parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs)
-        initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()]
+        initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()] + config.initial()  # D25: --init
         result = folder.search(initial, config.variation(), evaluate, config.search(),
                                on_generation=lambda state: folder.summary(baselines, state, []))
         # 3. the paper's selection rule; with final_steps the top-k and the baselines are retrained
@@ -119,6 +119,7 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
             jobs = [dict(genome=b["genome"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
             jobs += [dict(genome=r["genome"], key=r["key"], generation=r["generation"]) for r in top]
             final = [folder.retrain(job, seed, train_one) for job in jobs for seed in config.training_seeds()]
+        folder.keep_weights(top, train_one, final)  # D24: the top-k retrained as searched, weights kept and checked
         folder.summary(baselines, result, final)
         log(f"done: {len(result.records)} candidates" + (f"; summary in {path / 'summary.md'}" if path else ""))
     return Synthesis(report.front_of(result.records, config.objective), top, baselines, final, result.records,
@@ -209,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--share-rate", type=float, default=None,
                     help="chance that a sampled LIV joins an earlier compatible group, per level (D18; default 0.1)")
     ap.add_argument("--crossover-cut", default=None, help="liv | anywhere: where k-point crossover cuts (D18; default liv)")
+    ap.add_argument("--allow-classes", default=None, metavar="CLASSES",
+                    help="LIV classes the search samples and mutates, e.g. 5-9,16 or Rec-1,GMemless (D25; default all 17)")
+    ap.add_argument("--init", default=None, metavar="GENOMES_FILE",
+                    help="genomes, one a line (# comments), that open generation 0 (D25; recorded in config.json)")
+    ap.add_argument("--weights", action=argparse.BooleanOptionalAction, default=None,
+                    help="retrain the selected top-k as searched and keep their weights in RUN/weights (D24; default on)")
     ap.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
                     help="print hypervolume against evaluations for these runs at one common reference point; exit")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
@@ -231,10 +238,34 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
     other field is the run's (config.py's rule, D22)."""
     names = PRESET_KEYS + ["objective", "data", "vocab_size", "cache_len", "seed", "seed_baselines", "final_top",
                            "final_steps", "algorithm", "baseline_seeds", "share_rate", "crossover_cut", "timeout",
-                           "micro_batch", "patience"]
+                           "micro_batch", "patience", "weights"]
     overrides = {k: v for k in names if (v := getattr(args, k, None)) is not None}
+    overrides.update({k: v for k, v in (("allow_classes", _classes_option(args.allow_classes)),
+                                        ("init", _init_option(args.init))) if v is not None})
     given = set(overrides) | ({"preset"} if args.preset is not None else set())
     return RunConfig.make(args.preset, **overrides), given
+
+
+def _classes_option(text):
+    try:
+        return None if text is None else genome.parse_classes(text)
+    except ValueError as e:
+        raise UsageError(f"--allow-classes: {e}") from None
+
+
+def _init_option(path):
+    """--init GENOMES_FILE: the genome strings it holds (one a line; blank lines and # comments skipped)."""
+    if path is None:
+        return None
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--init: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    texts = [line.split("#")[0].strip() for line in lines]
+    try:
+        return tuple(str(genome.Genome.parse(t)) for t in texts if t)
+    except ValueError as e:
+        raise UsageError(f"--init {path}: {e}") from None
 
 
 def run(args, log=print) -> Path:

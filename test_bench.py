@@ -38,3 +38,12 @@ def test_bench_efficacy_compares_both_algorithms(tmp_path):
     assert p["ratio"] == p["nsga2"]["hypervolume"] / p["random"]["hypervolume"] and p["nsga2"]["hypervolume"] > 0
     assert set(p["baselines"]) == {"transformer++", "striped-mamba"}
     assert all(len(b["ppls"]) == 2 for b in p["baselines"].values())
+
+
+def test_bench_scaling_trains_the_repeated_genomes(tmp_path):
+    """The scaling section at tiny sizes: both genomes repeated twice (depth 12), one seed each."""
+    out = tmp_path / "s.json"
+    assert bench.main(["--quick", "--only", "scaling", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["scaling"]["rows"]
+    assert [r["name"] for r in rows] == ["seed-0 winner", "transformer++"]
+    assert all(r["depth"] == 12 and r["d_model"] == 32 and r["runs"][0]["status"] == "ok" for r in rows)

@@ -758,3 +758,82 @@ def test_decoding_random_genomes_reproduces_forward(g, seed):
         got = torch.cat([model(idx[:, :5], cache)] + [model(idx[:, t:t + 1], cache) for t in range(5, 13)], 1)
         assert cache.nbytes() == G.cache_bytes(g, cfg, seq_len=13, bytes_per_element=4)  # the cache it really used
     assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shaping the search space (D25) and scaling a backbone (D26)
+# ----------------------------------------------------------------------------------------------------
+
+CFG_SMALL = dict(vocab_size=64, d_model=32, head_dim=16)
+
+
+@given(valid_genomes(depth=st.integers(1, 4), linked=True), st.integers(1, 3))
+def test_repeated_genome_has_exactly_the_expected_counts(g, times):
+    """Independent copies: every LIV of a copy counted anew, the final norm and the embedding once, and
+    `times` x the cache; as built (parameters of the real model) and by formula."""
+    cfg = liv.ModelConfig(depth=g.depth, **CFG_SMALL)
+    r = G.repeat(g, times)
+    big = liv.ModelConfig(depth=times * g.depth, **CFG_SMALL)
+    one, many = G.count_params(g, cfg), G.count_params(r, big)
+    emb, final_norm = cfg.vocab_size * cfg.d_model, cfg.d_model
+    assert r.depth == times * g.depth and G.canonical(r) == r
+    assert many["total"] == times * (one["non_embedding"] - final_norm) + final_norm + emb
+    assert many["non_embedding"] == times * (one["non_embedding"] - final_norm) + final_norm
+    assert G.cache_bytes(r, big) == times * G.cache_bytes(g, cfg)
+    model = G.build_model(r, big)
+    assert sum(p.numel() for p in model.parameters()) == many["total"]
+    assert liv.measure_cache_bytes(model, 4096) == times * G.cache_bytes(g, cfg)
+    shared = G.repeat(g, times, share_across=True)  # featurizers tied across copies, feature groups not
+    assert G.count_params(shared, big)["total"] <= many["total"]
+    assert G.cache_bytes(shared, big) == times * G.cache_bytes(g, cfg)
+    assert G.repeat(g, 1) == G.canonical(g) == G.repeat(g, 1, share_across=True)
+
+
+def test_repeat_example_from_the_issue():
+    """The depth-6 winner doubled at width 64: its text written twice shares across the copies (218,760
+    parameters); repeat() makes two independent blocks (2 x 124,012 less one final norm of 64, plus the
+    embedding: 264,344)."""
+    g = Genome.parse("15.3.1.1.1-15.2.1.1.3-9.1.2.3.1-15.4.2.1.4-16.5.1.5.1-16.6.1.6.3")
+    cfg = liv.ModelConfig(vocab_size=256, d_model=64, head_dim=16, depth=12)
+    assert G.count_params(Genome.parse(f"{g}-{g}"), cfg)["total"] == 218_760
+    assert G.count_params(G.repeat(g, 2), cfg)["total"] == 264_344 == 2 * (124_012 - 64) + 64 + 256 * 64
+    assert G.count_params(G.repeat(g, 2, share_across=True), cfg)["total"] < 218_760
+    with pytest.raises(ValueError, match="times"):
+        G.repeat(g, 0)
+
+
+def test_parse_classes_ids_ranges_and_names():
+    assert G.parse_classes("5,7-9, gconv-2 ,SA-1") == (1, 5, 7, 8, 9)
+    for bad in ("", "0", "18", "9-5", "Attention"):
+        with pytest.raises(ValueError):
+            G.parse_classes(bad)
+
+
+@given(DEPTHS, SEEDS, st.lists(st.integers(1, liv.N_CLASSES), min_size=1, max_size=4))
+def test_a_class_set_bounds_sampling_mutation_and_repair(depth, seed, classes):
+    rng = rng_of(seed)
+    a = G.random_genome(depth, rng, share_rate=0.5, classes=classes)
+    b = G.random_genome(depth, rng, share_rate=0.5, classes=classes)
+    assert G.uses_only(a, classes) and G.uses_only(b, classes)
+    m = G.mutate(a, rng, p=1.0, classes=classes)
+    assert G.is_valid(m) and G.uses_only(m, classes)
+    child, _ = G.repair(G.mutate(G.crossover(a, b, rng), rng, classes=classes), rng, classes=classes)
+    assert G.is_valid(child) and G.uses_only(child, classes)
+    wild = Genome(tuple((c, 1, 1, 1, 1) for c in range(1, depth + 1)))
+    assert G.uses_only(G.repair(wild, rng, classes=classes)[0], classes)
+
+
+def test_no_class_set_draws_exactly_as_before():
+    """classes=None and all 17 classes draw the same genomes: the default search is unchanged."""
+    every = range(1, liv.N_CLASSES + 1)
+    for seed in range(20):
+        a, b = rng_of(seed), rng_of(seed)
+        ga, gb = G.random_genome(8, a), G.random_genome(8, b, classes=every)
+        assert ga == gb and G.mutate(ga, a, p=0.3) == G.mutate(gb, b, p=0.3, classes=every)
+
+
+def test_cli_repeat_prints_the_scaled_counts(capsys):
+    assert G.main(["15.3.1.1.1-15.2.1.1.3-9.1.2.3.1-15.4.2.1.4-16.5.1.5.1-16.6.1.6.3", "--repeat", "2",
+                   "--d-model", "64", "--head-dim", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "repeated 2 times" in out and "parameters: 264,344" in out and "cache: 6,752 bytes" in out

@@ -505,7 +505,7 @@ def test_a_second_process_on_a_live_run_is_refused(tmp_path, capsys):
 
 def fake_evaluate(fail):
     """Evaluate without training: perplexity from the genome text; `fail(g)` marks a failed candidate."""
-    def evaluate(g, cfg, tcfg, data, rc, seed=None):
+    def evaluate(g, cfg, tcfg, data, rc, seed=None, keep=None):  # trains nothing, so keeps nothing (D24)
         info = dict(candidate.describe_costs(g, cfg, rc.cache_len), perplexity=math.inf, val_loss=math.inf,
                     bits_per_byte=None, status="error", error="boom", seconds=0.0)
         if not fail(g):
@@ -538,7 +538,8 @@ def test_a_generation_0_where_everything_fails_is_one_line_exit_1(tmp_path, monk
 def test_seed_baselines_trains_each_baseline_once(tmp_path, monkeypatch):
     trained = []
     real = fake_evaluate(lambda g: False)
-    monkeypatch.setattr(candidate, "evaluate_genome", lambda g, *a, **k: (trained.append(str(g)), real(g, *a, **k))[1])
+    monkeypatch.setattr(candidate, "evaluate_genome", lambda g, *a, **k: (
+        k.get("keep") is None and trained.append(str(g)), real(g, *a, **k))[1])  # not the selection's weights (D24)
     assert run_star(tmp_path, "r", "--seed-baselines", "--final-steps", "0") == 0
     base = [json.loads(line) for line in (tmp_path / "r" / "baselines.jsonl").read_text().splitlines()]
     assert len(trained) == len(set(trained)) == 2 + 2  # the baselines once, then the 2 offspring

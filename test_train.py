@@ -425,6 +425,85 @@ def test_real_genome_trains_saves_and_loads_identically(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+# --- keeping on training (D27) ----------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+@needs_genome
+def test_an_interrupted_training_resumed_equals_the_uninterrupted_one_bit_for_bit(tmp_path):
+    """Checkpoint at step 4 of 10 (weights, optimizer, data position, recent losses), a fresh model and
+    optimizer from the file, the remaining 6 steps: the same weights, train loss and validation loss as
+    10 steps in one go, exactly. A Rec class and GQA attention, so that every kind of state is there."""
+    import genome
+    import liv
+
+    g = genome.Genome.parse("5.1.1.1.1-3.2.1.2.1-9.3.1.3.1-9.4.1.4.1")
+    cfg = liv.ModelConfig(vocab_size=256, d_model=32, depth=4, head_dim=8, max_len=64)
+    data = corpus.synthetic(n_bytes=1 << 14)
+    tcfg = TrainConfig(steps=10, batch=4, seq_len=32, eval_batches=2, log_every=3, device="cpu", seed=3)
+    whole = genome.build_model(g, cfg, seed=3)
+    r_whole = train.train(whole, data, tcfg, log=None)
+
+    def save_then_stop(state):
+        train.save_checkpoint(tmp_path / "c.pt", part, str(g), cfg, tcfg, state=state)
+        raise Interrupted
+    part = genome.build_model(g, cfg, seed=3)
+    with pytest.raises(Interrupted):
+        train.train(part, data, tcfg, log=None, checkpoint=save_then_stop, checkpoint_every=4)
+    ckpt = train.read_checkpoint(tmp_path / "c.pt")
+    assert ckpt["step"] == 4 and ckpt["generator"] is not None and len(ckpt["recent"]) == 3
+    resumed, _, _ = train.load_checkpoint(tmp_path / "c.pt")
+    state = {k: ckpt[k] for k in ("step", "optimizer", "generator", "rng", "recent")}
+    r_resumed = train.train(resumed, data, tcfg, log=None, start=state)
+    assert (r_resumed.steps, r_resumed.train_loss, r_resumed.val_loss) == (10, r_whole.train_loss, r_whole.val_loss)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+@needs_genome
+def test_cli_resume_to_the_planned_length_and_extend_under_a_new_schedule(tmp_path, capsys, monkeypatch):
+    argv = ["--genome", "transformer++", "--depth", "2", "--d-model", "32", "--head-dim", "16", "--seq-len", "32",
+            "--batch", "4", "--steps", "6", "--log-every", "0", "--data", "synthetic", "--device", "cpu"]
+    assert train.main(argv + ["--save", str(tmp_path / "whole.pt")]) == 0
+    real, writes = train.save_checkpoint, []
+
+    def save_then_die(*a, **k):  # the process dies right after the step-3 checkpoint
+        real(*a, **k)
+        writes.append(k["state"]["step"])
+        raise Interrupted
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        train.main(argv + ["--save", str(tmp_path / "cut.pt"), "--save-every", "3"])
+    monkeypatch.setattr(train, "save_checkpoint", real)
+    assert writes == [3] and train.read_checkpoint(tmp_path / "cut.pt")["step"] == 3
+    capsys.readouterr()
+    assert train.main(["--resume", str(tmp_path / "cut.pt")]) == 0
+    assert "resuming" in capsys.readouterr().out
+    whole, cut = train.read_checkpoint(tmp_path / "whole.pt"), train.read_checkpoint(tmp_path / "cut.pt")
+    assert cut["step"] == 6 and all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
+    # finished: resuming is refused, extending is a new schedule, labelled in the output and the file
+    assert train.main(["--resume", str(tmp_path / "cut.pt")]) == 2
+    assert "finished its 6 planned steps" in capsys.readouterr().err
+    assert train.main(["--resume", str(tmp_path / "cut.pt"), "--extend", "4", "--save", str(tmp_path / "more.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "a NEW schedule of 4 steps" in out and "not the same as one 10-step training" in out
+    more = train.read_checkpoint(tmp_path / "more.pt")
+    assert more["step"] == 4 and more["train_config"]["steps"] == 4
+    assert [h["steps_done"] for h in more["history"]] == [6] and more["history"][0]["steps"] == 6
+    assert not torch.equal(more["model"]["embed.weight"], cut["model"]["embed.weight"])
+    for bad, why in ((["--extend", "0"], "--extend needs"), (["--steps", "9"], "--steps does not apply"),
+                     (["--lr", "1e-3"], "--lr with --resume")):
+        code = None
+        try:
+            code = train.main(["--resume", str(tmp_path / "more.pt")] + bad)
+        except SystemExit as e:
+            code = e.code
+        assert code == 2 and why in capsys.readouterr().err
+
+
 # --- the command line -------------------------------------------------------------------------------
 
 

@@ -13,20 +13,23 @@ The file has three parts:
    on vectors (norms, biases); linear warm-up then cosine decay to 10% of the peak lr 8e-4; gradient
    clipping at 1.0; bf16 autocast on CUDA; optional `torch.compile`. A run whose loss or gradient norm
    stops being finite stops at once and is reported `diverged`; a CUDA out-of-memory is `oom`.
-2. **Checkpoints.** Weights + model config + genome string + training config + step (+ optimizer),
-   like nanoGPT; loading rebuilds the model from the genome.
+2. **Checkpoints.** Weights + model config + genome string + training config (the schedule) + step +
+   optimizer + data position (the batch generator's state), like nanoGPT; loading rebuilds the model
+   from the genome. An interrupted training continues to its planned length exactly as if it had not
+   stopped; a finished one can be extended under a new schedule, recorded as such (D27).
 3. **The command line.**
 
     python train.py --genome transformer++ --steps 200             # train one genome, print metrics
     python train.py --genome 1.1.1.1.1-9.2.1.2.1 --data synthetic --steps 50
-    python train.py --genome transformer++ --steps 2000 --save ckpt.pt
+    python train.py --genome transformer++ --steps 2000 --save ckpt.pt --save-every 500
+    python train.py --resume ckpt.pt                               # after a kill: on to step 2000
+    python train.py --resume ckpt.pt --extend 1000 --save more.pt  # 1000 more, a new schedule
     python train.py --sample ckpt.pt --prompt "ROMEO:"             # print a continuation
 
 Glossary (shape comments): b batch, l sequence length (seq_len), v vocabulary size.
 
-What this file does not do: multi-GPU training, dropout, resuming a training
-run from a checkpoint (the optimizer state is saved, but nothing loads it back yet), tokenisation
-(text is bytes; token files come pre-tokenised).
+What this file does not do: multi-GPU training, dropout, tokenisation (text is bytes; token files
+come pre-tokenised).
 """
 from __future__ import annotations
 
@@ -306,7 +309,9 @@ def _gradients(fwd, params, x, y, micro: int, tcfg: TrainConfig, device) -> tupl
     return float(loss_sum), gnorm.item()  # one sync per step; buys an immediate stop
 
 
-def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], None] | None = print) -> TrainResult:
+def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], None] | None = print,
+          start: dict | None = None, checkpoint: Callable[[dict], None] | None = None,
+          checkpoint_every: int = 0) -> TrainResult:
     """Train `model` on `data` for `tcfg.steps` AdamW steps, then evaluate it on the held-out set.
 
     The model is moved to the device and trained in place. `log` receives progress lines (None: quiet).
@@ -317,6 +322,12 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     then cut into batch / micro_batch micro-batches; each micro-batch's mean loss is scaled by
     micro_batch / batch, so the summed gradients are the whole batch's mean-loss gradient, and clipping
     and the update see exactly what one large batch would give (up to float rounding).
+
+    Keeping on (D27): `checkpoint(state)` receives the training state (`train_state`: the step, the
+    optimizer, the data position, the recent losses) every `checkpoint_every` steps and after the last
+    one; save it at once, its tensors are the optimizer's own. `start`, such a state, continues a training
+    from its step under this `tcfg`'s schedule: with the schedule it was saved under, an interrupted
+    training resumed to its planned length equals the uninterrupted one bit for bit.
     """
     log = log or (lambda _msg: None)
     data.check(tcfg.seq_len)
@@ -330,15 +341,15 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
                             fused=device.type == "cuda")
     fwd = torch.compile(model) if tcfg.compile else model  # D17: optional, per-graph compile cost (DESIGN.md N8)
     params = [p for g in opt.param_groups for p in g["params"]]
-    tokens_per_step = tcfg.batch * tcfg.seq_len
-    status, error, step = "ok", "", 0
     recent = collections.deque(maxlen=max(1, tcfg.log_every))  # last losses, for a smooth final figure
+    first = _continue_from(start, opt, gen, recent)
+    status, error, step = "ok", "", first
     val_loss, val_ppl = math.inf, math.inf
-    t_train, t_log, step_log = 0.0, time.perf_counter(), 0
+    progress = _Progress(tcfg, first, log)
     x = y = None
     try:
         micro = micro_batch_for(model, tcfg, device_memory(device))  # sequences per micro-batch
-        for step in range(tcfg.steps):
+        for step in range(first, tcfg.steps):
             t_step = time.perf_counter()
             lr = lr_at(step, tcfg)
             for group in opt.param_groups:
@@ -353,14 +364,9 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
             opt.step()
             opt.zero_grad(set_to_none=True)
             recent.append(loss_v)
-            t_train += time.perf_counter() - t_step
-            if tcfg.log_every and ((step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps):
-                now = time.perf_counter()
-                tok_s = (step + 1 - step_log) * tokens_per_step / max(now - t_log, 1e-9)
-                eta = (tcfg.steps - step - 1) * t_train / (step + 1)
-                log(f"step {step + 1:>{len(str(tcfg.steps))}}/{tcfg.steps} | loss {loss_v:.4f} | lr {lr:.2e} | "
-                    f"{tok_s:,.0f} tok/s | ETA {fmt_time(eta)}")
-                t_log, step_log = now, step + 1
+            progress.step_done(step, time.perf_counter() - t_step, loss_v, lr)
+            if checkpoint is not None and (step + 1 == tcfg.steps or checkpoint_every and (step + 1) % checkpoint_every == 0):
+                checkpoint(train_state(step + 1, opt, gen, recent))
         else:
             step = tcfg.steps  # all steps done
             x = y = None
@@ -373,19 +379,56 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
         opt.zero_grad(set_to_none=True)
         release_memory()
     steps_done = step  # after a break, `step` is the index of the failed step = the steps completed
-    result = TrainResult(
-        status=status,
-        steps=steps_done,
-        train_loss=sum(recent) / len(recent) if recent and status == "ok" else math.inf,
-        val_loss=val_loss,
-        val_ppl=val_ppl,
-        bits_per_byte=val_loss / math.log(2) if data.byte_level else None,
-        tokens_per_s=steps_done * tokens_per_step / t_train if t_train > 0 else 0.0,
-        seconds=time.perf_counter() - t0,
-        error=error,
-    )
+    result = TrainResult(status=status, steps=steps_done,
+                         train_loss=sum(recent) / len(recent) if recent and status == "ok" else math.inf,
+                         val_loss=val_loss, val_ppl=val_ppl,
+                         bits_per_byte=val_loss / math.log(2) if data.byte_level else None,
+                         tokens_per_s=progress.tokens_per_s(steps_done), seconds=time.perf_counter() - t0,
+                         error=error)
     log(format_result(result))
     return result
+
+
+def train_state(step: int, opt: torch.optim.Optimizer, gen: torch.Generator, recent) -> dict:
+    """What continuing a training needs besides the weights and the schedule (D27): the steps done, the
+    optimizer's moments, the data position (the batch generator's state), torch's RNG and the recent
+    losses (the final train loss is their mean). Plain data: it loads with torch.load(weights_only=True)."""
+    return {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+            "rng": torch.get_rng_state(), "recent": list(recent)}
+
+
+def _continue_from(start: dict | None, opt, gen: torch.Generator, recent) -> int:
+    """Put a saved `train_state` back (None: a fresh training); the step to go on from."""
+    if start is None:
+        return 0
+    opt.load_state_dict(start["optimizer"])
+    gen.set_state(start["generator"])
+    torch.set_rng_state(start["rng"])
+    recent.extend(start["recent"])
+    return int(start["step"])
+
+
+class _Progress:
+    """The progress lines every `log_every` steps, and the training throughput (evaluation excluded)."""
+
+    def __init__(self, tcfg: TrainConfig, first: int, log):
+        self.tcfg, self.first, self.log = tcfg, first, log
+        self.t_train, self.t_log, self.step_log = 0.0, time.perf_counter(), first
+
+    def step_done(self, step: int, seconds: float, loss_v: float, lr: float) -> None:
+        tcfg = self.tcfg
+        self.t_train += seconds
+        if tcfg.log_every and ((step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps):
+            now = time.perf_counter()
+            tok_s = (step + 1 - self.step_log) * tcfg.batch * tcfg.seq_len / max(now - self.t_log, 1e-9)
+            eta = (tcfg.steps - step - 1) * self.t_train / (step + 1 - self.first)
+            self.log(f"step {step + 1:>{len(str(tcfg.steps))}}/{tcfg.steps} | loss {loss_v:.4f} | lr {lr:.2e} | "
+                     f"{tok_s:,.0f} tok/s | ETA {fmt_time(eta)}")
+            self.t_log, self.step_log = now, step + 1
+
+    def tokens_per_s(self, steps_done: int) -> float:
+        done = steps_done - self.first
+        return done * self.tcfg.batch * self.tcfg.seq_len / self.t_train if self.t_train > 0 else 0.0
 
 
 def format_result(r: TrainResult) -> str:
@@ -401,21 +444,35 @@ def format_result(r: TrainResult) -> str:
 # 2. Checkpoints
 # ----------------------------------------------------------------------------------------------------
 
-CHECKPOINT_FORMAT = "star-checkpoint-1"
+CHECKPOINT_FORMAT = "star-checkpoint-2"  # 2 adds the data position, RNG, recent losses, history, data (D27)
+CHECKPOINT_FORMATS = ("star-checkpoint-1", CHECKPOINT_FORMAT)  # both load; only 2 can be continued
+CHECKPOINT_FILE = "checkpoint.pt"  # the checkpoint inside a weights folder (a run's weights/, D24)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, genome_str: str, cfg, tcfg: TrainConfig | None = None,
-                    step: int = 0, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Weights + model config (D2) + genome string + training config + step (+ optimizer state)."""
+                    step: int = 0, optimizer: torch.optim.Optimizer | None = None, *, state: dict | None = None,
+                    history: list | None = None, data: dict | None = None) -> None:
+    """Weights + model config (D2) + genome string + training config (the schedule) + step (+ optimizer).
+
+    With `state` (a `train_state`), also the data position, torch's RNG and the recent losses, so that the
+    training can be continued (D27); `history` lists the training configs of the schedules trained
+    before this one (an extended training), `data` the data options (`data`, `vocab_size`) it trained on.
+    """
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile: keys without the prefix
+    state = state or {}
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "genome": genome_str,
         "model_config": cfg.to_dict(),
         "train_config": tcfg.to_dict() if tcfg is not None else None,
-        "step": step,
+        "step": state.get("step", step),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": state.get("optimizer", optimizer.state_dict() if optimizer is not None else None),
+        "generator": state.get("generator"),
+        "rng": state.get("rng"),
+        "recent": state.get("recent", []),
+        "history": list(history or []),
+        "data": data,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -424,9 +481,18 @@ def save_checkpoint(path: str | Path, model: nn.Module, genome_str: str, cfg, tc
     os.replace(tmp, path)  # never a half-written checkpoint under the real name
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dictionary (tensors on CPU). Only plain data is unpickled (weights_only)."""
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a weights folder holding one (`checkpoint.pt`)."""
     path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dictionary (tensors on CPU) of a file or a weights folder. Only plain data is
+    unpickled (weights_only)."""
+    given, path = Path(path), checkpoint_path(path)
+    if given.is_dir() and not path.is_file():
+        raise FileNotFoundError(f"checkpoint {given} is not a file, nor a weights folder holding {CHECKPOINT_FILE}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else f"checkpoint {path} is not a file")
     try:
@@ -434,20 +500,27 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception as e:  # empty, truncated, text, not a torch file: torch raises many kinds
         raise ValueError(f"{path} is not a readable STAR checkpoint: empty, truncated, or not written by "
                          f"train.py --save ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in CHECKPOINT_FORMATS:
         raise ValueError(f"{path} is not a STAR checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
+    return {"generator": None, "rng": None, "recent": [], "history": [], "data": None, **ckpt}
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model from a checkpoint's genome and config and load its weights.
 
-    Returns (model, genome_str, cfg); the model is in eval mode on `device`.
+    Returns (model, genome_str, cfg); the model is in eval mode on `device`. `path`: a checkpoint file or
+    a weights folder.
     """
+    ckpt = read_checkpoint(path)
+    model, cfg = _model_of(ckpt, path)
+    return model.to(device).eval(), ckpt["genome"], cfg
+
+
+def _model_of(ckpt: dict, path) -> tuple[nn.Module, object]:
+    """The model a checkpoint's genome, config and weights describe (on CPU), and its ModelConfig."""
     import genome as genome_mod  # lazy: the data and loop above work with any nn.Module
     import liv
 
-    ckpt = read_checkpoint(path)
     try:
         cfg = liv.ModelConfig(**ckpt["model_config"])
         model = genome_mod.build_model(genome_mod.Genome.parse(ckpt["genome"]), cfg)
@@ -455,7 +528,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a field missing or edited, weights that do not fit
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise ValueError(f"{path}: a damaged STAR checkpoint ({type(e).__name__}: {why})") from None
-    return model.to(device).eval(), ckpt["genome"], cfg
+    return model, cfg
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -482,16 +555,11 @@ def _train_command(args) -> int:
     import liv
 
     try:  # bad input → one line on stderr, exit status 2, nothing trained or written
-        if not math.isfinite(args.lr):
-            raise ValueError(f"--lr must be a finite number > 0 (got {args.lr})")
-        if args.log_every < 0:
-            raise ValueError(f"--log-every must be >= 0 (got {args.log_every}; 0 = no progress lines)")
-        if args.save is not None:  # before training: a model trained for nothing is lost
-            liv.check_output_file(args.save, "--save")
+        _check_common(args)
         g = _parse_genome(args.genome, args.depth)
         cfg = liv.ModelConfig(vocab_size=256, d_model=args.d_model, depth=g.depth,
                               head_dim=args.head_dim, max_len=max(4096, args.seq_len))
-        tcfg = TrainConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr,
+        tcfg = TrainConfig(steps=args.steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr or TrainConfig.lr,
                            seed=args.seed, device=args.device, compile=args.compile, log_every=args.log_every,
                            micro_batch=args.micro_batch)
         device = resolve_device(tcfg.device)
@@ -505,11 +573,77 @@ def _train_command(args) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"genome {g} | {n_params:,} parameters | data {data.name}: {len(data.train):,} train / "
           f"{len(data.val):,} val tokens | device {device}")
-    result = train(model, data, tcfg)
-    if args.save:
-        save_checkpoint(args.save, model, str(g), cfg, tcfg, step=result.steps)
-        print(f"saved {args.save}")
+    return _run_and_save(args, model, str(g), cfg, tcfg, data, None, [])
+
+
+def _check_common(args) -> None:
+    import liv
+
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0 (got {args.lr})")
+    if args.log_every < 0:
+        raise ValueError(f"--log-every must be >= 0 (got {args.log_every}; 0 = no progress lines)")
+    if args.save_every < 0 or (args.save_every and not (args.save or args.resume)):
+        raise ValueError("--save-every N needs N >= 1 and a checkpoint to write (--save CKPT, or --resume)")
+    if args.save is not None:  # before training: a model trained for nothing is lost
+        liv.check_output_file(args.save, "--save")
+
+
+def _run_and_save(args, model, genome_str: str, cfg, tcfg: TrainConfig, data: Data, start, history) -> int:
+    """Train (from `start` when continuing) and write --save (or the resumed checkpoint) every
+    --save-every steps and at the end, with everything that continuing needs (D27)."""
+    out = args.save or args.resume
+    spec = {"data": args.data, "vocab_size": args.vocab_size}
+
+    def write(state: dict) -> None:
+        save_checkpoint(out, model, genome_str, cfg, tcfg, state=state, history=history, data=spec)
+    result = train(model, data, tcfg, start=start, checkpoint=write if out else None, checkpoint_every=args.save_every)
+    if out and result.status == "ok":
+        print(f"saved {checkpoint_path(out)} (step {result.steps} of {tcfg.steps}; continue it with "
+              f"train.py --resume {out} --extend N)")
     return 0 if result.status == "ok" else 1
+
+
+def _resume_command(args) -> int:
+    """--resume CKPT: the interrupted training to its planned length (bit for bit the uninterrupted one);
+    --resume CKPT --extend N: a finished one for N more steps under a new schedule, labelled so (D27)."""
+    try:
+        _check_common(args)
+        ckpt = read_checkpoint(args.resume)
+        if ckpt["generator"] is None or ckpt["train_config"] is None:
+            raise ValueError(f"{args.resume} holds no data position or schedule (written by an older train.py, or "
+                             "not by training): it can be sampled and exported, not continued")
+        model, cfg = _model_of(ckpt, args.resume)
+        tcfg = replace(TrainConfig(**ckpt["train_config"]), device=args.device, log_every=args.log_every)
+        done, state, history = ckpt["step"], {k: ckpt[k] for k in ("step", "optimizer", "generator", "rng", "recent")}, ckpt["history"]
+        if args.extend is None and args.lr is not None:
+            raise ValueError("--lr with --resume changes the schedule: only an --extend starts a new one")
+        if args.extend is None and done >= tcfg.steps:
+            raise ValueError(f"{args.resume} finished its {tcfg.steps} planned steps; --extend N trains it N steps "
+                             "more under a new schedule")
+        if args.extend is not None:
+            if args.extend < 1 or done < tcfg.steps:
+                raise ValueError(f"--extend needs N >= 1 and a finished training ({args.resume} is at step {done} of "
+                                 f"{tcfg.steps}: --resume it without --extend first)")
+            history = history + [dict(tcfg.to_dict(), steps_done=done)]
+            tcfg = replace(tcfg, steps=args.extend, warmup=None, lr=args.lr or tcfg.lr)
+            state["step"] = 0
+        spec = ckpt["data"] or {}
+        data = load_data(args.data or spec.get("data"), args.vocab_size or spec.get("vocab_size"))
+        data.check(tcfg.seq_len)
+    except (ValueError, DataError, FileNotFoundError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    trained = sum(h["steps_done"] for h in history)
+    if args.extend is not None:
+        print(f"extending {args.resume}: a NEW schedule of {tcfg.steps} steps (warm-up {tcfg.warmup_steps}, cosine "
+              f"from lr {tcfg.lr:.2e} to {tcfg.min_lr_ratio:.0%} of it) after {trained} steps under {len(history)} "
+              f"schedule(s); optimizer moments and data position carried on; not the same as one "
+              f"{trained + tcfg.steps}-step training")
+    else:
+        print(f"resuming {args.resume} at step {done} of {tcfg.steps} (the same schedule and data position)")
+    args.data, args.vocab_size = args.data or spec.get("data"), args.vocab_size or spec.get("vocab_size")
+    return _run_and_save(args, model, ckpt["genome"], cfg, tcfg, data, state, history)
 
 
 def _sample_command(args) -> int:
@@ -547,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=None,
                    help="sequences per micro-batch (must divide --batch; default: from a memory estimate on CUDA)")
-    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 8e-4; with --extend: the checkpoint's)")
     p.add_argument("--data", default=None, help="text file, folder, folder with train.bin/val.bin, or 'synthetic' "
                                                  "(default: Shakespeare, downloaded once)")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of train.bin/val.bin token files")
@@ -555,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=liv.seed_arg, default=0, help="0 <= seed < 2**63")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save", default=None, metavar="CKPT", help="write a checkpoint here after training")
+    p.add_argument("--save-every", type=int, default=0, metavar="N", help="also write it every N steps")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue an interrupted training to its planned length (its own settings; writes CKPT "
+                        "unless --save); a weights folder of a run works too")
+    p.add_argument("--extend", type=int, default=None, metavar="N",
+                   help="with --resume: train a finished training N steps more under a new schedule (D27)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--sample", default=None, metavar="CKPT", help="print a continuation of --prompt instead")
     p.add_argument("--prompt", default="\n")
@@ -562,15 +702,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     args = p.parse_args(argv)
-    if (args.genome is None) == (args.sample is None):
-        p.error("give exactly one of --genome G (train) or --sample CKPT (generate)")
+    if sum(x is not None for x in (args.genome, args.sample, args.resume)) != 1:
+        p.error("give exactly one of --genome G (train), --resume CKPT (keep training) or --sample CKPT (generate)")
+    if args.resume is not None:  # the checkpoint fixes the model and the schedule
+        fixed = [k for k in RESUME_FIXED if getattr(args, k) != p.get_default(k)]
+        if fixed:
+            p.error(f"--{fixed[0].replace('_', '-')} does not apply to --resume: the checkpoint fixes it "
+                    "(--extend N for more steps)")
+    elif args.extend is not None:
+        p.error("--extend needs --resume CKPT")
     if args.top_k is not None and args.top_k < 1:
         p.error(f"--top-k must be >= 1 (got {args.top_k}; leave it out to sample from all tokens)")
     if args.max_new_tokens < 1:
         p.error(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     if not math.isfinite(args.temperature):
         p.error(f"--temperature must be a finite number (got {args.temperature}; <= 0 is greedy)")
-    return _sample_command(args) if args.sample else _train_command(args)
+    if args.sample:
+        return _sample_command(args)
+    return _resume_command(args) if args.resume else _train_command(args)
+
+
+RESUME_FIXED = ("steps", "d_model", "depth", "head_dim", "seq_len", "batch", "micro_batch", "seed", "compile")
 
 
 if __name__ == "__main__":
