@@ -70,6 +70,7 @@ import candidate
 import config
 import corpus
 import liv
+import meter
 import report
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
@@ -176,38 +177,7 @@ def interleaved(fns: dict, device, repeats: int, warmup: int = 1) -> dict[str, f
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence the profiler's C++ start/stop log lines (they go to file descriptor 2, not sys.stderr)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_bytes(fn, device) -> int:
-    """Peak bytes allocated by torch while fn() runs, above what was allocated before (see module doc)."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:  # n < 0 for a free
-        live += n
-        peak = max(peak, live)
-    return peak
+peak_bytes = meter.peak_bytes  # the CPU profiler replay (module doc), shared with the deployment meter
 
 
 fmt_bytes = liv.fmt_bytes  # decimal units (1 MB = 10^6 bytes), as everywhere in the project
