@@ -14,8 +14,9 @@ import torch
 
 import genome
 import liv
+import plugins
 import train
-from config import OBJECTIVES, RunConfig
+from config import RunConfig, metrics_of
 
 # errors after which a CUDA context is unusable: the worker (or the in-process run) must end
 STICKY_CUDA = ("illegal memory access", "CUDA error", "cuFFT", "device-side assert")
@@ -52,6 +53,8 @@ def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainCon
         res = train.train(model, data, tcfg, log=None)
         info.update(perplexity=res.val_ppl, val_loss=res.val_loss, bits_per_byte=res.bits_per_byte,
                     train_loss=res.train_loss, tokens_per_s=res.tokens_per_s, status=res.status, error=res.error)
+        if res.status == "ok" and plugins.METRICS:  # a --plugin's metrics of the trained model (D28)
+            info.update(plugins.compute(g, model, res))
     except torch.cuda.OutOfMemoryError as e:
         info.update(status="oom", error=str(e).splitlines()[0])
     except Exception as e:  # a candidate that raises must not stop the search (D16)
@@ -65,9 +68,10 @@ def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainCon
 
 
 def objectives_of(info: dict, objective: str) -> tuple[float, ...]:
-    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16)."""
+    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16). A metric not
+    in `info` is inf: the measured ones (D25) are added in the main process, which computes this again."""
     ok = info["status"] == "ok" and math.isfinite(info["perplexity"])
-    return tuple(float(info[m]) if ok else math.inf for m in OBJECTIVES[objective])
+    return tuple(float(info.get(m, math.inf)) if ok else math.inf for m in metrics_of(objective))
 
 
 def is_sticky_cuda_error(message: str) -> bool:
