@@ -213,3 +213,49 @@ def test_a_params_budget_holds_for_every_bred_child_brute_force():
     rank, crowd = evolve.rank_and_crowding(pop.F)
     bred = evolve._Breeder(var, np.random.default_rng(5), set(keys)).offspring(pop, rank, crowd, 8)
     assert bred and all(counts(c.individual) <= cap for c in bred)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plugins (D28): a metric of one's own, end to end with workers
+# ----------------------------------------------------------------------------------------------------
+
+PLUGIN = '''import plugins
+
+
+def embedding_share(genome, model, result):  # the genome, the built model, train.TrainResult
+    return model.embed.weight.numel() / sum(p.numel() for p in model.parameters())
+
+
+plugins.register_metric("embedding_share", embedding_share, label="share of parameters in the embedding")
+'''
+
+
+@pytest.mark.slow
+def test_a_plugin_metric_is_an_objective_in_workers_on_resume_and_in_compare(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import plugins
+    (tmp_path / "myplug.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    monkeypatch.setattr(plugins, "METRICS", {})
+    obj = ["--objective", "perplexity,embedding_share", "--measure"]
+    assert run(tmp_path, "--plugin", "myplug", *obj, "--workers", "2", name="w2") == 0
+    assert run(tmp_path, "--plugin", "myplug", *obj, name="w1") == 0
+    w1, w2 = (read_jsonl(tmp_path / n / "archive.jsonl") for n in ("w1", "w2"))
+    assert sorted(strip(w1)) == sorted(strip(w2)) and all(r["objectives"][1] == r["embedding_share"] for r in w2)
+    assert all(0 < r["embedding_share"] < 1 for r in w2) and "decode_ms" in w2[0]  # the plugin's and the meter's
+    assert json.loads((tmp_path / "w2" / "config.json").read_text())["plugins"] == ["myplug"]
+    assert "embedding_share" in (tmp_path / "w2" / "summary.md").read_text()
+    # --resume without --plugin imports the run's plugin (gone from this process first)
+    monkeypatch.setattr(plugins, "METRICS", {})
+    monkeypatch.delitem(sys.modules, "myplug")
+    assert run(tmp_path, *obj, "--resume", "--generations", "2", "--workers", "2", name="w2") == 0
+    assert max(r["generation"] for r in read_jsonl(tmp_path / "w2" / "archive.jsonl")) == 2
+    # --compare in a fresh process
+    env = dict(__import__("os").environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, str(Path(star.__file__)), "--compare", str(tmp_path / "w1"), str(tmp_path / "w2")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and "embedding_share" in out.stdout, out.stderr
+    # an unknown plugin is one line, exit 2
+    assert run(tmp_path, "--plugin", "no_such_plugin_module", name="bad") == 2
