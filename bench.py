@@ -94,7 +94,7 @@ SIZES = {
         memory=dict(preset="paper", gpu_bytes=80 * 10**9),
         parallel=dict(preset="cpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
-        proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=3, steps=24, retries=1, stability=3),
+        proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=2, steps=16, retries=0, stability=3),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -837,7 +837,8 @@ def bench_proxies(device, s) -> dict:
         rows.append(dict(genome=str(g), **candidate.describe_costs(g, cfg, 4096), metrics=rec["metrics"],
                          spreads={c: r["spreads"] for c, r in rec["raw"].items()}, seconds=time.perf_counter() - t0,
                          load=os.getloadavg()[0]))
-        if (i + 1) % 10 == 0:
+        if (i + 1) % 10 == 0:  # a run cut off keeps what it measured
+            Path("bench_proxies.partial.json").write_text(json.dumps(rows))
             print(f"  proxies: {i + 1}/{len(genomes)} measured, {time.perf_counter() - t_all:.0f} s, load {os.getloadavg()[0]:.2f}",
                   flush=True)
     kinds = ("ttft_ms", "decode_ms", "memory_bytes")
