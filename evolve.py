@@ -489,7 +489,7 @@ class _Breeder:
                 fresh = k not in self.seen and k not in self.batch
                 if fresh and self._feasible(ind):
                     break
-                self.duplicates += fresh is False
+                self.duplicates += not fresh
                 self.infeasible += fresh
             else:
                 self.notes.append(f"no new feasible individual after {self.var.max_retries} retries; "

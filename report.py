@@ -197,7 +197,9 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"
               f"{_cells(b, extra)} {b['status']} |" for name, b in base.items()]
     if rc.measures:
-        lines += ["", measured_words(rc)]
+        pairs = [(r["cache_bytes"], r["decode_ms"]) for r in records if r.get("decode_ms") is not None]
+        lines += ["", measured_words(rc) + f" Spearman between cache_bytes (formula) and decode_ms (measured) over the "
+                  f"{len(pairs)} evaluated candidates: {spearman(*zip(*pairs)) if len(pairs) > 1 else math.nan:.2f}."]
     lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
               "Each candidate is scored under one seed (the first baseline seed). \"n.s.\": its advantage over "
               "the baseline is within 2 of the baseline's seed standard deviations, so it is not significant.", "",

@@ -38,3 +38,13 @@ def test_bench_efficacy_compares_both_algorithms(tmp_path):
     assert p["ratio"] == p["nsga2"]["hypervolume"] / p["random"]["hypervolume"] and p["nsga2"]["hypervolume"] > 0
     assert set(p["baselines"]) == {"transformer++", "striped-mamba"}
     assert all(len(b["ppls"]) == 2 for b in p["baselines"].values())
+
+
+def test_bench_proxies_correlates_every_formula_with_every_measurement(tmp_path):
+    out = tmp_path / "p.json"
+    assert bench.main(["--quick", "--only", "proxies", "--out", str(out)]) == 0
+    p = json.loads(out.read_text())["proxies"]
+    assert p["n"] == 3 + 2 and p["rows"][0]["genome"] == str(bench.genome.transformer_pp(6))
+    assert set(p["spearman"]) == {"params", "cache_bytes"}
+    assert all(len(v) == 6 for v in p["spearman"].values())  # 3 measurements x 2 contexts
+    assert p["seconds_per_genome"] > 0 and len(p["stability"]) == 1
