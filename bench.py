@@ -73,13 +73,15 @@ from einops import rearrange
 import candidate
 import config
 import corpus
+import genome
 import liv
+import meter
 import report
 import train
 from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
-ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling")  # long: only when named in --only
+ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -99,6 +101,7 @@ SIZES = {
         threads=dict(preset="cpu", overrides={}),
         noise=dict(preset="cpu", overrides={}, seeds=3),
         scaling=dict(preset="cpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
+        proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=2, steps=16, retries=0, stability=3),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -113,6 +116,7 @@ SIZES = {
         threads=dict(preset="cpu", overrides={}),
         noise=dict(preset="gpu", overrides={}, seeds=3),
         scaling=dict(preset="gpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
+        proxies=dict(n=100, d=768, head_dim=64, contexts=(4096, 32768), repeats=5, steps=32, retries=1, stability=3),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -133,6 +137,7 @@ SIZES = {
                                                 steps=3), seeds=2),
         scaling=dict(preset="cpu", times=2, overrides=dict(data="synthetic", d_model=32, seq_len=32, batch=4, steps=2),
                      seeds=(0,)),
+        proxies=dict(n=3, d=32, head_dim=16, contexts=(16, 64), repeats=2, steps=4, retries=0, stability=1),
     ),
 }
 
@@ -190,38 +195,7 @@ def interleaved(fns: dict, device, repeats: int, warmup: int = 1) -> dict[str, f
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence the profiler's C++ start/stop log lines (they go to file descriptor 2, not sys.stderr)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def peak_bytes(fn, device) -> int:
-    """Peak bytes allocated by torch while fn() runs, above what was allocated before (see module doc)."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:  # n < 0 for a free
-        live += n
-        peak = max(peak, live)
-    return peak
+peak_bytes = meter.peak_bytes  # the CPU profiler replay (module doc), shared with the deployment meter
 
 
 fmt_bytes = liv.fmt_bytes  # decimal units (1 MB = 10^6 bytes), as everywhere in the project
@@ -949,6 +923,84 @@ def print_scaling(r):
                   f"{x['mean']:.2f} ± {x['std']:.2f}"] for x in r["rows"]]))
 
 
+# ----------------------------------------------------------------------------------------------------
+# Proxies: the formulas against the clock (issue 18, DESIGN.md D34)
+# ----------------------------------------------------------------------------------------------------
+
+PROXY_FORMULAS = ("params", "cache_bytes")
+
+
+def bench_proxies(device, s) -> dict:
+    """`n` random genomes at the cpu preset's depth and the baselines, measured by meter.py at the deployment
+    shape; Spearman between each formula the search uses (parameters, cache bytes at T = 4096, at the cpu
+    preset's width) and each measurement at each context; the measurements' spread and cost; and the ratio
+    to Transformer++ of a few genomes measured alone and beside a busy process."""
+    pc = config.PRESETS["cpu"]
+    depth = pc.depth
+    cfg = config.RunConfig.make("cpu").model_config(256)
+    shape = meter.Shape(d_model=s["d"], head_dim=s["head_dim"], contexts=tuple(s["contexts"]), device=str(device),
+                        dtype="bfloat16" if device.type == "cuda" else "float32", prefill_repeats=s["repeats"],
+                        decode_steps=s["steps"], retries=s["retries"])
+    rng = np.random.default_rng(18)
+    genomes = [make(depth) for make in genome.BASELINES.values()] + [genome.random_genome(depth, rng) for _ in range(s["n"])]
+    rows, t_all = [], time.perf_counter()
+    for i, g in enumerate(genomes):
+        t0 = time.perf_counter()
+        rec = meter.measure(g, shape)
+        rows.append(dict(genome=str(g), **candidate.describe_costs(g, cfg, 4096), metrics=rec["metrics"],
+                         spreads={c: r["spreads"] for c, r in rec["raw"].items()}, seconds=time.perf_counter() - t0,
+                         load=os.getloadavg()[0]))
+        if (i + 1) % 10 == 0:  # a run cut off keeps what it measured
+            Path("bench_proxies.partial.json").write_text(json.dumps(rows))
+            print(f"  proxies: {i + 1}/{len(genomes)} measured, {time.perf_counter() - t_all:.0f} s, load {os.getloadavg()[0]:.2f}",
+                  flush=True)
+    kinds = ("ttft_ms", "decode_ms", "memory_bytes")
+    rho = {f: {f"{k}@{c}": report.spearman([r[f] for r in rows], [r["metrics"][f"{k}@{c}"] for r in rows])
+               for c in shape.contexts for k in kinds} for f in PROXY_FORMULAS}
+    kept = [sp[-1] if len(sp) == 1 else min(sp) for r in rows for sp in r["spreads"].values()]
+    tpp = rows[0]
+    return dict(shape=dataclasses.asdict(shape), depth=depth, n=len(rows), spearman=rho, rows=rows,
+                spread_median=statistics.median(kept), spread_over_5pct=sum(x > 0.05 for x in kept) / len(kept),
+                seconds_per_genome=statistics.median(r["seconds"] for r in rows),
+                load_median=statistics.median(r["load"] for r in rows),
+                tpp=dict(tpp["metrics"]), stability=_proxy_stability(genomes[2:2 + s["stability"]], shape, genomes[0]))
+
+
+def _proxy_stability(genomes, shape, tpp) -> list[dict]:
+    """decode and first-token ratios to Transformer++, measured side by side alone and beside a busy process."""
+    import subprocess
+
+    def ratios(g):
+        a, b = meter.measure(g, shape)["metrics"], meter.measure(tpp, shape)["metrics"]
+        return {k: a[k] / b[k] for k in ("ttft_ms", "decode_ms")}
+    out = []
+    for g in genomes:
+        quiet = ratios(g)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            loaded = ratios(g)
+        finally:
+            busy.kill()
+            busy.wait()
+        out.append(dict(genome=str(g), quiet=quiet, busy=loaded,
+                        change={k: loaded[k] / quiet[k] - 1 for k in quiet}, load=os.getloadavg()[0]))
+    return out
+
+
+def print_proxies(r):
+    sh = r["shape"]
+    cols = [f"{k}@{c}" for c in sh["contexts"] for k in ("ttft_ms", "decode_ms", "memory_bytes")]
+    print(f"\n## Proxies: Spearman between the formulas and the clock, {r['n']} genomes (depth {r['depth']}, the baselines "
+          f"and random ones), measured at width {sh['d_model']}, {sh['dtype']}, batch 1, {sh['threads']} thread(s)")
+    print(table(["formula"] + cols, [[f] + [f"{r['spearman'][f][c]:+.2f}" for c in cols] for f in PROXY_FORMULAS]))
+    print(f"spread (MAD/median) of the kept attempt: median {r['spread_median']:.1%}, {r['spread_over_5pct']:.0%} over 5%; "
+          f"{r['seconds_per_genome']:.1f} s per genome; load average median {r['load_median']:.2f}")
+    for x in r["stability"]:
+        print(f"ratio to Transformer++ beside a busy process: {x['genome']}: decode {x['quiet']['decode_ms']:.3f} -> "
+              f"{x['busy']['decode_ms']:.3f} ({x['change']['decode_ms']:+.1%}), first token {x['quiet']['ttft_ms']:.3f} -> "
+              f"{x['busy']['ttft_ms']:.3f} ({x['change']['ttft_ms']:+.1%})")
+
+
 def targets(res: dict) -> list[dict]:
     out = []
 
@@ -971,6 +1023,12 @@ def targets(res: dict) -> list[dict]:
     if "efficacy" in res:
         add("NSGA-II / random hypervolume, median over seeds", res["efficacy"]["median_ratio"], 1.10,
             res["efficacy"]["median_ratio"] >= 1.10, "x")
+    if "proxies" in res:
+        p = res["proxies"]
+        add("measured spread (MAD/median), median over genomes and contexts", p["spread_median"], 0.05,
+            p["spread_median"] <= 0.05)
+        worst = max((abs(v) for x in p["stability"] for v in x["change"].values()), default=0.0)
+        add("ratio to Transformer++ beside a busy process, largest change", worst, 0.10, worst <= 0.10)
     if "search" in res and "skipped" not in res["search"]:
         add("search overhead / generation", res["search"]["overhead_share"], 0.01, res["search"]["overhead_share"] < 0.01)
     return out
@@ -982,7 +1040,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections of {','.join(SECTIONS + ON_DEMAND)}, run in this order "
-                         "(default: all but the last 6)")
+                         "(default: all but the last 7)")
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
@@ -1022,7 +1080,7 @@ def main(argv=None) -> int:
                efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy),
                memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
                threads=(bench_threads, print_threads), noise=(bench_noise, print_noise),
-               scaling=(bench_scaling, print_scaling))
+               scaling=(bench_scaling, print_scaling), proxies=(bench_proxies, print_proxies))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

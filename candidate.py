@@ -20,8 +20,9 @@ import torch
 
 import genome
 import liv
+import plugins
 import train
-from config import OBJECTIVES, RunConfig
+from config import RunConfig, metrics_of
 
 # errors after which a CUDA context is unusable: the worker (or the in-process run) must end
 STICKY_CUDA = ("illegal memory access", "CUDA error", "cuFFT", "device-side assert")
@@ -60,6 +61,8 @@ def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainCon
         res = train.train(model, data, tcfg, log=None, checkpoint=final.update if keep is not None else None)
         info.update(perplexity=res.val_ppl, val_loss=res.val_loss, bits_per_byte=res.bits_per_byte,
                     train_loss=res.train_loss, tokens_per_s=res.tokens_per_s, status=res.status, error=res.error)
+        if res.status == "ok" and plugins.METRICS:  # a --plugin's metrics of the trained model (D37)
+            info.update(plugins.compute(g, model, res))
         if keep is not None and info["status"] == "ok":
             keep(model, final, info, tcfg)
     except torch.cuda.OutOfMemoryError as e:
@@ -75,9 +78,10 @@ def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainCon
 
 
 def objectives_of(info: dict, objective: str) -> tuple[float, ...]:
-    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16)."""
+    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16). A metric not
+    in `info` is inf: the measured ones (D34) are added in the main process, which computes this again."""
     ok = info["status"] == "ok" and math.isfinite(info["perplexity"])
-    return tuple(float(info[m]) if ok else math.inf for m in OBJECTIVES[objective])
+    return tuple(float(info.get(m, math.inf)) if ok else math.inf for m in metrics_of(objective))
 
 
 def is_sticky_cuda_error(message: str) -> bool:

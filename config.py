@@ -28,6 +28,8 @@ from typing import Optional
 import evolve
 import genome
 import liv
+import meter
+import plugins
 import train
 
 FORMAT = 2  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format"
@@ -38,7 +40,16 @@ OBJECTIVES = {  # name -> the metrics it minimises, in order
     "quality_size": ("perplexity", "params"),
     "quality_cache": ("perplexity", "cache_bytes"),
     "quality_size_cache": ("perplexity", "params", "cache_bytes"),
+    "quality_latency": ("perplexity", "decode_ms"),      # measured (D34): decode p50 at the longest context
+    "quality_memory": ("perplexity", "memory_bytes"),    # measured (D34): peak memory at the longest context
 }
+# what every evaluation records, by formula or by training; a comma list of --objective may name these, the
+# measured metrics (meter.metric_names) and the metrics registered by a --plugin (plugins.METRICS)
+RECORDED = ("perplexity", "val_loss", "bits_per_byte", "params", "non_embedding_params", "cache_bytes")
+# budgets (D35): option -> the metric it caps; params and cache by formula (enforced when genomes are made),
+# latency (ms) and memory (bytes) measured (constrained domination)
+BUDGETS = {"max_params": "params", "max_cache": "cache_bytes", "max_latency": "decode_ms", "max_memory": "memory_bytes"}
+FORMULA_BUDGETS = ("max_params", "max_cache")
 
 
 class UsageError(Exception):
@@ -83,13 +94,16 @@ PRESETS = {
 EXTENT = ("generations", "final_steps", "final_top", "timeout", "patience", "weights")  # may change on --resume
 
 # what a key missing from an older config.json meant: the defaults of the code that wrote it. Format 2
-# files written before D24-D25 have no class set, no initial genomes and kept no weights.
+# files written before D24-D25 and D34-D37 have no class set, no initial genomes, kept no weights, measured nothing
 _BEFORE_D24 = dict(allow_classes=None, init=None, weights=False)
+DEPLOY_DEFAULTS = dict(measure=False, meter="clock", deploy_d_model=256, deploy_head_dim=64, deploy_contexts=(1024, 4096),
+                       deploy_dtype="float32", max_params=None, max_cache=None, max_latency=None, max_memory=None,
+                       plugins=())
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
-                           vocab_size=None, cache_len=4096, patience=None, **_BEFORE_D24),
+                           vocab_size=None, cache_len=4096, patience=None, **_BEFORE_D24, **DEPLOY_DEFAULTS),
                    # format 2: fields added after it was first written, each the behaviour from before it
-                   2: dict(patience=None, **_BEFORE_D24)}
+                   2: dict(patience=None, **_BEFORE_D24, **DEPLOY_DEFAULTS)}
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,18 @@ class RunConfig:
     allow_classes: Optional[tuple] = None  # D25: the LIV classes sampled and mutated (None: all 17)
     init: Optional[tuple] = None        # D25: genomes that open generation 0 (the strings themselves)
     weights: bool = True                # D24: retrain the selected top-k and keep their weights in the folder
+    # measured costs at a deployment shape (D34): recorded with `measure`, or when an objective or a budget needs them
+    measure: bool = False
+    meter: str = "clock"                # clock | standin (deterministic, for tests)
+    deploy_d_model: int = 256
+    deploy_head_dim: int = 64
+    deploy_contexts: tuple = (1024, 4096)
+    deploy_dtype: str = "float32"
+    max_params: Optional[int] = None    # budgets (D35), see BUDGETS
+    max_cache: Optional[int] = None
+    max_latency: Optional[float] = None
+    max_memory: Optional[float] = None
+    plugins: tuple = ()                 # modules imported everywhere a run is read or evaluated (D37)
 
     @classmethod
     def make(cls, preset: Optional[str] = None, **overrides) -> "RunConfig":
@@ -143,9 +169,13 @@ class RunConfig:
         return cls(**{**dataclasses.asdict(PRESETS[preset]), "preset": preset, **given})
 
     def __post_init__(self):
-        for key in ("allow_classes", "init"):  # a list from JSON or the caller: a tuple, so the config hashes
-            if isinstance(getattr(self, key), list):
+        for key in ("allow_classes", "init", "deploy_contexts", "plugins"):  # JSON gives lists: tuples, so
+            if isinstance(getattr(self, key), list):                    # the frozen config hashes and compares
                 object.__setattr__(self, key, tuple(getattr(self, key)))
+        try:
+            plugins.load(self.plugins)  # before the objective is checked: a plugin may register its metrics
+        except ImportError as e:
+            raise UsageError(f"--plugin: cannot import {e.name or e}: {e}") from None
         _validate(self)
 
     # --- derived configurations, in one place ---
@@ -153,7 +183,35 @@ class RunConfig:
     @property
     def metrics(self) -> tuple[str, ...]:
         """The minimised objective vector's metrics, in order."""
-        return OBJECTIVES[self.objective]
+        return metrics_of(self.objective)
+
+    @property
+    def measures(self) -> bool:
+        """Whether every candidate is measured at the deployment shape (D34)."""
+        measured = set(meter.metric_names(self.deploy_contexts))
+        return self.measure or bool(measured & set(self.metrics)) or self.max_latency is not None \
+            or self.max_memory is not None
+
+    def deploy_shape(self, vocab_size: int, device: str = "cpu") -> meter.Shape:
+        return meter.Shape(d_model=self.deploy_d_model, head_dim=self.deploy_head_dim, contexts=self.deploy_contexts,
+                           dtype=self.deploy_dtype, device=device, vocab_size=vocab_size)
+
+    def budgets(self) -> dict[str, float]:
+        """{metric: its cap} for the budgets set (D35)."""
+        return {m: getattr(self, opt) for opt, m in BUDGETS.items() if getattr(self, opt) is not None}
+
+    def violation(self, record: dict, options=tuple(BUDGETS)) -> float:
+        """How far a record is over the budgets `options` (default: all): the sum of value/cap - 1 over those
+        exceeded, 0 within them, inf for a value not known."""
+        total = 0.0
+        for opt in options:
+            cap, v = getattr(self, opt), record.get(BUDGETS[opt])
+            if cap is not None:
+                total += math.inf if v is None or not math.isfinite(v) else max(0.0, v / cap - 1.0)
+        return total
+
+    def within_budgets(self, record: dict) -> bool:
+        return self.violation(record) == 0.0
 
     def model_config(self, vocab_size: int) -> liv.ModelConfig:
         try:
@@ -262,6 +320,11 @@ class RunConfig:
         return dataclasses.replace(stored, **{k: getattr(self, k) for k in EXTENT if k in given})
 
 
+def metrics_of(objective: str) -> tuple[str, ...]:
+    """The metrics an objective minimises: a named one (OBJECTIVES) or a comma list of metric names."""
+    return OBJECTIVES[objective] if objective in OBJECTIVES else tuple(m.strip() for m in objective.split(","))
+
+
 def _short(value, width: int = 100) -> str:
     text = repr(value)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -296,8 +359,7 @@ def _validate_space(c: RunConfig) -> None:
 
 
 def _validate(c: RunConfig) -> None:
-    if c.objective not in OBJECTIVES:
-        raise UsageError(f"unknown --objective {c.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    _validate_objective(c)
     if c.preset not in PRESETS:
         raise UsageError(f"unknown --preset {c.preset!r}; choose one of {', '.join(PRESETS)}")
     for key in dataclasses.asdict(PRESETS["cpu"]):
@@ -331,6 +393,30 @@ def _validate(c: RunConfig) -> None:
     if not isinstance(c.weights, bool):
         raise UsageError(f"weights must be true or false (got {c.weights!r})")
     _validate_space(c)
+
+
+def _validate_objective(c: RunConfig) -> None:
+    if not (isinstance(c.deploy_contexts, tuple) and c.deploy_contexts
+            and all(type(x) is int and x >= 1 for x in c.deploy_contexts)):
+        raise UsageError(f"--deploy-contexts must be integers >= 1 (got {c.deploy_contexts!r})")
+    known = RECORDED + meter.metric_names(c.deploy_contexts) + tuple(plugins.METRICS)
+    metrics = metrics_of(c.objective)
+    bad = [m for m in metrics if m not in known]
+    if c.objective not in OBJECTIVES and (bad or len(set(metrics)) != len(metrics)):
+        raise UsageError(f"unknown --objective {c.objective!r}: choose one of {', '.join(OBJECTIVES)}, or a comma list "
+                         f"of distinct metrics of {', '.join(known[:12])}, ... ({bad[0] if bad else 'a repeated metric'})")
+    if c.meter not in meter.METERS:
+        raise UsageError(f"unknown --meter {c.meter!r}; choose one of {', '.join(meter.METERS)}")
+    if c.deploy_dtype not in meter.DTYPES:
+        raise UsageError(f"unknown --deploy-dtype {c.deploy_dtype!r}; choose one of {', '.join(meter.DTYPES)}")
+    try:
+        liv.ModelConfig(d_model=c.deploy_d_model, head_dim=c.deploy_head_dim)
+    except ValueError as e:
+        raise UsageError(f"--deploy-width: {e}") from None
+    for opt in BUDGETS:
+        v = getattr(c, opt)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+            raise UsageError(f"--{opt.replace('_', '-')} must be a number > 0 (got {v!r})")
 
 
 def check_execution(workers: int, ray: Optional[str]) -> None:

@@ -1,31 +1,30 @@
 """NSGA-II: how STAR refines a population of genomes (D16; the paper's §3.3 and its Figure 1 loop).
 
 STAR trades quality against efficiency, so there is no single best genome but a *Pareto front*. All
-objectives here are **minimised**. Point a *dominates* point b when a is no worse in every objective
-and strictly better in at least one. NSGA-II (Deb et al., 2002) keeps a population that approaches
-the front and spreads along it, with four pieces:
+objectives are **minimised**; a *dominates* b when a is no worse in every objective and strictly
+better in one. NSGA-II (Deb et al., 2002) keeps a population that approaches the front and spreads:
 
-1. **Fast non-dominated sort.** Count, for every point, how many points dominate it. The points with
-   count 0 form front 1 (rank 0). Remove them, decrement the counts of the points they dominated, and
-   the new zeros form front 2; repeat. O(m·n²) for n points and m objectives.
-2. **Crowding distance** (within one front). For each objective, sort the front; every point gets
-   the gap between its two neighbours, divided by the objective's range; the extremes get infinity so
-   the ends of the front are always kept. An objective that is constant on the front has no range and
-   contributes 0. Large crowding = an isolated point = worth keeping for diversity.
-3. **(μ+λ) survival.** Parents and offspring compete together (elitism: a good parent is never lost
-   to a bad child). Survivors are taken front by front; the first front that does not fit whole is
-   cut by crowding distance, largest first, with ties broken by the seeded generator.
-4. **Binary tournament** for parents: draw two members; the lower rank wins, then the larger
-   crowding distance, then a coin flip.
+1. **Fast non-dominated sort.** Count, for every point, how many points dominate it; count 0 is front
+   1 (rank 0). Remove it, decrement the counts of the points it dominated, and the new zeros form
+   front 2; repeat. O(m·n²) for n points and m objectives.
+2. **Crowding distance** (within one front). For each objective, sort the front; every point gets the
+   gap between its two neighbours over the objective's range; the extremes get infinity so the ends
+   of the front are kept; a constant objective adds 0. Large crowding = isolated = worth keeping.
+3. **(μ+λ) survival.** Parents and offspring compete together (elitism: a good parent is never lost to
+   a bad child), front by front; the first front that does not fit whole is cut by crowding distance,
+   largest first, ties broken by the seeded generator.
+4. **Binary tournament** for parents: the lower rank wins, then the larger crowding, then a coin flip.
+5. **Constraints** (Deb's constrained domination, as Optuna's ``constraints_func``): a feasible point
+   ranks before an infeasible one, and of two infeasible ones the smaller violation first. A
+   constraint known before evaluation is a ``feasible`` test instead: such children are bred again.
 
-**Hypervolume** measures a whole front with one number: the volume of objective space that the front
-dominates, bounded by a reference point. It grows exactly when the front improves, so it is the
-search's progress curve; the reference point is fixed at the start of a run (D16) so that numbers are
-comparable across generations. Computed exactly by slicing: in 1-D it is a length, in 2-D a sweep
-over the staircase, in d-D a sum over slabs along the last objective of (d−1)-D hypervolumes.
+**Hypervolume** measures a front with one number: the volume it dominates up to a reference point,
+fixed at the start of a run (D16) so that it is comparable across generations: the search's progress
+curve. Exact, by slicing: in 1-D a length, in 2-D a sweep over the staircase, in d-D a sum over slabs
+along the last objective of (d−1)-D hypervolumes (O(n^(d−1)): slow beyond about 4 objectives).
 
-A candidate whose training failed (diverged, out of memory, raised) has infinite objectives (D16).
-Rows with NaN or inf rank in a last front of their own and never enter the crowding arithmetic.
+A candidate whose training failed (diverged, out of memory, raised) has infinite objectives (D16); a
+row with NaN or inf ranks in a last front of its own and never enters the crowding arithmetic.
 
 The loop is generic: individuals are opaque and handled through the callables of a ``Variation``
 (sample, crossover, mutate, repair, a canonical ``key``, and ``encode`` / ``decode`` to text: for STAR
@@ -42,9 +41,6 @@ control that shows whether the search does better than chance at the same number
 alone. ``nsga2`` has three seams and nothing else: ``evaluate`` (how children get their objectives),
 ``on_generation`` (called after each generation) and ``start`` (the state to continue from). The run
 folder, its archive, snapshots, resume and progress lines are runlog.py's, plugged into those seams.
-
-What this does not do: constraints, fast hypervolume beyond ~4 objectives (the slicing is exact but
-O(n^(d−1))).
 """
 from __future__ import annotations
 
@@ -119,23 +115,36 @@ def crowding_distance(F: np.ndarray) -> np.ndarray:
     return distance
 
 
-def rank_and_crowding(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def constrained_sort(F: np.ndarray, cv=None) -> list[np.ndarray]:
+    """Fronts under constrained domination (Deb's rule; ``cv`` ≥ 0 the constraint violation of each
+    row, None or all 0: plain ``non_dominated_sort``): the feasible rows' fronts, then the infeasible
+    rows by their violation, smallest first (one front per value), then the non-finite rows."""
+    if cv is None or not (np.asarray(cv) > 0).any():
+        return non_dominated_sort(F)
+    F, cv = _as_matrix(F), np.asarray(cv, dtype=float)
+    finite = np.isfinite(F).all(axis=1)
+    ok, bad = np.flatnonzero(finite & (cv <= 0)), np.flatnonzero(finite & (cv > 0))
+    fronts = [ok[f] for f in non_dominated_sort(F[ok])] + [bad[cv[bad] == v] for v in np.unique(cv[bad])]
+    return fronts + [np.flatnonzero(~finite)] * bool((~finite).any())
+
+
+def rank_and_crowding(F: np.ndarray, cv=None) -> tuple[np.ndarray, np.ndarray]:
     """Per row: its front index (0 = non-dominated) and its crowding distance within that front."""
     F = _as_matrix(F)
     rank = np.zeros(len(F), dtype=int)
     crowd = np.zeros(len(F))
-    for r, front in enumerate(non_dominated_sort(F)):
+    for r, front in enumerate(constrained_sort(F, cv)):
         rank[front] = r
         crowd[front] = crowding_distance(F[front])
     return rank, crowd
 
 
-def select_survivors(F: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(μ+λ) survival: whole fronts first; the front that does not fit is cut by crowding distance
-    (largest first), ties broken at random by ``rng``. Returns the kept row indices, ascending."""
+def select_survivors(F: np.ndarray, n: int, rng: np.random.Generator, cv=None) -> np.ndarray:
+    """(μ+λ) survival: whole fronts first (``constrained_sort``); the front that does not fit is cut by
+    crowding distance (largest first), ties broken at random by ``rng``. Returns kept rows, ascending."""
     F = _as_matrix(F)
     keep: list[int] = []
-    for front in non_dominated_sort(F):
+    for front in constrained_sort(F, cv):
         room = n - len(keep)
         if room <= 0:
             break
@@ -266,7 +275,8 @@ class Variation:
     is the callable's business); ``repair(ind, rng) -> (ind, n_changed)`` after every sample and child;
     ``key(ind)`` canonical, for duplicate detection; ``encode``/``decode`` the text form (a child is
     always round-tripped through it, so a resumed run sees exactly what an uninterrupted one saw). The
-    callables must be deterministic given ``rng`` and must not modify their arguments."""
+    callables must be deterministic given ``rng`` and must not modify their arguments. Optional:
+    ``feasible(ind)`` (False: bred again) and ``violation(key) ≥ 0`` (constrained domination)."""
     sample: Callable[[np.random.Generator], Any]
     crossover: Callable[[Any, Any, np.random.Generator], Any]
     mutate: Callable[[Any, np.random.Generator], Any]
@@ -274,15 +284,15 @@ class Variation:
     encode: Callable[[Any], str]
     decode: Callable[[str], Any]
     key: Callable[[Any], str]
+    feasible: Optional[Callable[[Any], bool]] = None
+    violation: Optional[Callable[[str], float]] = None
     p_crossover: float = 0.9
     p_mutation: float = 1.0
     max_retries: int = 50
 
     def __post_init__(self):
-        if not (0.0 <= self.p_crossover <= 1.0 and 0.0 <= self.p_mutation <= 1.0):
-            raise ValueError("p_crossover and p_mutation are probabilities")
-        if self.max_retries < 0:
-            raise ValueError("need max_retries >= 0")
+        if not (0.0 <= self.p_crossover <= 1.0 and 0.0 <= self.p_mutation <= 1.0) or self.max_retries < 0:
+            raise ValueError("p_crossover and p_mutation are probabilities, and max_retries >= 0")
 
 
 @dataclass(frozen=True)
@@ -360,6 +370,7 @@ def generation_step(population: Population, g: int, var: Variation, evaluate: Ev
     ``default_rng([seed, g])``, so this function is a pure function of its arguments and ``evaluate``.
     """
     rng = np.random.default_rng([search.seed, g])
+    cv = lambda keys: None if var.violation is None else np.array([var.violation(k) for k in keys])  # noqa: E731
     breed = _Breeder(var, rng, seen)
     if g == 0:
         children = breed.initial(initial)
@@ -367,13 +378,13 @@ def generation_step(population: Population, g: int, var: Variation, evaluate: Ev
     elif search.algorithm == "random":
         children = breed.samples(search.n_offspring)
     else:
-        rank, crowd = rank_and_crowding(population.F)
+        rank, crowd = rank_and_crowding(population.F, cv(population.keys))
         children = breed.offspring(population, rank, crowd, search.n_offspring)
     F_new = evaluate(children, g)  # (children, objectives)
     texts = population.texts + [c.text for c in children]
     keys = population.keys + [c.key for c in children]
     F = np.vstack([population.F, F_new]) if population.keys else F_new
-    keep = select_survivors(F, search.pop_size, rng)  # parents and children compete together
+    keep = select_survivors(F, search.pop_size, rng, cv(keys))  # parents and children together
     survivors = Population([texts[i] for i in keep], [keys[i] for i in keep], F[keep])
     return Generation(survivors, children, F_new, breed.duplicates, breed.notes)
 
@@ -424,17 +435,21 @@ class _Breeder:
     def __init__(self, var: Variation, rng: np.random.Generator, seen: set[str]):
         self.var, self.rng, self.seen = var, rng, seen
         self.batch: set[str] = set()  # keys of this generation's children so far
-        self.duplicates = 0
+        self.duplicates = self.infeasible = 0  # children bred again: already evaluated / over a budget
         self.notes: list[str] = []
+
+    def _feasible(self, ind) -> bool:
+        return self.var.feasible is None or bool(self.var.feasible(ind))
 
     def initial(self, individuals: Sequence) -> list[Child]:
         children = []
         for ind in individuals:  # e.g. the D15 baselines, evaluated first
             text = self.var.encode(ind)
             k = self.var.key(self.var.decode(text))
-            if k in self.batch:
-                self.notes.append(f"initial individual {shorten(text)} duplicates an earlier one; skipped")
-                self.duplicates += 1
+            if k in self.batch or not self._feasible(ind):
+                why = "is over a budget" if k not in self.batch else "duplicates an earlier one"
+                self.notes.append(f"initial individual {shorten(text)} {why}; skipped")
+                self.duplicates += k in self.batch
                 continue
             self.batch.add(k)
             children.append(Child(self.var.decode(text), text, k, 0, "initial", []))
@@ -471,11 +486,13 @@ class _Breeder:
                 text = self.var.encode(ind)
                 ind = self.var.decode(text)
                 k = self.var.key(ind)
-                if k not in self.seen and k not in self.batch:
+                fresh = k not in self.seen and k not in self.batch
+                if fresh and self._feasible(ind):
                     break
-                self.duplicates += 1
+                self.duplicates += not fresh
+                self.infeasible += fresh
             else:
-                self.notes.append(f"no new individual after {self.var.max_retries} retries; "
+                self.notes.append(f"no new feasible individual after {self.var.max_retries} retries; "
                                   f"{len(children)} instead of {n}")
                 break
             self.batch.add(k)

@@ -57,6 +57,7 @@ import candidate
 import corpus
 import evolve
 import genome
+import plugins
 from config import RunConfig
 
 CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module docstring)
@@ -171,6 +172,7 @@ class _Context:
     """What evaluating a candidate needs, built once per process from the run configuration."""
 
     def __init__(self, rc: RunConfig, device: str, evaluate: str):
+        plugins.load(rc.plugins)  # an unpickled RunConfig imports nothing: the run's plugins, first (D37)
         self.rc = rc
         self.data = corpus.load_data(rc.data, rc.vocab_size)
         self.cfg = rc.model_config(self.data.vocab_size)

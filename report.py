@@ -18,21 +18,45 @@ import evolve
 import genome
 import liv
 import runlog
-from config import OBJECTIVES, RunConfig, UsageError
+import meter
+import plugins
+from config import RunConfig, UsageError, metrics_of
 from runlog import fmt_ppl
+
+
+def fmt_value(m: str, v) -> str:
+    """A metric's value in words: bytes in decimal units, counts with separators, times in ms, else 4 digits."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-" if v is None else "inf"
+    kind = m.partition("@")[0]
+    if kind.endswith("bytes"):
+        return liv.fmt_bytes(v)
+    if kind.endswith("params"):
+        return f"{v:,.0f}"
+    return f"{v:.3g} ms" if kind.endswith("_ms") else f"{v:.4g}"
 
 
 def fmt_ref(metrics, ref) -> str:
     """A reference point in words: 'perplexity 25.9, cache_bytes 5.2 MB'."""
-    return ", ".join(f"{m} {liv.fmt_bytes(v) if m == 'cache_bytes' else f'{v:,.0f}' if m == 'params' else f'{v:.4g}'}"
-                     for m, v in zip(metrics, ref))
+    return ", ".join(f"{m} {fmt_value(m, v)}" for m, v in zip(metrics, ref))
+
+
+def extra_metrics(rc: RunConfig) -> list[str]:
+    """Columns beyond perplexity, params and cache: the objective's other metrics, the budgets' and, when
+    the run measures, the measured ones at the longest context (D34-D37)."""
+    more = list(metrics_of(rc.objective)) + list(rc.budgets()) + (list(meter.KINDS) if rc.measures else [])
+    return [m for m in dict.fromkeys(more) if m not in ("perplexity", "params", "cache_bytes")]
+
+
+def _cells(r: dict, extra) -> str:
+    return "".join(f" {fmt_value(m, r.get(m))} |" for m in extra)
 
 
 def front_of(records: list[dict], objective: str) -> list[dict]:
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return []
-    F = np.array([[r[m] for m in OBJECTIVES[objective]] for r in ok], dtype=float)
+    F = np.array([[r.get(m, math.inf) for m in metrics_of(objective)] for r in ok], dtype=float)
     return sorted((ok[i] for i in evolve.non_dominated_sort(F)[0]), key=lambda r: r["perplexity"])
 
 
@@ -42,12 +66,39 @@ def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.Se
     tpp = seed_groups(baselines, "name").get("transformer++")
     c = folder.config
     write_summary(folder.path, c, baselines, result.records, result.stats, final,
-                  select(result.records, tpp, c.objective, c.final_top), result.ref_point)
+                  select(result.records, tpp, c.objective, c.final_top, c.within_budgets), result.ref_point)
 
 
-def _row(r: dict, label: str = "") -> str:
+def _row(r: dict, label: str = "", extra=()) -> str:
     return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))} | "
-            f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} | {r.get('status', '')} |")
+            f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} |{_cells(r, extra)} {r.get('status', '')} |")
+
+
+def measured_words(rc: RunConfig) -> str:
+    return (f"Measured (D34): a freshly initialised model of each genome at width {rc.deploy_d_model} (head width "
+            f"{rc.deploy_head_dim}), {rc.deploy_dtype}, batch 1, contexts {', '.join(map(str, rc.deploy_contexts))}, "
+            f"with `{rc.meter}`: ttft_ms = prefill of the context, decode_ms / decode_p95_ms = p50 / p95 per decoded "
+            f"token, memory_bytes = peak of prefill + decode (weights included); without a suffix at the longest "
+            "context. Raw repeats, spreads, thread count and the Transformer++ reference of each window are in "
+            "measurements.jsonl.")
+
+
+def feasible_shares(rc: RunConfig, records: list[dict]) -> list[tuple[int, int, int]]:
+    """(generation, evaluated, within every budget) per generation (D35)."""
+    gens = sorted({r["generation"] for r in records})
+    return [(g, len(rs), sum(rc.within_budgets(r) for r in rs))
+            for g in gens for rs in [[r for r in records if r["generation"] == g]]]
+
+
+def budget_section(rc: RunConfig, records: list[dict], baselines: list[dict]) -> list[str]:
+    words = {"params": "by formula: no genome over it is trained", "cache_bytes": "by formula: no genome over it is trained",
+             "decode_ms": "measured: constrained domination", "memory_bytes": "measured: constrained domination"}
+    lines = ["", "## Budgets (D35)", ""] + [f"- {m} ≤ {fmt_value(m, cap)} ({words[m]})" for m, cap in rc.budgets().items()]
+    lines += [f"- baseline {b['name']}: {'within' if rc.within_budgets(b) else 'over'} the budgets"
+              for b in seed_groups(baselines, "name").values()]
+    lines += ["", "| generation | evaluated | within the budgets | share |", "|---|---|---|---|"]
+    lines += [f"| {g} | {n} | {k} | {k / n:.0%} |" for g, n, k in feasible_shares(rc, records)]
+    return lines
 
 
 def mean_std(xs) -> tuple[float, float]:
@@ -129,36 +180,47 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     rep = sum(s.get("repaired", 0) for s in stats if s.get("generation", 0) > 0)
     dup = sum(s.get("duplicates", 0) for s in stats if s.get("generation", 0) > 0)
     failed = [r for r in records if r.get("status") != "ok"]
-    head = "| | genome | perplexity | params | cache | status |\n|---|---|---|---|---|---|"
+    extra = extra_metrics(rc)
+    cols = "| | genome | perplexity | params | cache |" + "".join(f" {m} |" for m in extra) + " status |"
+    rule_ = "|---|---|---|---|---|" + "---|" * (len(extra) + 1)
+    head = cols + "\n" + rule_
     names = list(base)
     vs_head = "".join(f" vs {n} |" for n in names)
     lines = [f"# STAR run: {rc.objective} ({rc.preset} preset, {rc.algorithm})", "",
-             f"Objectives (minimised): {', '.join(OBJECTIVES[rc.objective])}. Width {rc.d_model}, "
+             f"Objectives (minimised): {', '.join(metrics_of(rc.objective))}. Width {rc.d_model}, "
              f"depth {rc.depth}, {rc.steps} steps x {rc.batch} x {rc.seq_len} tokens per candidate; "
              f"cache at T = {rc.cache_len}, bf16, batch 1.", "",
              f"{len(records)} candidates evaluated ({len(failed)} failed), {len(stats)} generations "
              f"(generation 0 = initial population).", "",
              f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
              head.replace("perplexity", "perplexity (mean ± std)")]
-    lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} "
-              f"| {b['status']} |" for name, b in base.items()]
+    lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"
+              f"{_cells(b, extra)} {b['status']} |" for name, b in base.items()]
+    if rc.measures:
+        pairs = [(r["cache_bytes"], r["decode_ms"]) for r in records if r.get("decode_ms") is not None]
+        lines += ["", measured_words(rc) + f" Spearman between cache_bytes (formula) and decode_ms (measured) over the "
+                  f"{len(pairs)} evaluated candidates: {spearman(*zip(*pairs)) if len(pairs) > 1 else math.nan:.2f}."]
     lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
               "Each candidate is scored under one seed (the first baseline seed). \"n.s.\": its advantage over "
               "the baseline is within 2 of the baseline's seed standard deviations, so it is not significant.", "",
-              "| | genome | perplexity | params | cache | status |" + vs_head,
-              "|---|---|---|---|---|---|" + "---|" * len(names)]
-    lines += [_row(r, f"gen {r['generation']}") + "".join(f" {versus(r, base[n])} |" for n in names) for r in front]
+              cols + vs_head, rule_ + "---|" * len(names)]
+    lines += [_row(r, f"gen {r['generation']}", extra) + "".join(f" {versus(r, base[n])} |" for n in names) for r in front]
     rule = {"quality": "lowest perplexity", "quality_size": "fewer parameters than Transformer++",
             "quality_cache": "smaller cache than Transformer++",
-            "quality_size_cache": "fewer parameters and a smaller cache than Transformer++"}[rc.objective]
+            "quality_size_cache": "fewer parameters and a smaller cache than Transformer++",
+            "quality_latency": "faster decoding than Transformer++", "quality_memory": "less peak memory than Transformer++",
+            }.get(rc.objective, f"smaller {', '.join(m for m in rc.metrics if m != 'perplexity')} than Transformer++")
+    rule += ", within the budgets" if rc.budgets() else ""
     lines += ["", f"## Selected top-{rc.final_top} ({rule}, by perplexity)", ""]
     if top:
-        lines += ["| | genome | perplexity | params | cache | status |" + vs_head,
-                  "|---|---|---|---|---|---|" + "---|" * len(names)]
-        lines += [_row(r, f"#{i + 1}") + "".join(f" {versus(r, base[n])} |" for n in names) for i, r in enumerate(top)]
+        lines += [cols + vs_head, rule_ + "---|" * len(names)]
+        lines += [_row(r, f"#{i + 1}", extra) + "".join(f" {versus(r, base[n])} |" for n in names)
+                  for i, r in enumerate(top)]
         lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["genome"])), "```"]
     else:
         lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
+    if rc.budgets():
+        lines += budget_section(rc, records, baselines)
     if final:
         lines += final_section(rc, final, records, baselines)
     lines += ["", "## Hypervolume against evaluations", "",
@@ -227,7 +289,21 @@ def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselin
     return lines
 
 
-AXIS_LABELS = {"params": "parameters", "cache_bytes": "inference cache (bytes, bf16, T={cache_len})"}
+AXIS_LABELS = {"params": "parameters", "cache_bytes": "inference cache (bytes, bf16, T={cache_len})",
+               "ttft_ms": "time to first token (ms, measured, T={T})", "decode_ms": "decode p50 (ms per token, measured, T={T})",
+               "decode_p95_ms": "decode p95 (ms per token, measured, T={T})",
+               "memory_bytes": "peak memory (bytes, measured, T={T})"}
+
+
+def axis_label(m: str, rc: RunConfig) -> str:
+    """Words for any metric: built-in, measured at a context (`@T`), a ratio, or a plugin's label."""
+    kind, _, ctx = m.partition("@")
+    T = ctx or max(rc.deploy_contexts)
+    if kind in AXIS_LABELS:
+        return AXIS_LABELS[kind].format(cache_len=rc.cache_len, T=T)
+    if kind in meter.RATIOS.values():
+        return f"{kind.replace('_', ' ')} to Transformer++ (measured, T={T})"
+    return plugins.METRICS[m].label if m in plugins.METRICS else m
 
 
 def _label(ax, xy, text: str, color: str, avoid: np.ndarray, taken: list) -> None:
@@ -285,7 +361,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
           and math.isfinite(r["perplexity"])]
     if not ok:
         return False
-    metrics = OBJECTIVES[rc.objective][1:] or ("params",)
+    metrics = [m for m in rc.metrics if m != "perplexity"] or ["params"]
     base = [b for b in seed_groups(baselines, "name").values() if math.isfinite(b["perplexity"])]
     n_gen = max(r["generation"] for r in records) + 1
     cmap = plt.get_cmap("viridis", n_gen)
@@ -297,7 +373,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
                              layout="constrained")
     labels = []  # (axes, xy, name, colour, points to keep clear, the front's corners): placed once the layout is fixed
     for ax, m in zip(axes, metrics):
-        x = np.array([r[m] for r in ok], dtype=float)
+        x = np.array([r.get(m, math.nan) for r in ok], dtype=float)
         y = np.array([r["perplexity"] for r in ok])
         log_x = x.max() / max(x.min(), 1) > 100  # cache bytes span kB to MB: a log axis, floored at 1 byte
         x = np.maximum(x, 1) if log_x else x
@@ -305,21 +381,23 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
                         linewidths=0.4, zorder=3, label="candidate (colour: generation)")
         front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
         ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
-                label="Pareto front" if len(OBJECTIVES[rc.objective]) == 2
+                label="Pareto front" if len(rc.metrics) == 2
                 else "Pareto front of the panel's two metrics")
         stair = np.column_stack([np.repeat(x[front], 2)[1:], np.repeat(y[front], 2)[:-1]])  # the step line's corners
         # what a label must not cover: the candidates, the baselines and the ends of their error bars
-        pts = np.column_stack([np.r_[x, [b[m] for b in base for _ in range(3)]],
+        pts = np.column_stack([np.r_[x, [b.get(m, math.nan) for b in base for _ in range(3)]],
                                np.r_[y, [b["perplexity"] + k * b["ppl_std"] for b in base for k in (-1, 0, 1)]]])
         for b, (marker, color, size) in zip(base, b_style):
             n = sum(math.isfinite(v) for v in b["ppls"])
-            ax.errorbar([b[m]], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
+            ax.errorbar([b.get(m, math.nan)], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
                         mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds)")
-            labels.append((ax, (b[m], b["perplexity"]), b["name"], color, pts, stair))
+            labels.append((ax, (b.get(m, math.nan), b["perplexity"]), b["name"], color, pts, stair))
         if log_x:
             ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(EngFormatter(unit="B" if m == "cache_bytes" else ""))
-        ax.set_xlabel(AXIS_LABELS[m].format(cache_len=rc.cache_len)
+        if m in rc.budgets():  # D35: the budget, and what lies beyond it
+            ax.axvline(rc.budgets()[m], color="tab:red", ls="--", lw=1, label="budget")
+        ax.xaxis.set_major_formatter(EngFormatter(unit="B" if m.partition("@")[0].endswith("bytes") else ""))
+        ax.set_xlabel(axis_label(m, rc)
                       + ("; log axis, max(x, 1) plotted" if log_x and (x == 1).any() else ""))
         ax.set_ylabel("validation perplexity")
         ax.grid(alpha=0.3)
@@ -342,9 +420,11 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
     ax.margins(x=0.12, y=0.15)  # room for the last label
 
     failed = len(records) - len(ok)
+    shares = "" if not rc.budgets() else "\nbudgets " + ", ".join(f"{m} ≤ {fmt_value(m, v)}" for m, v in rc.budgets().items()) \
+        + "; within them per generation: " + " ".join(f"{k / n:.0%}" for _, n, k in feasible_shares(rc, records))
     fig.suptitle(f"STAR {rc.objective}: {rc.preset} preset, {rc.algorithm}, "
                  f"{len(records)} candidates over {n_gen} generations"
-                 + (f" ({failed} failed, not shown)" if failed else ""))
+                 + (f" ({failed} failed, not shown)" if failed else "") + shares)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
     fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
     taken = []
@@ -390,7 +470,7 @@ def compare_runs(run_dirs: list[str]) -> tuple[str, list[dict]]:
         raise UsageError("--compare: no run has a finished candidate")
     ref = evolve.default_ref_point(F)
     n_common = min(len(recs) for _, _, recs, _ in runs)
-    lines = [f"common reference point of these runs (not each run's own): {fmt_ref(OBJECTIVES[objectives.pop()], ref)} "
+    lines = [f"common reference point of these runs (not each run's own): {fmt_ref(metrics_of(objectives.pop()), ref)} "
              f"({', '.join(f'{x:.6g}' for x in ref)})", "",
              "run | algorithm | seed | generation | evaluations | hypervolume"]
     rows = []

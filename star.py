@@ -43,6 +43,7 @@ if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads slee
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -50,14 +51,16 @@ from typing import Callable, Optional
 
 import candidate
 import corpus
+import deployment
 import evolve
 import genome
 import liv
 import parallel
+import plugins
 import report
 import runlog
 import train
-from config import OBJECTIVES, PRESETS, RunConfig, RunFailed, UsageError, check_execution, run_name
+from config import PRESETS, RunConfig, RunFailed, UsageError, check_execution, metrics_of, run_name
 
 
 @dataclass
@@ -85,7 +88,9 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
     data, device, folder = _prepare(config, data, device, run_dir, resume, given, log)
     config, path = folder.config, folder.path
     cfg, tcfg = config.model_config(data.vocab_size), config.train_config(device)
+    deploy = deployment.Costs.open(config, folder, cfg, device, log)  # measured costs, budgets (D34-D36); or inert
 
+    @deploy.trained  # measured first, when the run measures
     def train_one(g, steps=None, seed=None, keep=None):  # the baselines and the retraining, as every candidate (D19)
         with parallel.candidate_threads(device):
             return candidate.evaluate_genome(g, cfg, config.train_config(device, steps) if steps else tcfg,
@@ -108,12 +113,12 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
         evaluate = parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs)
         initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()] + config.initial()  # D25: --init
-        result = folder.search(initial, config.variation(), evaluate, config.search(),
-                               on_generation=lambda state: folder.summary(baselines, state, []))
+        result = folder.search(initial, deploy.variation(config.variation()), deploy.evaluator(evaluate),
+                               config.search(), on_generation=lambda state: folder.summary(baselines, state, []))
         # 3. the paper's selection rule; with final_steps the top-k and the baselines are retrained
         #    longer under the same seeds (D21)
         tpp = report.seed_groups(baselines, "name")["transformer++"]
-        top = select_top_k(result.records, tpp, config.objective, config.final_top)
+        top = select_top_k(result.records, tpp, config.objective, config.final_top, config.within_budgets)
         final = []
         if config.final_steps:
             jobs = [dict(genome=b["genome"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
@@ -126,15 +131,17 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
                      result.ref_point, path, config)
 
 
-def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: int) -> list[dict]:
+def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: int,
+                 budget: Optional[Callable[[dict], bool]] = None) -> list[dict]:
     """The paper's rule: the k lowest-perplexity candidates among those smaller than Transformer++ in
     the efficiency objectives searched (parameters for quality_size, cache for quality_cache, both for
-    quality_size_cache; none for quality)."""
-    metrics = OBJECTIVES[objective][1:]
+    quality_size_cache, decode latency or peak memory for quality_latency or quality_memory, any metric
+    of a comma list that Transformer++ has; none for quality), and within the run's budgets (D35)."""
+    metrics = [m for m in metrics_of(objective) if m != "perplexity"]
     ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
-          and math.isfinite(r["perplexity"])]
+          and math.isfinite(r["perplexity"]) and (budget is None or budget(r))]
     if baseline is not None:
-        ok = [r for r in ok if all(r[m] < baseline[m] for m in metrics)]
+        ok = [r for r in ok if all(baseline.get(m) is None or r.get(m, math.inf) < baseline[m] for m in metrics)]
     best, seen = [], set()
     for r in sorted(ok, key=lambda r: r["perplexity"]):
         if r["key"] not in seen:
@@ -230,7 +237,47 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop once the hypervolume of everything evaluated has not grown for N generations")
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (gradient accumulation; "
                     "must divide --batch; default: chosen from a memory estimate on CUDA, the whole batch on CPU)")
+    # measured costs at a deployment shape, budgets, plugins (D34-D37); all identity options
+    ap.add_argument("--measure", action="store_true", default=None,
+                    help="measure every candidate at the deployment shape and record it (implied by a measured objective or budget)")
+    ap.add_argument("--meter", default=None, help="clock (default) | standin (deterministic, for tests)")
+    ap.add_argument("--deploy-width", type=int, default=None, help="width of the measured model (default 256)")
+    ap.add_argument("--deploy-head-dim", type=int, default=None, help="head width of the measured model (default 64)")
+    ap.add_argument("--deploy-contexts", default=None, help="context lengths measured, comma-separated (default 1024,4096)")
+    ap.add_argument("--deploy-dtype", default=None, help="float32 (default) | bfloat16 | float16")
+    for name, hlp in [("max-params", "parameters (by formula; no genome above it is trained)"),
+                      ("max-cache", "cache bytes at --cache-len (by formula; no genome above it is trained)"),
+                      ("max-latency", "measured decode ms per token at the longest context (constrained domination)"),
+                      ("max-memory", "measured peak bytes at the longest context (constrained domination)")]:
+        ap.add_argument(f"--{name}", type=float, default=None, help=f"budget: at most this many {hlp}")
+    ap.add_argument("--plugin", action="append", default=None, metavar="MODULE",
+                    help="import MODULE (it may register metrics) here, in every worker, on --resume and --compare")
     return ap
+
+
+def _deploy_overrides(args) -> dict:
+    contexts = None
+    if args.deploy_contexts is not None:
+        try:
+            contexts = tuple(int(x) for x in args.deploy_contexts.split(",") if x.strip())
+        except ValueError:
+            raise UsageError(f"--deploy-contexts {args.deploy_contexts!r}: give comma-separated integers") from None
+    whole = {k: None if getattr(args, k) is None else int(getattr(args, k)) if float(getattr(args, k)).is_integer()
+             else getattr(args, k) for k in ("max_params", "max_cache")}
+    return dict(measure=args.measure, meter=args.meter, deploy_d_model=args.deploy_width, deploy_head_dim=args.deploy_head_dim,
+                deploy_contexts=contexts, deploy_dtype=args.deploy_dtype, max_latency=args.max_latency,
+                max_memory=args.max_memory, plugins=None if args.plugin is None else tuple(args.plugin), **whole)
+
+
+def _resumed_plugins(args) -> None:
+    """On --resume without --plugin, the run's plugins are imported before the options are checked (an
+    objective may name their metrics)."""
+    if args.resume and args.plugin is None:
+        path = Path(args.out).expanduser() / (args.name or "") / "config.json"
+        try:
+            plugins.load(json.loads(path.read_text()).get("plugins", ()) if args.name and path.is_file() else ())
+        except (ValueError, OSError, ImportError, AttributeError):
+            pass  # the stored config.json is checked, and its errors worded, when the run folder is opened
 
 
 def config_of(args) -> tuple[RunConfig, set[str]]:
@@ -242,6 +289,8 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
     overrides = {k: v for k in names if (v := getattr(args, k, None)) is not None}
     overrides.update({k: v for k, v in (("allow_classes", _classes_option(args.allow_classes)),
                                         ("init", _init_option(args.init))) if v is not None})
+    overrides.update({k: v for k, v in _deploy_overrides(args).items() if v is not None})
+    _resumed_plugins(args)
     given = set(overrides) | ({"preset"} if args.preset is not None else set())
     return RunConfig.make(args.preset, **overrides), given
 

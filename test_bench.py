@@ -47,3 +47,13 @@ def test_bench_scaling_trains_the_repeated_genomes(tmp_path):
     rows = json.loads(out.read_text())["scaling"]["rows"]
     assert [r["name"] for r in rows] == ["seed-0 winner", "transformer++"]
     assert all(r["depth"] == 12 and r["d_model"] == 32 and r["runs"][0]["status"] == "ok" for r in rows)
+
+
+def test_bench_proxies_correlates_every_formula_with_every_measurement(tmp_path):
+    out = tmp_path / "p.json"
+    assert bench.main(["--quick", "--only", "proxies", "--out", str(out)]) == 0
+    p = json.loads(out.read_text())["proxies"]
+    assert p["n"] == 3 + 2 and p["rows"][0]["genome"] == str(bench.genome.transformer_pp(6))
+    assert set(p["spearman"]) == {"params", "cache_bytes"}
+    assert all(len(v) == 6 for v in p["spearman"].values())  # 3 measurements x 2 contexts
+    assert p["seconds_per_genome"] > 0 and len(p["stability"]) == 1
