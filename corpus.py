@@ -221,21 +221,53 @@ def shakespeare(root: str | Path | None = None) -> Data:
 # --- your own data: --data PATH --------------------------------------------------------------------
 
 
-def _read_utf8(path: Path) -> bytes:
-    b = path.read_bytes()
+TEXT_CHECK_BYTES = 1 << 20  # a text source's first MiB is checked: UTF-8, at most 1% NUL bytes
+MAX_NUL_SHARE = 0.01
+MAP_BYTES = 256 << 20  # a text file larger than this is memory-mapped, not read into memory
+
+
+def _regular(path: Path) -> Path:
+    """`path` itself, when it is a regular file (or a link to one): a FIFO, a device or a socket would block
+    or never end (`/dev/zero`), so it is refused before anything reads it."""
+    if not path.is_file():
+        raise DataError(f"--data: {path} is not a regular file (a FIFO, device or socket?); give a text file, "
+                        "a folder of them, a folder with train.bin/val.bin, or 'synthetic'")
+    return path
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    """The first MiB of a text source: UTF-8 (a character cut at the end of the MiB is fine), and not
+    binary (more than 1% NUL bytes: an image, a tarball, a file of zeros)."""
+    nul = head.count(0)
+    if head and nul > MAX_NUL_SHARE * len(head):
+        raise DataError(f"--data: {path} is not text: {nul / len(head):.0%} of its first {len(head):,} bytes are "
+                        f"NUL (at most {MAX_NUL_SHARE:.0%}); give UTF-8 text or train.bin/val.bin token files")
     try:
-        b.decode("utf-8")
+        head.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"--data: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if not (len(head) == TEXT_CHECK_BYTES and e.start >= len(head) - 3 and e.reason == "unexpected end of data"):
+            raise DataError(f"--data: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_utf8(path: Path) -> bytes:
+    b = _regular(path).read_bytes()
+    _check_text(path, b[:TEXT_CHECK_BYTES])
     return b
 
 
 def text_file(path: str | Path) -> Data:
-    """One UTF-8 text file, byte-level: the first 90% of its bytes train, the last 10% validate."""
-    path = Path(path)
-    b = _read_utf8(path)
-    cut = int(len(b) * 0.9)
-    return Data(name=str(path), vocab_size=256, train=_bytes_array(b[:cut]), val=_bytes_array(b[cut:]))
+    """One UTF-8 text file, byte-level: the first 90% of its bytes train, the last 10% validate. Its first
+    MiB is checked to be text; a file over MAP_BYTES is memory-mapped rather than read whole."""
+    path = _regular(Path(path))
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"--data: {path} is empty")
+    with path.open("rb") as fh:
+        _check_text(path, fh.read(TEXT_CHECK_BYTES))
+        fh.seek(0)
+        b = np.memmap(path, dtype=np.uint8, mode="r") if size > MAP_BYTES else _bytes_array(fh.read())
+    cut = int(size * 0.9)
+    return Data(name=str(path), vocab_size=256, train=b[:cut], val=b[cut:])
 
 
 def text_folder(path: str | Path) -> Data:
@@ -245,8 +277,8 @@ def text_folder(path: str | Path) -> Data:
     10); a folder with a single file is split like a file. Files are joined with a blank line.
     """
     path = Path(path)
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(_regular(p) for p in path.rglob("*")
+                   if not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"--data: the folder {path} holds no files")
     if len(files) == 1:
@@ -354,4 +386,4 @@ def _load_data(path: str | None, vocab_size: int | None) -> Data:
         return token_folder(p, vocab_size)
     if vocab_size not in (None, 256):
         raise DataError(f"--data: {path} is byte-level text (vocabulary 256); --vocab-size is for train.bin/val.bin")
-    return text_folder(p) if p.is_dir() else text_file(p)
+    return text_folder(p) if p.is_dir() else text_file(_regular(p))

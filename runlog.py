@@ -623,11 +623,36 @@ def write_atomic(path: Path, text: str) -> None:
 INF_FIELDS = ("perplexity", "val_loss", "train_loss")
 
 
+# what every line of baselines.jsonl / final.jsonl must hold (field: allowed types; a null metric is a failed
+# one); `seed` may be missing from records written before D21 (one baseline seed: the run's)
+_NUMBER, _MISSING = (int, float, type(None)), type(None)
+RECORD_FIELDS = {"baselines.jsonl": dict(name=str, seed=(int, _MISSING), genome=str, key=str, perplexity=_NUMBER,
+                                         params=int, cache_bytes=int, status=str),
+                 "final.jsonl": dict(seed=(int, _MISSING), genome=str, key=str, perplexity=_NUMBER, params=int,
+                                     cache_bytes=int, status=str)}
+
+
+def _is_record(r, need: dict) -> bool:
+    return isinstance(r, dict) and all(isinstance(r.get(k), t) and not isinstance(r.get(k), bool)
+                                       for k, t in need.items())
+
+
 def read_records(path: Optional[Path]) -> list[dict]:
     """baselines.jsonl / final.jsonl (None: in memory, nothing yet): the archive's reader (a torn last
-    line from a kill is dropped and the file repaired; a bad line elsewhere raises ValueError), null
-    metrics back to inf."""
-    return [] if path is None else [_from_json(r) for r in read_jsonl(path)]
+    line from a kill is dropped and the file repaired; a bad line elsewhere raises ValueError), every
+    line checked to be a record of its file (valid JSON that is no record, `{}` or `[1, 2]`, raises
+    ResumeError naming the line), null metrics back to inf. Checked before anything is repaired."""
+    if path is None:
+        return []
+    rows, lines, fixed = parse_jsonl(Path(path))
+    need = RECORD_FIELDS.get(Path(path).name, {})
+    for r, n in zip(rows, lines):
+        if not _is_record(r, need):
+            raise ResumeError(f"{path}: line {n} is not a record of {Path(path).name} (it needs "
+                              f"{', '.join(need)}): the file was damaged or edited; restore it from a copy")
+    if fixed is not None:
+        write_atomic(Path(path), fixed)
+    return [_from_json(r) for r in rows]
 
 
 def _from_json(rec: dict) -> dict:

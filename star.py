@@ -44,6 +44,7 @@ if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads slee
 
 import argparse
 import math
+import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
@@ -256,8 +257,42 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that the run stops the same way: its
+    worker processes are stopped, everything finished is on disk; exit status 143 (128 + 15)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _stopped_where(args) -> str:
+    """What an interrupted command line can do next: --resume only when its run folder exists."""
+    try:
+        run_dir = Path(args.out).expanduser() / (args.name or run_name(config_of(args)[0]))
+        started = args.explain is None and args.compare is None and (run_dir / "config.json").is_file()
+    except Exception:  # noqa: BLE001  (options that never made a run)
+        started = False
+    if started:
+        return f"every finished evaluation is in {run_dir}, continue with --resume"
+    return "the run had not started, nothing was written"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous = None
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     try:
         if args.explain is not None:
             explain(args.explain, args)
@@ -275,9 +310,10 @@ def main(argv=None) -> int:
         where = f" ({e.filename})" if e.filename else ""
         print(f"star.py: error: {e.strerror or _one_line(e)}{where}; fix it and continue with --resume", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nstar.py: interrupted; every finished evaluation is on disk, continue with --resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"\nstar.py: {what}; {_stopped_where(args)}", file=sys.stderr)
+        return code
     return 0
 
 
