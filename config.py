@@ -29,7 +29,8 @@ import genome
 import liv
 import train
 
-FORMAT = 2  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format"
+FORMAT = 3  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
+#            3: and the data's fingerprint (D23)
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
     "quality": ("perplexity",),
@@ -81,7 +82,11 @@ EXTENT = ("generations", "final_steps", "final_top", "timeout")  # may change on
 # what a key missing from a format-1 config.json meant: the defaults of the code that wrote it
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
-                           vocab_size=None, cache_len=4096)}
+                           vocab_size=None, cache_len=4096, data_fingerprint=None),
+                   2: dict(data_fingerprint=None)}
+# identity keys an older config.json did not record (None there): not checked on that --resume, and
+# recorded from then on (config.json is rewritten in today's format)
+RECORDED_LATE = ("data_fingerprint",)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class RunConfig:
     crossover_cut: str = genome.CROSSOVER_CUT
     timeout: Optional[float] = None     # seconds per candidate (runs candidates in workers)
     micro_batch: Optional[int] = None   # gradient accumulation (None: chosen on CUDA, whole batch on CPU)
+    data_fingerprint: Optional[str] = None  # corpus.Data.fingerprint of `data` (None: filled in when loaded; D23)
 
     @classmethod
     def make(cls, preset: Optional[str] = None, **overrides) -> "RunConfig":
@@ -185,8 +191,8 @@ class RunConfig:
             raise UsageError(f"{where} holds {type(d).__name__}, not a run's configuration; restore it or "
                              "choose another --name")
         fmt = d.pop("format", 1)
-        if fmt not in (1, FORMAT):
-            raise UsageError(f"{where} has format {fmt!r}; this version reads formats 1 and {FORMAT}")
+        if fmt not in (*FORMAT_DEFAULTS, FORMAT) or type(fmt) is not int:
+            raise UsageError(f"{where} has format {fmt!r}; this version reads formats 1 to {FORMAT}")
         d = {**FORMAT_DEFAULTS.get(fmt, {}), **d}
         names = {f.name for f in fields(cls)}
         if set(d) - names or names - set(d):
@@ -203,11 +209,16 @@ class RunConfig:
         run's `stored` one on every identity key; an extent key takes this invocation's value if it was
         `given`, else the run's."""
         for f in fields(self):
-            if f.name not in EXTENT and getattr(self, f.name) != getattr(stored, f.name):
-                raise UsageError(f"--resume: {where} was made with {f.name} = {getattr(stored, f.name)!r}, this "
-                                 f"asks for {getattr(self, f.name)!r}; it decides results and cannot change: "
-                                 "use the run's option or another --name")
-        return dataclasses.replace(stored, **{k: getattr(self, k) for k in EXTENT if k in given})
+            was, now = getattr(stored, f.name), getattr(self, f.name)
+            if f.name in EXTENT or was == now or (f.name in RECORDED_LATE and was is None):
+                continue
+            if f.name == "data_fingerprint":
+                raise UsageError(f"--resume: the data changed since {where} began: it was {was}, it is now {now}; "
+                                 "restore the run's data, or start a new run with another --name")
+            raise UsageError(f"--resume: {where} was made with {f.name} = {was!r}, this asks for {now!r}; it "
+                             "decides results and cannot change: use the run's option or another --name")
+        return dataclasses.replace(stored, **{k: getattr(self, k) for k in EXTENT if k in given},
+                                   **{k: getattr(self, k) for k in RECORDED_LATE if getattr(stored, k) is None})
 
 
 def _validate(c: RunConfig) -> None:
@@ -237,6 +248,8 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--seed must be in 0 .. 2**63 - 1 (got {c.seed})")
     if c.timeout is not None and not (0 < c.timeout < 1e9 and math.isfinite(c.timeout)):
         raise UsageError(f"--timeout must be a number of seconds > 0 and < 1e9 (got {c.timeout})")
+    if c.data_fingerprint is not None and not isinstance(c.data_fingerprint, str):
+        raise UsageError(f"data_fingerprint must be a string (got {c.data_fingerprint!r})")
     if c.micro_batch is not None and not (1 <= c.micro_batch <= c.batch and c.batch % c.micro_batch == 0):
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
 

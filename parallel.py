@@ -168,11 +168,16 @@ def worker_threads(device: str, workers: int) -> int:
 
 
 class _Context:
-    """What evaluating a candidate needs, built once per process from the run configuration."""
+    """What evaluating a candidate needs, built once per process from the run configuration. The data
+    must be the data the run recorded (its fingerprint, D23): a file replaced during the run is refused,
+    not mixed in."""
 
     def __init__(self, rc: RunConfig, device: str, evaluate: str):
         self.rc = rc
         self.data = corpus.load_data(rc.data, rc.vocab_size)
+        if rc.data_fingerprint is not None and self.data.fingerprint != rc.data_fingerprint:
+            raise corpus.DataError(f"--data {rc.data}: the data changed since the run began (it was "
+                                   f"{rc.data_fingerprint}, it is now {self.data.fingerprint})")
         self.cfg = rc.model_config(self.data.vocab_size)
         self.tcfg = rc.train_config(device)
         module, name = evaluate.split(":")

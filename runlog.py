@@ -36,7 +36,7 @@ import numpy as np
 import evolve
 from evolve import (Child, Evaluation, Evaluator, Generation, Population, Search, State, Variation,
                     clean_objectives, default_ref_point, hypervolume, shorten)
-from config import RunConfig, RunFailed, UsageError
+from config import RECORDED_LATE, RunConfig, RunFailed, UsageError
 from liv import fmt_bytes, fmt_time
 
 # ----------------------------------------------------------------------------------------------------
@@ -701,10 +701,13 @@ def lock(run_dir: Path):
     return fh
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[str]) -> tuple[RunConfig, Any]:
+def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[str]) -> tuple[RunConfig, Any, list[str]]:
     """Check the run folder, create it, lock it and write config.json (atomically). Returns the
     configuration to run with (on --resume: config.py's rule applied to the stored one; config.json is
-    rewritten when an extent key changed) and the lock; every refusal comes before anything is written."""
+    rewritten when an extent key changed, or in today's format), the lock, and notes for the log (what
+    an older config.json did not record, and so was not checked); every refusal comes before anything
+    is written."""
+    notes = []
     cfg_path = run_dir / "config.json"
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out: {run_dir} is a file, not a folder")
@@ -725,7 +728,11 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[s
             stored_text = cfg_path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"--resume: cannot read {cfg_path}: {e}") from None
-        config = config.resumed(RunConfig.from_json(stored_text, f"--resume: {cfg_path}"), given, str(run_dir))
+        stored = RunConfig.from_json(stored_text, f"--resume: {cfg_path}")
+        config = config.resumed(stored, given, str(run_dir))
+        notes += [f"{cfg_path} records no {k} (an older format): not checked on this resume; recorded now as "
+                  f"{getattr(config, k)!r} and checked from now on"
+                  for k in RECORDED_LATE if getattr(stored, k) is None and getattr(config, k) is not None]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -743,7 +750,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[s
     except BaseException:
         fh.close()
         raise
-    return config, fh
+    return config, fh, notes
 
 
 
@@ -784,8 +791,11 @@ class RunFolder:
             if resume:
                 raise UsageError("resume needs a run folder")
             return cls(None, config, False, None, log, None)
-        config, fh = prepare_run_dir(path, config, resume, given)
-        return cls(path, config, resume, fh, log, write_summary)
+        config, fh, notes = prepare_run_dir(path, config, resume, given)
+        folder = cls(path, config, resume, fh, log, write_summary)
+        for note in notes:
+            log(note)
+        return folder
 
     def __enter__(self) -> "RunFolder":
         return self

@@ -43,6 +43,7 @@ if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads slee
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
 import math
 import signal
 from dataclasses import dataclass, fields
@@ -151,6 +152,10 @@ def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given:
         data.check(config.seq_len)
     except (ValueError, corpus.DataError) as e:
         raise UsageError(str(e)) from None
+    if config.data_fingerprint not in (None, data.fingerprint):
+        raise UsageError(f"the configuration's data_fingerprint {config.data_fingerprint!r} is not the data's "
+                         f"({data.fingerprint!r})")
+    config = dataclasses.replace(config, data_fingerprint=data.fingerprint)  # D23: recorded, checked on --resume
     config.model_config(data.vocab_size)  # widths that do not fit: one line now, not at the first candidate
     folder = runlog.RunFolder.open(None if run_dir is None else Path(run_dir), config, resume, given, log,
                                    write_summary=lambda *a: report.summarize(*a, select=select_top_k))

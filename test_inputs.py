@@ -610,6 +610,32 @@ def test_a_generation_0_where_everything_fails_is_one_line_exit_1(tmp_path, monk
     assert len((tmp_path / "r" / "archive.jsonl").read_text().splitlines()) == 2  # kept
 
 
+def test_resume_refuses_data_that_changed_and_takes_it_back(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 11: the data's fingerprint (size and hash) is in config.json; a run interrupted, its
+    text file replaced, is not resumed onto other data (one line, exit 2, nothing written), and resumes
+    once the file is back."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question\n" * 40)
+    argv = KP + ["--data", text, "--out", tmp_path, "--name", "r"]
+    real, calls = fake_evaluate(lambda g: False), {"n": 0}
+
+    def interrupted_in_generation_1(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2 + 2 + 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(candidate, "evaluate_genome", interrupted_in_generation_1)
+    assert call(star.main, argv, capsys)[0] == 130
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())["data_fingerprint"]
+    assert stored.startswith("text file: 1,640 bytes, sha256 ")
+    original = text.read_bytes()
+    text.write_text("TO BE OR NOT TO BE, THAT IS THE QUESTION\n" * 40)  # other text: same name, same size
+    assert_refused(star.main, argv + ["--resume"], "the data changed since", tmp_path, capsys)
+    text.write_bytes(original)
+    monkeypatch.setattr(candidate, "evaluate_genome", real)
+    assert call(star.main, argv + ["--resume"], capsys)[0] == 0
+
+
 def test_seed_baselines_trains_each_baseline_once(tmp_path, monkeypatch):
     trained = []
     real = fake_evaluate(lambda g: False)
