@@ -108,10 +108,10 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=(
             return evolve.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
 
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
-        evaluate = parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs)
-        initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()]
-        result = folder.search(initial, config.variation(), evaluate, config.search(),
-                               on_generation=lambda state: folder.summary(baselines, state, []))
+        with parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs,
+                                log=log) as evaluate:  # its worker processes end with the search, however it ends
+            result = folder.search([genome.Genome.parse(b["genome"]) for b in reuse.values()], config.variation(),
+                                   evaluate, config.search(), on_generation=lambda state: folder.summary(baselines, state, []))
         # 3. the paper's selection rule; with final_steps the top-k and the baselines are retrained
         #    longer under the same seeds (D21)
         tpp = report.seed_groups(baselines, "name")["transformer++"]
