@@ -76,11 +76,11 @@ class StickyCudaError(SystemExit):
 
 
 def failed(status: str, error: str, n_objectives: int, costs: dict | None = None,
-           seconds: float = 0.0) -> evolve.Evaluation:
+           seconds: float = 0.0, **extra) -> evolve.Evaluation:
     """A candidate that produced no result: infinite objectives, its analytic costs (``costs``, as
-    candidate.describe_costs gives them) and the reason in its record."""
+    candidate.describe_costs gives them), the reason in its record, and ``extra`` (a timeout's limit)."""
     info = dict(costs or {}, perplexity=math.inf, val_loss=math.inf, bits_per_byte=None, status=status,
-                error=error, seconds=round(seconds, 3))
+                error=error, seconds=round(seconds, 3), **extra)
     return evolve.Evaluation(objectives=(math.inf,) * n_objectives, info=info)
 
 
@@ -449,9 +449,9 @@ class LocalPool(Evaluator):
         todo = deque(enumerate(str(g) for g in individuals))
         retried: set[int] = set()
 
-        def fail(w: _Worker, status: str, error: str) -> None:
+        def fail(w: _Worker, status: str, error: str, **extra) -> None:
             report(w.job, failed(status, error, self.n_obj, self.costs(individuals[w.job]),
-                                 time.monotonic() - w.started))
+                                 time.monotonic() - w.started, **extra))
             self._replace(w)
 
         left = len(individuals)
@@ -500,7 +500,7 @@ class LocalPool(Evaluator):
                             self._replace(w)
                 elif self.timeout and w.job is not None and time.monotonic() - w.started >= self.timeout:
                     left -= 1
-                    fail(w, "timeout", f"stopped after --timeout {self.timeout:g} s")
+                    fail(w, "timeout", f"stopped after --timeout {self.timeout:g} s", timeout=self.timeout)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -535,7 +535,7 @@ def _ray_task(rc: RunConfig, device: str, threads: int, evaluate: str, timeout: 
     try:
         info, objectives = _RAY_CONTEXTS[key](text)
     except _TaskTimeout:
-        ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(rc.metrics))
+        ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(rc.metrics), timeout=timeout)
         return ev.info, ev.objectives
     finally:
         if timeout:

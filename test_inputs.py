@@ -636,6 +636,44 @@ def test_resume_refuses_data_that_changed_and_takes_it_back(tmp_path, monkeypatc
     assert call(star.main, argv + ["--resume"], capsys)[0] == 0
 
 
+@pytest.mark.slow
+def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 8 (D23): every candidate of generation 0 stopped by --timeout: exit 1, one line that
+    says to resume with a larger --timeout; that resume trains no baseline again, evaluates the timed-out
+    candidates anew, and ends with the golden run's archive (the timed-out lines stay in the file)."""
+    import parallel
+    from test_golden import GOLDEN, PINNED, TINY
+
+    trained, real = [], candidate.evaluate_genome
+    monkeypatch.setattr(candidate, "evaluate_genome", lambda g, *a, **k: (trained.append(str(g)), real(g, *a, **k))[1])
+
+    class ClockedPool(parallel.Evaluator):  # the worker pool's timeouts, without processes: under 1 s, all stop
+        def __init__(self, one, rc, device, *, timeout=None, **kw):
+            self.one, self.rc, self.timeout = one, rc, timeout
+
+        def __call__(self, individuals, generation, report):
+            for i, g in enumerate(individuals):
+                report(i, parallel.failed("timeout", f"stopped after --timeout {self.timeout:g} s", len(self.rc.metrics),
+                                          timeout=self.timeout) if self.timeout < 1 else self.one(g, generation))
+    monkeypatch.setattr(parallel, "evaluator", ClockedPool)
+    argv = TINY + ["--baseline-seeds", "1", "--generations", "2", "--out", tmp_path, "--name", "r"]
+    code, out, err = call(star.main, argv + ["--timeout", "0.001"], capsys)
+    assert code == 1 and len(err) == 1 and "all 4/4 candidates timed out" in err[0], err
+    assert "--resume and a larger --timeout" in err[0]
+    assert len(trained) == 2  # the baselines
+    code, out, err = call(star.main, argv + ["--resume", "--timeout", "600"], capsys)
+    assert code == 0, err
+    assert len(trained) == 2 + 4 + 3 + 3  # no baseline again: generation 0 anew, then generations 1 and 2
+    lines = [json.loads(x) for x in (tmp_path / "r" / "archive.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in lines[:4]] == ["timeout"] * 4 and len(lines) == 4 + 10
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["timeout"] == 600
+    newest = runlog.newest_records(lines)[0]
+    text = "".join(json.dumps([r["generation"], r["genome"], r["key"], r["objectives"]]) + "\n" for r in newest)
+    if PINNED:
+        import hashlib
+        assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN
+
+
 def test_seed_baselines_trains_each_baseline_once(tmp_path, monkeypatch):
     trained = []
     real = fake_evaluate(lambda g: False)

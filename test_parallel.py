@@ -80,6 +80,7 @@ def test_a_dying_and_a_hanging_candidate_are_recorded_and_the_pool_goes_on():
         got = collect(pool, [OK_1, DIES, HANGS])
         assert got[DIES].info["status"] == "crashed" and "exit code 7" in got[DIES].info["error"]
         assert got[HANGS].info["status"] == "timeout" and 5.0 <= got[HANGS].info["seconds"] < 60
+        assert got[HANGS].info["timeout"] == 5.0  # the limit it ran under: a resume with a larger one redoes it
         for t in (DIES, HANGS):
             assert got[t].objectives == (math.inf, math.inf)
             assert got[t].info["params"] == 1  # a failed record still carries its analytic costs
