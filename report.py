@@ -365,27 +365,59 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, list[dict], list[dict]]:
         rc = RunConfig.from_json((d / "config.json").read_text(), str(d / "config.json"))
         records = runlog.parse_jsonl(d / "archive.jsonl")[0]
         baselines = runlog.parse_jsonl(d / "baselines.jsonl")[0]
+        if not all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("objectives"), list)
+                   and isinstance(r.get("generation"), int) for r in records):
+            raise ValueError(f"{d / 'archive.jsonl'} holds a line that is not an archive record")
     except (ValueError, OSError) as e:
         raise UsageError(f"{d}: cannot read the run: {e}") from None
-    return rc, records, baselines
+    return rc, runlog.newest_records(records)[0], baselines  # a re-evaluated timeout counts once (D23)
 
 
-def compare_runs(run_dirs: list[str]) -> tuple[str, list[dict]]:
+def comparable_key(rc: RunConfig) -> dict:
+    """What two runs must share for their hypervolumes to be compared: the data (its fingerprint; the
+    --data option where an older run did not record it), the model's shape, the training compute per
+    candidate and how quality and cache are measured. The search itself (algorithm, seed, sizes,
+    variation) is what a comparison is for, and may differ."""
+    return {"data": rc.data_fingerprint or f"--data {rc.data or 'default corpus'} (no fingerprint recorded)",
+            "width": f"d_model {rc.d_model}, head_dim {rc.head_dim}, depth {rc.depth}",
+            "training compute": f"{rc.steps} steps x {rc.batch} x {rc.seq_len} tokens per candidate",
+            "evaluation": f"{rc.eval_batches} validation batches, cache at T = {rc.cache_len}"}
+
+
+def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple[str, list[dict]]:
     """Hypervolume against evaluations for several runs at ONE reference point: the worst finite value
     of every objective over all the runs plus 10% of its range (evolve.default_ref_point), so that the
     numbers are comparable across runs. Also each run's hypervolume after the number of evaluations the
-    shortest run made, its ratio to the first run's, its sharing rates and its repair rate."""
+    shortest run made, its ratio to the first run's, its sharing rates and its repair rate.
+
+    Refused (UsageError, one line): runs of different objectives (no common objective space), a run with
+    no evaluation, and runs that differ in `comparable_key` (other data, width, compute per candidate or
+    measurement) unless `allow_incomparable` (--allow-incomparable), when the output says so first."""
     runs = [(str(d), *load_run(d)) for d in run_dirs]
     objectives = {rc.objective for _, rc, _, _ in runs}
     if len(objectives) != 1:
         raise UsageError(f"--compare: the runs optimise different objectives ({', '.join(sorted(objectives))})")
+    empty = next((d for d, _, recs, _ in runs if not recs), None)
+    if empty is not None:
+        raise UsageError(f"--compare: {empty} has no evaluation yet (stopped before its first candidate); "
+                         "continue it with --resume, or leave it out")
+    first, differ = comparable_key(runs[0][1]), []
+    for d, rc, _, _ in runs[1:]:
+        differ += [f"{k} of {d}: {v} (not {first[k]})" for k, v in comparable_key(rc).items() if v != first[k]]
+    warning = []
+    if differ and not allow_incomparable:
+        raise UsageError(f"--compare: the runs are not comparable: {'; '.join(differ)}; compare runs of the same "
+                         "data, width and budget, or pass --allow-incomparable to compare them anyway")
+    if differ:
+        warning = [f"NOT COMPARABLE (--allow-incomparable): {'; '.join(differ)}", ""]
     F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs for r in recs],
                  dtype=float)
     if not np.isfinite(F).all(axis=1).any():
         raise UsageError("--compare: no run has a finished candidate")
     ref = evolve.default_ref_point(F)
     n_common = min(len(recs) for _, _, recs, _ in runs)
-    lines = [f"common reference point of these runs (not each run's own): {fmt_ref(OBJECTIVES[objectives.pop()], ref)} "
+    lines = warning + [
+             f"common reference point of these runs (not each run's own): {fmt_ref(OBJECTIVES[objectives.pop()], ref)} "
              f"({', '.join(f'{x:.6g}' for x in ref)})", "",
              "run | algorithm | seed | generation | evaluations | hypervolume"]
     rows = []

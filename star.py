@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--crossover-cut", default=None, help="liv | anywhere: where k-point crossover cuts (D18; default liv)")
     ap.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
                     help="print hypervolume against evaluations for these runs at one common reference point; exit")
+    ap.add_argument("--allow-incomparable", action="store_true",
+                    help="with --compare: compare runs of other data, width or budget anyway (the output says so)")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
     # many candidates at once (parallel.py); --workers and --ray do not change results
     ap.add_argument("--workers", type=int, default=1, help="worker processes training candidates at once, "
@@ -302,7 +304,7 @@ def _main(args) -> int:
         if args.explain is not None:
             explain(args.explain, args)
         elif args.compare is not None:
-            print(report.compare_runs(args.compare)[0])
+            print(report.compare_runs(args.compare, allow_incomparable=args.allow_incomparable)[0])
         else:
             run(args)
     except UsageError as e:

@@ -208,3 +208,40 @@ def test_compare_refuses_runs_of_different_objectives(tmp_path, capsys):
     assert len(err) == 1 and "different objectives" in err[0]
     assert star.main(["--compare", str(tmp_path / "nothing")]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def fake_run(d: Path, records: list, **config) -> Path:
+    d.mkdir()
+    (d / "config.json").write_text(RunConfig(**config).to_json())
+    (d / "archive.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return d
+
+
+def test_compare_refuses_runs_that_are_not_comparable_unless_asked(tmp_path, capsys):
+    """Issue 20 items 9 and 16: other data, width or compute per candidate is refused (one line naming
+    what differs) unless --allow-incomparable, which says so first; a run with no evaluation is refused;
+    a re-evaluated timeout counts once."""
+    rec = lambda k, p, c, status="ok": dict(generation=0, key=k, genome=k, objectives=[p, c] if status == "ok" else
+                                            [None, None], status=status)
+    ga, gb = "5.1.1.1.1-9.2.1.2.1-1.3.1.3.1-9.4.1.4.1", "7.1.1.1.1-9.2.1.2.1-8.3.1.3.1-9.4.1.4.1"
+    ok = [rec(ga, 10.0, 100.0), rec(gb, 8.0, 200.0)]
+    fp = "text file: 10 bytes, sha256 00"
+    a = fake_run(tmp_path / "a", ok, data="x.txt", data_fingerprint=fp)
+    for name, over, needle in [("other-data", dict(data_fingerprint="text file: 10 bytes, sha256 11"), "data of"),
+                               ("wider", dict(d_model=128), "width of"), ("longer", dict(steps=200), "training compute of"),
+                               ("other-cache", dict(cache_len=1024), "evaluation of")]:
+        b = fake_run(tmp_path / name, ok, **{**dict(data="x.txt", data_fingerprint=fp), **over})
+        assert star.main(["--compare", str(a), str(b)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not comparable" in err[0] and needle in err[0] and "--allow-incomparable" in err[0], err
+    assert star.main(["--compare", str(a), str(tmp_path / "wider"), "--allow-incomparable"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("NOT COMPARABLE (--allow-incomparable): width of") and "ratio" in out
+    empty = fake_run(tmp_path / "empty", [], data="x.txt", data_fingerprint=fp)
+    assert star.main(["--compare", str(a), str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no evaluation" in err[0] and "empty" in err[0]
+    redone = fake_run(tmp_path / "redone", [rec(ga, 0, 0, "timeout"), rec(gb, 0, 0, "timeout")] + ok, data="x.txt",
+                      data_fingerprint=fp)
+    text, rows = report.compare_runs([str(a), str(redone)])
+    assert [r["evaluations"] for r in rows] == [2, 2] and rows[1]["ratio"] == pytest.approx(1.0)

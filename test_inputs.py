@@ -140,6 +140,19 @@ def nul_file(d, share):
     return d / "nul.txt"
 
 
+def runs_to_compare(d, **other):
+    """Two finished-looking run folders, d/cmp/a and d/cmp/b; `other` changes b's configuration (none:
+    b has no evaluation)."""
+    from config import RunConfig
+    g = str(genome.transformer_pp(4))
+    rec = json.dumps(dict(generation=0, genome=g, key=g, objectives=[10.0, 100.0], status="ok")) + "\n"
+    for name, over, archive in (("a", {}, rec), ("b", other, rec if other else "")):
+        (d / "cmp" / name).mkdir(parents=True)
+        (d / "cmp" / name / "config.json").write_text(RunConfig(**{"data_fingerprint": "text file: 1 bytes", **over}).to_json())
+        (d / "cmp" / name / "archive.jsonl").write_text(archive)
+    return d / "cmp"
+
+
 STAR = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "16",
         "--batch", "2", "--steps", "2", "--population", "2", "--offspring", "2", "--generations", "1",
         "--preset", "cpu", "--objective", "quality"]
@@ -218,6 +231,9 @@ STAR_BAD = [
     (["--data", "/dev/zero"], "not a regular file", None),
     (["--data", "{f}"], "100% of its first 10,000 bytes are NUL", lambda d: nul_file(d, 1.0)),
     (["--data", "{f}"], "2% of its first 10,000 bytes are NUL", lambda d: nul_file(d, 0.02)),
+    (["--compare", "{f}/a", "{f}/b"], "b has no evaluation", runs_to_compare),
+    (["--compare", "{f}/a", "{f}/b"], "not comparable: data of", lambda d: runs_to_compare(d, data_fingerprint="x")),
+    (["--compare", "{f}/a", "{f}/b"], "not comparable: training compute", lambda d: runs_to_compare(d, steps=7)),
     (["--explain", "1.1.1.1.1-9.2.1.2.1", "--cache-len", "-5"], "--cache-len", None),
     (["--explain", "1.1.1.1." + "9" * 5000], "LIV 1, entry 5 (feature-group strategy): a 5000-digit number", None),
 ]
