@@ -29,6 +29,7 @@ import genome
 import liv
 import train
 
+VERSION = "0.23"  # the project's version where git cannot say (summary.md); its minor number is DESIGN.md's newest D
 FORMAT = 3  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
 #            3: and the data's fingerprint (D23)
 

@@ -18,7 +18,7 @@ import evolve
 import genome
 import liv
 import runlog
-from config import OBJECTIVES, RunConfig, UsageError
+from config import OBJECTIVES, VERSION, RunConfig, UsageError
 from runlog import fmt_ppl
 
 
@@ -45,8 +45,9 @@ def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.Se
                   select(result.records, tpp, c.objective, c.final_top), result.ref_point)
 
 
-def _row(r: dict, label: str = "") -> str:
-    return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))} | "
+def _row(r: dict, label: str = "", cursed: frozenset = frozenset()) -> str:
+    mark = f" {CURSE}" if r["key"] in cursed else ""
+    return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))}{mark} | "
             f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} | {r.get('status', '')} |")
 
 
@@ -99,13 +100,74 @@ def _fmt_mean_std(row: dict) -> str:
 
 
 def versus(r: dict, base: dict) -> str:
-    """A candidate's perplexity against a baseline's seed mean: the difference, and 'n.s.' when the
-    advantage is within 2 of the baseline's standard deviations (D21)."""
+    """A candidate's perplexity against a baseline's seed mean: the difference, and on an *advantage*
+    (a lower perplexity) 'n.s.' when it is within 2 of the baseline's seed standard deviations (D21),
+    'untested' when the baseline has one finite seed (no spread to test against). A disadvantage is
+    the bare difference: it claims nothing."""
     if not (math.isfinite(r.get("perplexity", math.inf)) and math.isfinite(base["perplexity"])):
         return "-"
     diff = r["perplexity"] - base["perplexity"]
-    sig = -diff > 2 * base["ppl_std"] and sum(math.isfinite(x) for x in base["ppls"]) > 1
-    return f"{diff:+.2f}" + ("" if sig else " n.s.")
+    if diff >= 0:
+        return f"{diff:+.2f}"
+    if sum(math.isfinite(x) for x in base["ppls"]) < 2:
+        return f"{diff:+.2f} untested"
+    return f"{diff:+.2f}" + ("" if -diff > 2 * base["ppl_std"] else " n.s.")
+
+
+EFFICIENCY_WORDS = {"params": "fewer parameters", "cache_bytes": "a smaller cache"}
+
+
+def beats(records: list[dict], tpp: dict | None, objective: str) -> list[dict]:
+    """The candidates that beat Transformer++ under this budget (D23): a perplexity lower than its seed
+    mean by more than 2 of its seed standard deviations (it needs 2 finite seeds), and smaller in every
+    efficiency objective searched; best first."""
+    if tpp is None or sum(math.isfinite(x) for x in tpp["ppls"]) < 2:
+        return []
+    metrics = OBJECTIVES[objective][1:]
+    return sorted((r for r in records if r.get("status") == "ok" and math.isfinite(r.get("perplexity", math.inf))
+                   and tpp["perplexity"] - r["perplexity"] > 2 * tpp["ppl_std"]
+                   and all(r[m] < tpp[m] for m in metrics)), key=lambda r: r["perplexity"])
+
+
+def verdict(records: list[dict], tpp: dict | None, objective: str) -> str:
+    """The summary's one-line answer: does any candidate beat Transformer++ under this budget?"""
+    if tpp is None or not math.isfinite(tpp["perplexity"]):
+        return "**No verdict:** Transformer++ has no finite perplexity to compare with."
+    smaller = " and ".join(EFFICIENCY_WORDS[m] for m in OBJECTIVES[objective][1:])
+    rule = f"a perplexity lower by more than 2 of its seed standard deviations{f' and {smaller}' if smaller else ''}"
+    n_seeds = sum(math.isfinite(x) for x in tpp["ppls"])
+    if n_seeds < 2:
+        return (f"**No candidate is shown to beat Transformer++ under this budget:** it was trained under one seed, "
+                f"so its noise is unknown and no advantage can be tested ({rule}; use --baseline-seeds 3).")
+    won = beats(records, tpp, objective)
+    if not won:
+        return (f"**No candidate beats Transformer++ under this budget:** none has {rule} "
+                f"({tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}, {n_seeds} seeds).")
+    return (f"**{len(won)} candidate{'s' if len(won) > 1 else ''} beat{'' if len(won) > 1 else 's'} Transformer++ "
+            f"under this budget** ({rule}); the best, `{won[0]['genome']}`, by {tpp['perplexity'] - won[0]['perplexity']:.2f} "
+            f"perplexity ({won[0]['perplexity']:.3f} against {tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}), scored "
+            "under one seed.")
+
+
+CURSE = "†"  # the mark of an optimistic best single-seed score
+
+
+def versions() -> str:
+    """The versions a summary names: torch's and the project's (`git describe --always --dirty` of this
+    folder when git can say, else config.VERSION), and Python's."""
+    import platform
+    import subprocess
+
+    import torch
+
+    try:
+        git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, timeout=10,
+                             capture_output=True, text=True)
+        project = git.stdout.strip() if git.returncode == 0 and git.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        project = None
+    project = f"git {project}" if project else f"version {VERSION}"
+    return f"torch {torch.__version__}, STAR {project}, Python {platform.python_version()}"
 
 
 def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, float]]:
@@ -125,6 +187,10 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     correlation, and the hypervolume curve."""
     base = seed_groups(baselines, "name")
     front = front_of(records, rc.objective)
+    n_ok = sum(r.get("status") == "ok" for r in records)
+    # winner's curse: the lowest of many one-seed scores is optimistic; marked until --final-steps retrains it
+    retrained = {r["key"] for r in final}
+    cursed = frozenset(r["key"] for r in (front[:1] + top[:1]) if r["key"] not in retrained) if n_ok > 1 else frozenset()
     n_off = sum(s.get("offspring", 0) for s in stats if s.get("generation", 0) > 0)
     rep = sum(s.get("repaired", 0) for s in stats if s.get("generation", 0) > 0)
     dup = sum(s.get("duplicates", 0) for s in stats if s.get("generation", 0) > 0)
@@ -138,24 +204,37 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
              f"cache at T = {rc.cache_len}, bf16, batch 1.", "",
              f"{len(records)} candidates evaluated ({len(failed)} failed), {len(stats)} generations "
              f"(generation 0 = initial population).", "",
+             f"Data: `{rc.data or 'the default corpus'}`, {rc.data_fingerprint or 'fingerprint not recorded'}. "
+             f"Versions: {versions()}.", "",
+             verdict(records, base.get("transformer++"), rc.objective), "",
              f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
              head.replace("perplexity", "perplexity (mean ± std)")]
     lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} "
               f"| {b['status']} |" for name, b in base.items()]
     lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
-              "Each candidate is scored under one seed (the first baseline seed). \"n.s.\": its advantage over "
-              "the baseline is within 2 of the baseline's seed standard deviations, so it is not significant.", "",
+              "Each candidate is scored under one seed (the first baseline seed). A negative difference is an "
+              "advantage: \"n.s.\" when it is within 2 of the baseline's seed standard deviations (not significant), "
+              "\"untested\" when the baseline has one seed; a positive one (worse) carries no mark."
+              + (f" {CURSE}: the best of {n_ok} single-seed scores, optimistic (the winner's curse: the lowest of many "
+                 "noisy scores is lower than the genome's mean); retrain it with --final-steps N to measure it."
+                 if cursed else ""), "",
               "| | genome | perplexity | params | cache | status |" + vs_head,
               "|---|---|---|---|---|---|" + "---|" * len(names)]
-    lines += [_row(r, f"gen {r['generation']}") + "".join(f" {versus(r, base[n])} |" for n in names) for r in front]
+    lines += [_row(r, f"gen {r['generation']}", cursed) + "".join(f" {versus(r, base[n])} |" for n in names)
+              for r in front]
     rule = {"quality": "lowest perplexity", "quality_size": "fewer parameters than Transformer++",
             "quality_cache": "smaller cache than Transformer++",
             "quality_size_cache": "fewer parameters and a smaller cache than Transformer++"}[rc.objective]
     lines += ["", f"## Selected top-{rc.final_top} ({rule}, by perplexity)", ""]
+    won = {r["key"] for r in beats(records, base.get("transformer++"), rc.objective)}
+    if top and not won & {r["key"] for r in top}:
+        lines += ["The paper's rule picks these, but none of them beats Transformer++ under this budget (the verdict "
+                  "above): they are smaller, not shown better.", ""]
     if top:
         lines += ["| | genome | perplexity | params | cache | status |" + vs_head,
                   "|---|---|---|---|---|---|" + "---|" * len(names)]
-        lines += [_row(r, f"#{i + 1}") + "".join(f" {versus(r, base[n])} |" for n in names) for i, r in enumerate(top)]
+        lines += [_row(r, f"#{i + 1}", cursed) + "".join(f" {versus(r, base[n])} |" for n in names)
+                  for i, r in enumerate(top)]
         lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["genome"])), "```"]
     else:
         lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
