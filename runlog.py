@@ -679,19 +679,25 @@ def _is_record(r, need: dict) -> bool:
                                        for k, t in need.items())
 
 
-def read_records(path: Optional[Path]) -> list[dict]:
-    """baselines.jsonl / final.jsonl (None: in memory, nothing yet): the archive's reader (a torn last
-    line from a kill is dropped and the file repaired; a bad line elsewhere raises ValueError), every
+def check_records(path: Path) -> tuple[list[dict], Optional[str]]:
+    """Read baselines.jsonl / final.jsonl and write nothing: (rows, the repaired text or None), every
     line checked to be a record of its file (valid JSON that is no record, `{}` or `[1, 2]`, raises
-    ResumeError naming the line), null metrics back to inf. Checked before anything is repaired."""
-    if path is None:
-        return []
+    ResumeError naming the line, as a bad line does)."""
     rows, lines, fixed = parse_jsonl(Path(path))
     need = RECORD_FIELDS.get(Path(path).name, {})
     for r, n in zip(rows, lines):
         if not _is_record(r, need):
             raise ResumeError(f"{path}: line {n} is not a record of {Path(path).name} (it needs "
                               f"{', '.join(need)}): the file was damaged or edited; restore it from a copy")
+    return rows, fixed
+
+
+def read_records(path: Optional[Path]) -> list[dict]:
+    """baselines.jsonl / final.jsonl (None: in memory, nothing yet): `check_records`, then a torn last
+    line from a kill is dropped and the file repaired; null metrics back to inf."""
+    if path is None:
+        return []
+    rows, fixed = check_records(Path(path))
     if fixed is not None:
         write_atomic(Path(path), fixed)
     return [_from_json(r) for r in rows]
@@ -833,6 +839,12 @@ class RunFolder:
             if resume:
                 raise UsageError("resume needs a run folder")
             return cls(None, config, False, None, log, None)
+        if resume and path.is_dir():  # checked before config.json may be rewritten: a refusal writes nothing
+            try:
+                for name in RECORD_FIELDS:
+                    check_records(path / name)
+            except ValueError as e:
+                raise UsageError(f"--resume: {e}") from None
         config, fh, notes = prepare_run_dir(path, config, resume, given)
         folder = cls(path, config, resume, fh, log, write_summary)
         for note in notes:
