@@ -32,8 +32,10 @@ import meter
 import plugins
 import train
 
-FORMAT = 2  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format"
-# (format 1's eval_batches is read as eval_tokens = eval_batches x batch x seq_len, what it meant)
+VERSION = "0.23"  # the project's version where git cannot say (summary.md); its minor number is DESIGN.md's D23
+FORMAT = 3  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
+#            3: and the data's fingerprint (D23). Formats 1 and 2 counted eval_batches of `batch` windows: read
+#            as eval_tokens = eval_batches x batch x seq_len, what they meant (D33)
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
     "quality": ("perplexity",),
@@ -101,9 +103,13 @@ DEPLOY_DEFAULTS = dict(measure=False, meter="clock", deploy_d_model=256, deploy_
                        plugins=())
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
-                           vocab_size=None, cache_len=4096, patience=None, **_BEFORE_D24, **DEPLOY_DEFAULTS),
+                           vocab_size=None, cache_len=4096, patience=None, data_fingerprint=None, **_BEFORE_D24,
+                           **DEPLOY_DEFAULTS),
                    # format 2: fields added after it was first written, each the behaviour from before it
-                   2: dict(patience=None, **_BEFORE_D24, **DEPLOY_DEFAULTS)}
+                   2: dict(patience=None, data_fingerprint=None, **_BEFORE_D24, **DEPLOY_DEFAULTS)}
+# identity keys an older config.json did not record (None there): not checked on that --resume, and
+# recorded from then on (config.json is rewritten in today's format)
+RECORDED_LATE = ("data_fingerprint",)
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,7 @@ class RunConfig:
     max_latency: Optional[float] = None
     max_memory: Optional[float] = None
     plugins: tuple = ()                 # modules imported everywhere a run is read or evaluated (D37)
+    data_fingerprint: Optional[str] = None  # corpus.Data.fingerprint of `data` (None: filled in when loaded; D23)
 
     @classmethod
     def make(cls, preset: Optional[str] = None, **overrides) -> "RunConfig":
@@ -293,10 +300,10 @@ class RunConfig:
             raise UsageError(f"{where} holds {type(d).__name__}, not a run's configuration; restore it or "
                              "choose another --name")
         fmt = d.pop("format", 1)
-        if fmt not in (1, FORMAT):
-            raise UsageError(f"{where} has format {fmt!r}; this version reads formats 1 and {FORMAT}")
+        if fmt not in (*FORMAT_DEFAULTS, FORMAT) or type(fmt) is not int:
+            raise UsageError(f"{where} has format {fmt!r}; this version reads formats 1 to {FORMAT}")
         d = {**FORMAT_DEFAULTS.get(fmt, {}), **d}
-        if fmt == 1 and isinstance(d.get("eval_batches"), int) and isinstance(d.get("batch"), int) \
+        if fmt in (1, 2) and isinstance(d.get("eval_batches"), int) and isinstance(d.get("batch"), int) \
                 and isinstance(d.get("seq_len"), int):  # format 1 counted eval_batches of `batch` windows
             d["eval_tokens"] = d.pop("eval_batches") * d["batch"] * d["seq_len"]
         names = {f.name for f in fields(cls)}
@@ -313,11 +320,16 @@ class RunConfig:
         """The configuration a --resume runs with: the run's `stored` one, except the fields this
         invocation `given`: an extent key takes the new value, an identity key must equal the run's."""
         for f in fields(self):
-            if f.name in given and f.name not in EXTENT and getattr(self, f.name) != getattr(stored, f.name):
-                raise UsageError(f"--resume: {where} was made with {f.name} = {_short(getattr(stored, f.name))}, this "
-                                 f"asks for {_short(getattr(self, f.name))}; it decides results and cannot change: "
-                                 "use the run's option or another --name")
-        return dataclasses.replace(stored, **{k: getattr(self, k) for k in EXTENT if k in given})
+            was, now = getattr(stored, f.name), getattr(self, f.name)
+            if f.name not in given or f.name in EXTENT or was == now or (f.name in RECORDED_LATE and was is None):
+                continue
+            if f.name == "data_fingerprint":
+                raise UsageError(f"--resume: the data changed since {where} began: it was {was}, it is now {now}; "
+                                 "restore the run's data, or start a new run with another --name")
+            raise UsageError(f"--resume: {where} was made with {f.name} = {_short(was)}, this asks for {_short(now)}; "
+                             "it decides results and cannot change: use the run's option or another --name")
+        return dataclasses.replace(stored, **{k: getattr(self, k) for k in EXTENT if k in given},
+                                   **{k: getattr(self, k) for k in RECORDED_LATE if getattr(stored, k) is None})
 
 
 def metrics_of(objective: str) -> tuple[str, ...]:
@@ -388,6 +400,8 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--timeout must be a number of seconds > 0 and < 1e9 (got {c.timeout})")
     if c.patience is not None and (type(c.patience) is not int or c.patience < 1):
         raise UsageError(f"--patience must be a number of generations >= 1 (got {c.patience})")
+    if c.data_fingerprint is not None and not isinstance(c.data_fingerprint, str):
+        raise UsageError(f"data_fingerprint must be a string (got {c.data_fingerprint!r})")
     if c.micro_batch is not None and not (1 <= c.micro_batch <= c.batch and c.batch % c.micro_batch == 0):
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
     if not isinstance(c.weights, bool):

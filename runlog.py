@@ -37,7 +37,7 @@ import evolve
 from evolve import (Child, Evaluation, Evaluator, Generation, Population, Search, State, Variation,
                     clean_objectives, default_ref_point, hypervolume, shorten)
 import candidate
-from config import RunConfig, RunFailed, UsageError
+from config import RECORDED_LATE, RunConfig, RunFailed, UsageError
 from liv import fmt_bytes, fmt_time
 
 # ----------------------------------------------------------------------------------------------------
@@ -80,7 +80,8 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
            run_dir: Optional[str | Path] = None, resume: bool = False,
            ref_point: Optional[Sequence[float]] = None, log: Callable[[str], None] = print,
            on_generation: Optional[Callable[[SearchResult], None]] = None,
-           format_info: Optional[Callable[[dict], str]] = None, patience: Optional[int] = None) -> SearchResult:
+           format_info: Optional[Callable[[dict], str]] = None, patience: Optional[int] = None,
+           redo: Optional[Callable[[dict], bool]] = None) -> SearchResult:
     """evolve.nsga2 with its log book: the archive, the snapshots, resume, statistics and progress.
 
     ``evaluate(individuals, generation, report)`` is the user's batch evaluator: it must call
@@ -96,6 +97,12 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
     objectives, fixed for the run. ``on_generation(result)`` runs after each generation's snapshot;
     ``format_info(record) -> str`` words the progress line of each evaluation. ``patience``: end the
     search once the hypervolume of everything evaluated has not grown for that many generations.
+
+    ``redo(record)``: a record that is *not final*. When a resume replays a generation that no snapshot
+    holds yet, its archived records with ``redo(record)`` true are evaluated again, and the new record is
+    appended after the old one, which it supersedes (D23: a candidate stopped by ``--timeout`` is
+    evaluated again on a resume with a larger one). The archive stays append-only; ``records`` hold the
+    newest record of each key. Only a record whose ``status`` is "timeout" may be superseded.
     """
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir")
@@ -120,7 +127,7 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
     archive = Archive(None if run_dir is None else run_dir / "archive.jsonl", state.records,
                       n_obj=len(state.ref) if state.ref is not None else state.n_obj)
     progress = Progress(log, settings.generations, settings.n_offspring, format_info)
-    evaluations = ArchivedEvaluate(archive, evaluate, progress)
+    evaluations = ArchivedEvaluate(archive, evaluate, progress, redo)
     book = dict(population=state.population, stats=state.stats, ref=state.ref, done=state.start - 1,
                 t_start=time.perf_counter())
 
@@ -200,6 +207,9 @@ def _check_generation_zero(step: Generation, archive: "Archive") -> None:
     first = next((str(e).strip().splitlines()[0] for e in errors if e and str(e).strip()), None)
     why = f" (first error: {shorten(first, 160)})" if first else ""
     where = f"every evaluation is recorded in {archive.path}" if archive.path else "nothing was written"
+    if all(archive.by_key[c.key].get("status") == "timeout" for c in step.children):
+        raise SearchError(f"generation 0: all {n}/{n} candidates timed out{why}; {where}: continue with "
+                          "--resume and a larger --timeout, which evaluates them again (nothing else is redone)")
     raise SearchError(f"generation 0: all {n}/{n} candidates failed{why}; {where}, and a resume would "
                       "replay the same failures: fix the cause and start a new run")
 
@@ -210,11 +220,14 @@ def _check_generation_zero(step: Generation, archive: "Archive") -> None:
 
 
 class Archive:
-    """Every evaluation of the run, in order (``archive.jsonl``; None: in memory only)."""
+    """Every evaluation of the run, in order (``archive.jsonl``; None: in memory only). ``records`` holds
+    the newest record of each key, where the first one was (a record that supersedes a timed-out one,
+    ``search``'s ``redo``, takes its place); the file keeps both."""
 
     def __init__(self, path: Optional[Path], records: list[dict], n_obj: Optional[int]):
         self.path, self.records, self.n_obj = path, records, n_obj
         self.by_key = {r["key"]: r for r in records}
+        self._index = {r["key"]: i for i, r in enumerate(records)}
         self.fh = None if path is None else open(path, "a")
 
     def add(self, g: int, c: Child, objectives: list[float], info: dict) -> dict:
@@ -229,7 +242,11 @@ class Archive:
         record = json.loads(line)
         if self.fh is not None:
             append_line(self.fh, line)
-        self.records.append(record)
+        if c.key in self._index:  # a re-evaluation (redo): it takes the place of the record it supersedes
+            self.records[self._index[c.key]] = record
+        else:
+            self._index[c.key] = len(self.records)
+            self.records.append(record)
         self.by_key[c.key] = record
         return record
 
@@ -244,14 +261,18 @@ class ArchivedEvaluate:
     each report the moment it arrives. ``evaluate_s``: seconds inside ``evaluate`` in the last call,
     less the loop's own bookkeeping inside ``report``."""
 
-    def __init__(self, archive: Archive, evaluate: Evaluator, progress: "Progress"):
+    def __init__(self, archive: Archive, evaluate: Evaluator, progress: "Progress",
+                 redo: Optional[Callable[[dict], bool]] = None):
         self.archive, self.evaluate, self.progress = archive, evaluate, progress
+        self.redo = redo or (lambda record: False)
         self.evaluate_s = 0.0
 
     def __call__(self, children: list[Child], g: int) -> np.ndarray:
         _check_replay(self.archive, children, g)
-        results = [_objectives_from_json(self.archive.by_key[c.key]["objectives"])
-                   if c.key in self.archive.by_key else None for c in children]
+        done = self.archive.by_key
+        results = [_objectives_from_json(done[c.key]["objectives"])
+                   if c.key in done and not (done[c.key].get("status") == "timeout" and self.redo(done[c.key]))
+                   else None for c in children]
         pending = [i for i, r in enumerate(results) if r is None]
         self.evaluate_s = 0.0
         if pending:
@@ -371,6 +392,7 @@ def load_checkpoint(run_dir: Path, params: dict, ref: Optional[tuple[float, ...]
         _check_params(snap, snap_path, params, ref)
         ref = tuple(float(x) for x in snap["ref_point"])
     n_obj = _check_records(archive_path, records, lines, var, None if ref is None else len(ref))
+    records, lines = newest_records(records, lines)
     beyond = next(((r, n) for r, n in zip(records, lines) if r["generation"] > newest + 1), None)
     if beyond:
         (r, n), has = beyond, (f"the newest snapshot is population_{newest:03d}.json" if newest >= 0
@@ -441,11 +463,29 @@ def _check_population(snap: dict, path: Path, by_key: dict, archive_path: Path, 
                       F.reshape(len(members), n_obj))
 
 
+def newest_records(records: list[dict], lines: Optional[list[int]] = None) -> tuple[list[dict], list[int]]:
+    """The archive as the search sees it: the newest record of each key, in the place of its first (a
+    re-evaluated timeout supersedes the old record; ``search``'s ``redo``), with its line numbers."""
+    lines = list(range(1, len(records) + 1)) if lines is None else lines
+    index: dict[str, int] = {}
+    out, out_lines = [], []
+    for r, n in zip(records, lines):
+        if r["key"] in index:
+            out[index[r["key"]]], out_lines[index[r["key"]]] = r, n
+        else:
+            index[r["key"]] = len(out)
+            out.append(r)
+            out_lines.append(n)
+    return out, out_lines
+
+
 def _check_records(path: Path, records: list, lines: list[int], var: Variation,
                    n_obj: Optional[int]) -> Optional[int]:
     """Every archive record well formed, in generation order, with ``n_obj`` objectives (None: as
-    many as the first), its key unique and its genome's. Returns the number of objectives."""
+    many as the first), its key unique and its genome's (a key may repeat only after a timed-out
+    record of the same generation: a re-evaluation). Returns the number of objectives."""
     first_line: dict[str, int] = {}
+    newest: dict[str, dict] = {}
     last_g = 0
     for r, n in zip(records, lines):
         at = f"{path}: line {n}"
@@ -462,7 +502,8 @@ def _check_records(path: Path, records: list, lines: list[int], var: Variation,
         if r["generation"] < last_g:
             raise ResumeError(f"{at}: generation {r['generation']} after generation {last_g}: the file "
                               "was edited or two processes wrote to it; restore it or start a new run")
-        if r["key"] in first_line:
+        before = newest.get(r["key"])
+        if before is not None and not (before.get("status") == "timeout" and before["generation"] == r["generation"]):
             raise ResumeError(f"{at} repeats the key of line {first_line[r['key']]}: two processes wrote "
                               "to this run; restore the archive from a copy or start a new run")
         try:  # the user's decode may raise anything on edited text
@@ -473,7 +514,8 @@ def _check_records(path: Path, records: list, lines: list[int], var: Variation,
         if not ok:
             raise ResumeError(f"{at}: genome {shorten(r['genome'])!r} does not decode to its key "
                               f"{shorten(r['key'])!r} (edited?); restore the line or start a new run")
-        first_line[r["key"]], last_g = n, r["generation"]
+        first_line.setdefault(r["key"], n)
+        newest[r["key"]], last_g = r, r["generation"]
     return n_obj
 
 
@@ -655,11 +697,42 @@ def write_atomic(path: Path, text: str) -> None:
 INF_FIELDS = ("perplexity", "val_loss", "train_loss")
 
 
+# what every line of baselines.jsonl / final.jsonl must hold (field: allowed types; a null metric is a failed
+# one); `seed` may be missing from records written before D21 (one baseline seed: the run's)
+_NUMBER, _MISSING = (int, float, type(None)), type(None)
+RECORD_FIELDS = {"baselines.jsonl": dict(name=str, seed=(int, _MISSING), genome=str, key=str, perplexity=_NUMBER,
+                                         params=int, cache_bytes=int, status=str),
+                 "final.jsonl": dict(seed=(int, _MISSING), genome=str, key=str, perplexity=_NUMBER, params=int,
+                                     cache_bytes=int, status=str)}
+
+
+def _is_record(r, need: dict) -> bool:
+    return isinstance(r, dict) and all(isinstance(r.get(k), t) and not isinstance(r.get(k), bool)
+                                       for k, t in need.items())
+
+
+def check_records(path: Path) -> tuple[list[dict], Optional[str]]:
+    """Read baselines.jsonl / final.jsonl and write nothing: (rows, the repaired text or None), every
+    line checked to be a record of its file (valid JSON that is no record, `{}` or `[1, 2]`, raises
+    ResumeError naming the line, as a bad line does)."""
+    rows, lines, fixed = parse_jsonl(Path(path))
+    need = RECORD_FIELDS.get(Path(path).name, {})
+    for r, n in zip(rows, lines):
+        if not _is_record(r, need):
+            raise ResumeError(f"{path}: line {n} is not a record of {Path(path).name} (it needs "
+                              f"{', '.join(need)}): the file was damaged or edited; restore it from a copy")
+    return rows, fixed
+
+
 def read_records(path: Optional[Path]) -> list[dict]:
-    """baselines.jsonl / final.jsonl (None: in memory, nothing yet): the archive's reader (a torn last
-    line from a kill is dropped and the file repaired; a bad line elsewhere raises ValueError), null
-    metrics back to inf."""
-    return [] if path is None else [_from_json(r) for r in read_jsonl(path)]
+    """baselines.jsonl / final.jsonl (None: in memory, nothing yet): `check_records`, then a torn last
+    line from a kill is dropped and the file repaired; null metrics back to inf."""
+    if path is None:
+        return []
+    rows, fixed = check_records(Path(path))
+    if fixed is not None:
+        write_atomic(Path(path), fixed)
+    return [_from_json(r) for r in rows]
 
 
 def _from_json(rec: dict) -> dict:
@@ -724,10 +797,13 @@ def resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConf
     return config.resumed(RunConfig.from_json(_read_config(cfg_path), f"--resume: {cfg_path}"), given, str(run_dir))
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[str]) -> tuple[RunConfig, Any]:
+def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[str]) -> tuple[RunConfig, Any, list[str]]:
     """Check the run folder, create it, lock it and write config.json (atomically). Returns the
     configuration to run with (on --resume: config.py's rule applied to the stored one; config.json is
-    rewritten when an extent key changed) and the lock; every refusal comes before anything is written."""
+    rewritten when an extent key changed, or in today's format), the lock, and notes for the log (what
+    an older config.json did not record, and so was not checked); every refusal comes before anything
+    is written."""
+    notes = []
     cfg_path = run_dir / "config.json"
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out: {run_dir} is a file, not a folder")
@@ -745,7 +821,11 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[s
     stored_text = None
     if resume and cfg_path.exists():  # config.json is written atomically: safe to read unlocked
         stored_text = _read_config(cfg_path)
-        config = config.resumed(RunConfig.from_json(stored_text, f"--resume: {cfg_path}"), given, str(run_dir))
+        stored = RunConfig.from_json(stored_text, f"--resume: {cfg_path}")
+        config = config.resumed(stored, given, str(run_dir))
+        notes += [f"{cfg_path} records no {k} (an older format): not checked on this resume; recorded now as "
+                  f"{getattr(config, k)!r} and checked from now on"
+                  for k in RECORDED_LATE if getattr(stored, k) is None and getattr(config, k) is not None]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -763,7 +843,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[s
     except BaseException:
         fh.close()
         raise
-    return config, fh
+    return config, fh, notes
 
 
 
@@ -804,8 +884,17 @@ class RunFolder:
             if resume:
                 raise UsageError("resume needs a run folder")
             return cls(None, config, False, None, log, None)
-        config, fh = prepare_run_dir(path, config, resume, given)
-        return cls(path, config, resume, fh, log, write_summary)
+        if resume and path.is_dir():  # checked before config.json may be rewritten: a refusal writes nothing
+            try:
+                for name in RECORD_FIELDS:
+                    check_records(path / name)
+            except ValueError as e:
+                raise UsageError(f"--resume: {e}") from None
+        config, fh, notes = prepare_run_dir(path, config, resume, given)
+        folder = cls(path, config, resume, fh, log, write_summary)
+        for note in notes:
+            log(note)
+        return folder
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -849,7 +938,8 @@ class RunFolder:
         cannot go on is RunFailed (exit 1), a stored run that does not fit its replay is UsageError."""
         try:
             return search(initial, var, evaluate, settings, run_dir=self.path, resume=self.resume, log=self.log,
-                          on_generation=on_generation, format_info=progress_words, patience=self.config.patience)
+                          on_generation=on_generation, format_info=progress_words, patience=self.config.patience,
+                          redo=self._timed_out_shorter)
         except SearchError as e:
             where = f"; what was evaluated is in {self.path}" if self.path else ""
             raise RunFailed(f"{e}{where}") from None
@@ -857,6 +947,15 @@ class RunFolder:
             if not self.resume:
                 raise
             raise UsageError(f"--resume: {e}") from None
+
+    def _timed_out_shorter(self, record: dict) -> bool:
+        """A timed-out candidate is evaluated again by a resume that gives it more time (D23): its record
+        says the --timeout it ran under (older records: their error message)."""
+        limit = record.get("timeout")
+        if limit is None:
+            m = re.search(r"--timeout ([0-9.e+-]+) s", str(record.get("error", "")))
+            limit = float(m.group(1)) if m else 0.0
+        return self.config.timeout is None or self.config.timeout > limit
 
     def summary(self, baselines: list[dict], result: SearchResult, final: list[dict]) -> None:
         if self._write_summary is not None and self.path is not None:

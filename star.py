@@ -43,8 +43,10 @@ if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads slee
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import dataclasses
 import json
 import math
+import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
@@ -111,10 +113,11 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
             return evolve.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
 
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
-        evaluate = parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs)
         initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()] + config.initial()  # D25: --init
-        result = folder.search(initial, deploy.variation(config.variation()), deploy.evaluator(evaluate),
-                               config.search(), on_generation=lambda state: folder.summary(baselines, state, []))
+        with parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs,
+                                log=log) as evaluate:  # its worker processes end with the search, however it ends
+            result = folder.search(initial, deploy.variation(config.variation()), deploy.evaluator(evaluate),
+                                   config.search(), on_generation=lambda state: folder.summary(baselines, state, []))
         # 3. the paper's selection rule; with final_steps the top-k and the baselines are retrained
         #    longer under the same seeds (D21)
         tpp = report.seed_groups(baselines, "name")["transformer++"]
@@ -168,6 +171,11 @@ def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given:
         data.check(config.seq_len)
     except (ValueError, corpus.DataError) as e:
         raise UsageError(str(e)) from None
+    if config.data_fingerprint not in (None, data.fingerprint):
+        raise UsageError((f"--resume: the data changed since {path} began" if resume else "the data is not the "
+                          "configuration's data_fingerprint") + f": it was {config.data_fingerprint}, it is now "
+                         f"{data.fingerprint}; restore the run's data, or start a new run with another --name")
+    config = dataclasses.replace(config, data_fingerprint=data.fingerprint)  # D23: recorded, checked on --resume
     config.model_config(data.vocab_size)  # widths that do not fit: one line now, not at the first candidate
     if config.fitted(data) != config:
         log(f"note: the held-out set is capped at the held-out split: {config.fitted(data).eval_tokens:,} tokens "
@@ -225,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="retrain the selected top-k as searched and keep their weights in RUN/weights (D24; default on)")
     ap.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
                     help="print hypervolume against evaluations for these runs at one common reference point; exit")
+    ap.add_argument("--allow-incomparable", action="store_true",
+                    help="with --compare: compare runs of other data, width or budget anyway (the output says so)")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
     # many candidates at once (parallel.py); --workers and --ray do not change results
     ap.add_argument("--workers", type=int, default=1, help="worker processes training candidates at once, "
@@ -354,13 +364,47 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that the run stops the same way: its
+    worker processes are stopped, everything finished is on disk; exit status 143 (128 + 15)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _stopped_where(args) -> str:
+    """What an interrupted command line can do next: --resume only when its run folder exists."""
+    try:
+        run_dir = Path(args.out).expanduser() / (args.name or run_name(config_of(args)[0]))
+        started = args.explain is None and args.compare is None and (run_dir / "config.json").is_file()
+    except Exception:  # noqa: BLE001  (options that never made a run)
+        started = False
+    if started:
+        return f"every finished evaluation is in {run_dir}, continue with --resume"
+    return "the run had not started, nothing was written"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous = None
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     try:
         if args.explain is not None:
             explain(args.explain, args)
         elif args.compare is not None:
-            print(report.compare_runs(args.compare)[0])
+            print(report.compare_runs(args.compare, allow_incomparable=args.allow_incomparable)[0])
         else:
             run(args)
     except UsageError as e:
@@ -373,9 +417,10 @@ def main(argv=None) -> int:
         where = f" ({e.filename})" if e.filename else ""
         print(f"star.py: error: {e.strerror or _one_line(e)}{where}; fix it and continue with --resume", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nstar.py: interrupted; every finished evaluation is on disk, continue with --resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"\nstar.py: {what}; {_stopped_where(args)}", file=sys.stderr)
+        return code
     return 0
 
 

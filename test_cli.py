@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import candidate
 import report
@@ -189,8 +190,10 @@ def test_noise_aware_helpers():
     base = dict(perplexity=25.0, ppl_std=0.5, ppls=[24.5, 25.0, 25.5])
     assert report.versus(dict(perplexity=24.2), base) == "-0.80 n.s."  # 0.8 <= 2 x 0.5
     assert report.versus(dict(perplexity=23.0), base) == "-2.00"
-    assert report.versus(dict(perplexity=26.0), base) == "+1.00 n.s."
-    assert report.versus(dict(perplexity=20.0), dict(base, ppls=[25.0], ppl_std=0.0)) == "-5.00 n.s."  # one seed: no claim
+    assert report.versus(dict(perplexity=26.0), base) == "+1.00"  # worse: no mark (issue 20 item 14)
+    assert report.versus(dict(perplexity=41.5), base) == "+16.50"  # clearly worse is not "n.s." either
+    assert report.versus(dict(perplexity=20.0), dict(base, ppls=[25.0], ppl_std=0.0)) == "-5.00 untested"  # one seed
+    assert report.versus(dict(perplexity=30.0), dict(base, ppls=[25.0], ppl_std=0.0)) == "+5.00"
     assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties share their average rank: ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3) -> 0.9487
@@ -235,3 +238,78 @@ def test_the_cpu_and_gpu_presets_fit_the_default_corpus_and_the_paper_preset_doe
     assert RunConfig.make("cpu").eval_windows == 64  # 8 x 8 windows of 128: the held-out set before D33
     paper = RunConfig.make("paper")
     assert paper.tokens_per_candidate / train_bytes > 280  # README: the paper preset needs --data token files
+
+
+def fake_run(d: Path, records: list, **config) -> Path:
+    d.mkdir()
+    (d / "config.json").write_text(RunConfig(**config).to_json())
+    (d / "archive.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return d
+
+
+def test_compare_refuses_runs_that_are_not_comparable_unless_asked(tmp_path, capsys):
+    """Issue 20 items 9 and 16: other data, width or compute per candidate is refused (one line naming
+    what differs) unless --allow-incomparable, which says so first; a run with no evaluation is refused;
+    a re-evaluated timeout counts once."""
+    rec = lambda k, p, c, status="ok": dict(generation=0, key=k, genome=k, objectives=[p, c] if status == "ok" else
+                                            [None, None], status=status)
+    ga, gb = "5.1.1.1.1-9.2.1.2.1-1.3.1.3.1-9.4.1.4.1", "7.1.1.1.1-9.2.1.2.1-8.3.1.3.1-9.4.1.4.1"
+    ok = [rec(ga, 10.0, 100.0), rec(gb, 8.0, 200.0)]
+    fp = "text file: 10 bytes, sha256 00"
+    a = fake_run(tmp_path / "a", ok, data="x.txt", data_fingerprint=fp)
+    for name, over, needle in [("other-data", dict(data_fingerprint="text file: 10 bytes, sha256 11"), "data of"),
+                               ("wider", dict(d_model=128), "width of"), ("longer", dict(steps=200), "training compute of"),
+                               ("other-cache", dict(cache_len=1024), "evaluation of")]:
+        b = fake_run(tmp_path / name, ok, **{**dict(data="x.txt", data_fingerprint=fp), **over})
+        assert star.main(["--compare", str(a), str(b)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not comparable" in err[0] and needle in err[0] and "--allow-incomparable" in err[0], err
+    assert star.main(["--compare", str(a), str(tmp_path / "wider"), "--allow-incomparable"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("NOT COMPARABLE (--allow-incomparable): width of") and "ratio" in out
+    empty = fake_run(tmp_path / "empty", [], data="x.txt", data_fingerprint=fp)
+    assert star.main(["--compare", str(a), str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no evaluation" in err[0] and "empty" in err[0]
+    redone = fake_run(tmp_path / "redone", [rec(ga, 0, 0, "timeout"), rec(gb, 0, 0, "timeout")] + ok, data="x.txt",
+                      data_fingerprint=fp)
+    text, rows = report.compare_runs([str(a), str(redone)])
+    assert [r["evaluations"] for r in rows] == [2, 2] and rows[1]["ratio"] == pytest.approx(1.0)
+
+
+def test_the_verdict_and_the_winners_curse(tmp_path):
+    """Issue 20 items 15 and 17: a summary says whether any candidate beats Transformer++ (lower
+    perplexity by more than 2 of its seed std *and* smaller), flags the best single-seed score until it
+    is retrained, and names its data and versions."""
+    tpp = [dict(name="transformer++", seed=s_, genome="t", key="t", perplexity=25.0 + s_, params=100, cache_bytes=1000,
+                status="ok") for s_ in range(3)]  # 26.0 ± 1.0
+    g1, g2 = "5.1.1.1.1-9.2.1.2.1-1.3.1.3.1-9.4.1.4.1", "7.1.1.1.1-9.2.1.2.1-8.3.1.3.1-9.4.1.4.1"
+    cand = lambda g, p, c: dict(generation=0, genome=g, key=g, status="ok", perplexity=p, params=50, cache_bytes=c,
+                                objectives=[p, c], origin="sample")
+    row = report.seed_groups(tpp, "name")["transformer++"]
+    # 24.5 is 1.5 better (within 2 std); 23.0 is 3 better but has a larger cache: neither beats it
+    records = [cand(g1, 24.5, 500), cand(g2, 23.0, 5000)]
+    assert report.beats(records, row, "quality_cache") == []
+    assert report.verdict(records, row, "quality_cache").startswith("**No candidate beats Transformer++ under this budget:**")
+    rc = RunConfig(objective="quality_cache", data="corpus.txt", data_fingerprint="text file: 9 bytes, sha256 ab")
+    report.write_summary(tmp_path, rc, tpp, records, [], [], star.select_top_k(records, row, rc.objective, 8), (30.0, 6000.0))
+    text = (tmp_path / "summary.md").read_text()
+    assert "**No candidate beats Transformer++ under this budget:**" in text
+    assert "none of them beats Transformer++ under this budget" in text and "24.500 † | 50 | 500 B | ok | -1.50 n.s." in text
+    records[0]["perplexity"] = 23.5  # 2.5 better and smaller: it beats it
+    assert [r["genome"] for r in report.beats(records, row, "quality_cache")] == [g1]
+    assert report.verdict(records, row, "quality_cache").startswith("**1 candidate beats Transformer++")
+    one_seed = report.seed_groups(tpp[:1], "name")["transformer++"]
+    assert report.beats(records, one_seed, "quality_cache") == []
+    assert "is shown to beat" in report.verdict(records, one_seed, "quality_cache")
+    top = star.select_top_k(records, row, rc.objective, 8)
+    report.write_summary(tmp_path, rc, tpp, records, [], [], top, (30.0, 6000.0))
+    text = (tmp_path / "summary.md").read_text()
+    assert "Data: `corpus.txt`, text file: 9 bytes, sha256 ab." in text and f"torch {torch.__version__}, STAR " in text
+    assert "23.500 †" in text and "winner's curse" in text
+    # retrained, its flag goes (the retrained mean is the measurement); the front's best, not retrained, keeps it
+    final = [dict(g, seed=s_, perplexity=24.0) for s_ in range(3) for g in (dict(key=g1, genome=g1, params=50,
+                                                                                  cache_bytes=500, status="ok"),)]
+    report.write_summary(tmp_path, rc, tpp, records, [], final, top, (30.0, 6000.0))
+    text = (tmp_path / "summary.md").read_text()
+    assert "23.500 †" not in text and "23.500 |" in text and "23.000 †" in text

@@ -121,6 +121,7 @@ def test_a_format_2_config_written_before_these_fields_still_resumes(tmp_path):
     stored = json.loads(path.read_text())
     for k in config.DEPLOY_DEFAULTS:
         del stored[k]
+    stored["format"] = 2  # as written before these fields (format 3 added only the data fingerprint)
     path.write_text(json.dumps(stored))
     assert RunConfig.from_json(path.read_text()) == RunConfig(**{k: v for k, v in stored.items() if k != "format"})
     assert plain("--resume", "--generations", "2") == 0

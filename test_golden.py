@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import config
 import star
 
 # the cpu preset shrunk to seconds; 2 baseline seeds, 4 + 3 x 2 candidates
@@ -23,6 +24,7 @@ GOLDEN = "32d6bf9f3c501914650246c3099edec1406e904bd81cac4d9c80653e57d04cae"
 GOLDEN_BEFORE_D33 = "ae1f166cccb0273d619938cd15138c8b4cd291272df1f72be4f866b39c1879f0"
 PINNED = torch.__version__.split("+")[0] == "2.13.0"
 FORMAT1 = Path(__file__).parent / "testdata" / "format1-run"  # TINY --generations 1, written before D22
+FORMAT2 = Path(__file__).parent / "testdata" / "format2-run"  # the same, written by D22's code (before D23)
 
 
 def archive_hash(run_dir: Path) -> tuple[str, int]:
@@ -48,11 +50,32 @@ def test_a_run_of_the_previous_format_resumes_and_extends(tmp_path, capsys):
     assert "format" not in json.loads((run / "config.json").read_text())
     assert star.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
     assert (run / "archive.jsonl").read_text().startswith(before)
-    assert json.loads((run / "config.json").read_text())["format"] == 2
+    assert json.loads((run / "config.json").read_text())["format"] == config.FORMAT
     assert json.loads((run / "config.json").read_text())["generations"] == 2
     assert json.loads((run / "config.json").read_text())["eval_tokens"] == 1024
     if PINNED:  # the same archive as the uninterrupted 2-generation run of the code that wrote it
         assert archive_hash(run) == (GOLDEN_BEFORE_D33, 10)
+
+
+def test_a_format_2_run_resumes_its_data_unchecked_once_then_recorded(tmp_path, capsys):
+    """config.json of format 2 (written before D23) has no data fingerprint: the resume says once that
+    it cannot check the data, records the data's fingerprint, and the next resume checks it."""
+    run = tmp_path / "old"
+    shutil.copytree(FORMAT2, run)
+    before = (run / "archive.jsonl").read_text()
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["format"] == 2 and "data_fingerprint" not in stored
+    assert star.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "data_fingerprint" in line]
+    assert len(notes) == 1 and "not checked on this resume" in notes[0], notes
+    now = json.loads((run / "config.json").read_text())
+    assert now["format"] == config.FORMAT and now["data_fingerprint"].startswith("synthetic associative recall")
+    assert (run / "archive.jsonl").read_text().startswith(before)
+    assert now["eval_tokens"] == 1024  # format 2 before D33 counted 8 eval batches of 4 x 32
+    if PINNED:  # as the uninterrupted run of the code that wrote it
+        assert archive_hash(run) == (GOLDEN_BEFORE_D33, 10)
+    assert star.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
+    assert "data_fingerprint" not in capsys.readouterr().out  # recorded now: checked, nothing to say
 
 
 def test_an_identity_key_cannot_change_on_resume_and_its_line_names_it(tmp_path, capsys):

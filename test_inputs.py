@@ -15,7 +15,9 @@ nothing written; a run killed at any point continues with --resume, losing and r
 import errno
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,14 +107,50 @@ def archive_only(d):
     return d / "x"
 
 
-def configured(d, bad_line=None, config_text=None, argv=None):
-    """A run folder with the tiny run's config.json and, optionally, a baselines.jsonl with a bad line."""
+def configured(d, bad_line=None, config_text=None, argv=None, file="baselines.jsonl"):
+    """A run folder with the tiny run's config.json and, optionally, a baselines.jsonl (or `file`) whose
+    first line is `bad_line`, followed by a whole record."""
     (d / "x").mkdir()
     rc = star.config_of(star.build_parser().parse_args([str(a) for a in (argv or STAR)]))[0]
     (d / "x" / "config.json").write_text(config_text if config_text is not None else rc.to_json())
     if bad_line is not None:
-        (d / "x" / "baselines.jsonl").write_text(bad_line + "\n" + '{"name": "striped-mamba"}\n')
+        g = str(genome.striped_mamba(4))
+        whole = dict(name="striped-mamba", seed=0, genome=g, key=g, perplexity=None, params=1, cache_bytes=1,
+                     status="error")
+        (d / "x" / file).write_text(bad_line + "\n" + json.dumps(whole) + "\n")
     return d / "x"
+
+
+def fifo(d, inside=False):
+    """A named pipe (reading it would block for ever), alone or inside a folder of text."""
+    folder = d / "texts" if inside else d
+    folder.mkdir(exist_ok=True)
+    if inside:
+        (folder / "a.txt").write_text("some text\n" * 50)
+    os.mkfifo(folder / "pipe")
+    return folder if inside else folder / "pipe"
+
+
+def nul_file(d, share):
+    """A file of spaces in which `share` of the bytes are NUL."""
+    n = 10_000
+    b = bytearray(b" " * n)
+    b[: int(n * share)] = bytes(int(n * share))
+    (d / "nul.txt").write_bytes(bytes(b))
+    return d / "nul.txt"
+
+
+def runs_to_compare(d, **other):
+    """Two finished-looking run folders, d/cmp/a and d/cmp/b; `other` changes b's configuration (none:
+    b has no evaluation)."""
+    from config import RunConfig
+    g = str(genome.transformer_pp(4))
+    rec = json.dumps(dict(generation=0, genome=g, key=g, objectives=[10.0, 100.0], status="ok")) + "\n"
+    for name, over, archive in (("a", {}, rec), ("b", other, rec if other else "")):
+        (d / "cmp" / name).mkdir(parents=True)
+        (d / "cmp" / name / "config.json").write_text(RunConfig(**{"data_fingerprint": "text file: 1 bytes", **over}).to_json())
+        (d / "cmp" / name / "archive.jsonl").write_text(archive)
+    return d / "cmp"
 
 
 STAR = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "16",
@@ -178,10 +216,30 @@ STAR_BAD = [
     (["--resume"], "key 'batch' missing", lambda d: configured(d, config_text='{"objective": "quality_cache"}')),
     (["--resume"], "format 7", lambda d: configured(d, config_text='{"format": 7}')),
     (["--resume"], "line 1 is not valid JSON", lambda d: configured(d, bad_line='{"name": "transf')),
+    # issue 20: valid JSON that is no record, a timeout that never ends, data that is no text, huge numbers
+    (["--resume"], "baselines.jsonl: line 1 is not a record", lambda d: configured(d, bad_line="{}")),
+    (["--resume"], "baselines.jsonl: line 1 is not a record", lambda d: configured(d, bad_line="[1, 2]")),
+    (["--resume"], "baselines.jsonl: line 1 is not a record",
+     lambda d: configured(d, bad_line='{"name": "transformer++", "seed": true, "genome": "x"}')),
+    (["--resume"], "final.jsonl: line 1 is not a record", lambda d: configured(d, bad_line="{}", file="final.jsonl")),
+    (["--timeout", "inf"], "--timeout", None),
+    (["--timeout", "1e10"], "--timeout", None),
+    (["--timeout", "nan"], "--timeout", None),
+    (["--timeout", "-1"], "--timeout", None),
+    (["--data", "{f}"], "not a regular file", fifo),
+    (["--data", "{f}"], "not a regular file", lambda d: fifo(d, inside=True)),
+    (["--data", "/dev/zero"], "not a regular file", None),
+    (["--data", "{f}"], "100% of its first 10,000 bytes are NUL", lambda d: nul_file(d, 1.0)),
+    (["--data", "{f}"], "2% of its first 10,000 bytes are NUL", lambda d: nul_file(d, 0.02)),
+    (["--compare", "{f}/a", "{f}/b"], "b has no evaluation", runs_to_compare),
+    (["--compare", "{f}/a", "{f}/b"], "not comparable: data of", lambda d: runs_to_compare(d, data_fingerprint="x")),
+    (["--compare", "{f}/a", "{f}/b"], "not comparable: training compute", lambda d: runs_to_compare(d, steps=7)),
+    (["--explain", "1.1.1.1.1-9.2.1.2.1", "--cache-len", "-5"], "--cache-len", None),
+    (["--explain", "1.1.1.1." + "9" * 5000], "LIV 1, entry 5 (feature-group strategy): a 5000-digit number", None),
 ]
 
 
-@pytest.mark.parametrize("extra,needle,make", STAR_BAD, ids=[" ".join(r[0]) or r[1] for r in STAR_BAD])
+@pytest.mark.parametrize("extra,needle,make", STAR_BAD, ids=[" ".join(r[0])[:60] or r[1] for r in STAR_BAD])
 def test_star_bad_input(tmp_path, capsys, extra, needle, make):
     f = make(tmp_path) if make else None
     extra = [str(a).format(d=tmp_path, f=f) for a in extra]
@@ -263,6 +321,7 @@ TRAIN_BAD = [
     (["--genome", "1.1.1.1"], "LIV 1", None),
     (["--genome", "١.١.١.١.١-٩.٢.١.٢.١"], "LIV 1", None),
     (["--genome", "99.1.1.1.1"], "class", None),
+    (["--genome", "1.1.1.1." + "9" * 5000], "5000-digit", None),
     (["--genome", "1.1.1.1.1-9.2.1.2.1", "--depth", "4"], "--depth", None),
     (["--device", "tpu"], "--device", None),
     (["--device", ""], "--device", None),
@@ -307,7 +366,7 @@ SAMPLE_BAD = [
 
 
 @pytest.mark.parametrize("extra,needle,make", TRAIN_BAD + SAMPLE_BAD,
-                         ids=[" ".join(r[0]) or r[1] for r in TRAIN_BAD + SAMPLE_BAD])
+                         ids=[" ".join(r[0])[:60] or r[1] for r in TRAIN_BAD + SAMPLE_BAD])
 def test_train_bad_input(tmp_path, capsys, extra, needle, make):
     f = make(tmp_path) if make else None
     extra = [str(a).format(d=tmp_path, f=f) for a in extra]
@@ -329,7 +388,7 @@ BENCH_BAD = [(["--device", "tpu"], "--device"), (["--device", ""], "--device"),
              (["--out", "/proc/bench.json"], "--out"), (["--out", "{d}"], "--out"), (["--out", "{d}/plain/b.json"], "--out"),
              (["--out", ""], "--out"), (["--only", "nope"], "nope"), (["--only", ""], "--only"), (["--quick", "x"], "x")]
 
-GENOME_BAD = [(["١.١.١.١.١"], "LIV 1"), (["1.1.1.1"], "LIV 1"), ([""], "empty genome"), (["99.1.1.1.1"], "class"),
+GENOME_BAD = [(["١.١.١.١.١"], "LIV 1"), (["1.1.1.1." + "9" * 5000], "entry 5"), (["1.1.1.1"], "LIV 1"), ([""], "empty genome"), (["99.1.1.1.1"], "class"),
               (["1.1.1.1.1-9.2.1.2.9"], "entry 5"), (["--random", "100000"], "--random"), (["--random", "0"], "--random"),
               (["--random", "x"], "--random"), (["--random", "4", "--seed", "-1"], "--seed"),
               (["--baseline", "transformer++"], "--depth"), (["--baseline", "nope", "--depth", "4"], "--baseline"),
@@ -342,7 +401,7 @@ GENOME_BAD = [(["١.١.١.١.١"], "LIV 1"), (["1.1.1.1"], "LIV 1"), ([""], "emp
 @pytest.mark.parametrize("main,extra,needle", [(liv.main, *r) for r in LIV_BAD] + [(bench.main, *r) for r in BENCH_BAD]
                          + [(genome.main, *r) for r in GENOME_BAD],
                          ids=[f"liv {' '.join(r[0])}" for r in LIV_BAD] + [f"bench {' '.join(r[0])}" for r in BENCH_BAD]
-                         + [f"genome {' '.join(r[0])}" for r in GENOME_BAD])
+                         + [f"genome {' '.join(r[0])[:60]}" for r in GENOME_BAD])
 def test_liv_bench_genome_bad_input(tmp_path, capsys, main, extra, needle):
     a_file(tmp_path)
     assert_refused(main, [str(a).format(d=tmp_path) for a in extra], needle, tmp_path, capsys)
@@ -457,6 +516,39 @@ def test_every_write_of_star_resumes(tmp_path, monkeypatch, capsys, reference):
     assert records(d) == records(reference)
 
 
+def test_interrupted_before_the_run_folder_exists_suggests_no_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the data loads (a download, a slow disk): there is no run to continue."""
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(star.corpus, "load_data", interrupted)
+    code, out, err = call(star.main, STAR + ["--out", tmp_path, "--name", "x"], capsys)
+    assert code == 130 and len(err) == 1 and "--resume" not in err[0] and "nothing was written" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_in_one_process_is_one_line_exit_143_and_resumes(tmp_path, capsys, monkeypatch, reference):
+    """kill PID (SIGTERM) during generation 1 of a one-process run: one line, exit status 143, and the
+    resumed run ends with the records of an uninterrupted one."""
+    real, calls = candidate.evaluate_genome, {"n": 0}
+
+    def terminated_in_generation_1(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2 + 2 + 1:  # 2 baselines x 1 seed, 2 initial candidates, then the first offspring
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises in this thread, here
+        return real(*a, **k)
+    monkeypatch.setattr(candidate, "evaluate_genome", terminated_in_generation_1)
+    try:
+        code = run_star(tmp_path, "r")
+    finally:
+        monkeypatch.setattr(candidate, "evaluate_genome", real)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 143 and len(err) == 1 and "SIGTERM" in err[0] and "--resume" in err[0], err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the default back
+    assert run_star(tmp_path, "r", "--resume") == 0
+    assert records(tmp_path / "r") == records(reference)
+
+
 def _corrupt_middle_line(d):
     lines = (d / "archive.jsonl").read_text().splitlines(keepends=True)
     lines[1] = lines[1][:20] + "\n"
@@ -535,6 +627,70 @@ def test_a_generation_0_where_everything_fails_is_one_line_exit_1(tmp_path, monk
     assert len((tmp_path / "r" / "archive.jsonl").read_text().splitlines()) == 2  # kept
 
 
+def test_resume_refuses_data_that_changed_and_takes_it_back(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 11: the data's fingerprint (size and hash) is in config.json; a run interrupted, its
+    text file replaced, is not resumed onto other data (one line, exit 2, nothing written), and resumes
+    once the file is back."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question\n" * 40)
+    argv = KP + ["--data", text, "--out", tmp_path, "--name", "r"]
+    real, calls = fake_evaluate(lambda g: False), {"n": 0}
+
+    def interrupted_in_generation_1(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2 + 2 + 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(candidate, "evaluate_genome", interrupted_in_generation_1)
+    assert call(star.main, argv, capsys)[0] == 130
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())["data_fingerprint"]
+    assert stored.startswith("text file: 1,640 bytes, sha256 ")
+    original = text.read_bytes()
+    text.write_text("TO BE OR NOT TO BE, THAT IS THE QUESTION\n" * 40)  # other text: same name, same size
+    assert_refused(star.main, argv + ["--resume"], "the data changed since", tmp_path, capsys)
+    text.write_bytes(original)
+    monkeypatch.setattr(candidate, "evaluate_genome", real)
+    assert call(star.main, argv + ["--resume"], capsys)[0] == 0
+
+
+@pytest.mark.slow
+def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 8 (D23): every candidate of generation 0 stopped by --timeout: exit 1, one line that
+    says to resume with a larger --timeout; that resume trains no baseline again, evaluates the timed-out
+    candidates anew, and ends with the golden run's archive (the timed-out lines stay in the file)."""
+    import parallel
+    from test_golden import GOLDEN, PINNED, TINY
+
+    trained, real = [], candidate.evaluate_genome
+    monkeypatch.setattr(candidate, "evaluate_genome", lambda g, *a, **k: (trained.append(str(g)), real(g, *a, **k))[1])
+
+    class ClockedPool(parallel.Evaluator):  # the worker pool's timeouts, without processes: under 1 s, all stop
+        def __init__(self, one, rc, device, *, timeout=None, **kw):
+            self.one, self.rc, self.timeout = one, rc, timeout
+
+        def __call__(self, individuals, generation, report):
+            for i, g in enumerate(individuals):
+                report(i, parallel.failed("timeout", f"stopped after --timeout {self.timeout:g} s", len(self.rc.metrics),
+                                          timeout=self.timeout) if self.timeout < 1 else self.one(g, generation))
+    monkeypatch.setattr(parallel, "evaluator", ClockedPool)
+    argv = TINY + ["--baseline-seeds", "1", "--generations", "2", "--no-weights", "--out", tmp_path, "--name", "r"]
+    code, out, err = call(star.main, argv + ["--timeout", "0.001"], capsys)
+    assert code == 1 and len(err) == 1 and "all 4/4 candidates timed out" in err[0], err
+    assert "--resume and a larger --timeout" in err[0]
+    assert len(trained) == 2  # the baselines
+    code, out, err = call(star.main, argv + ["--resume", "--timeout", "600"], capsys)
+    assert code == 0, err
+    assert len(trained) == 2 + 4 + 3 + 3  # no baseline again: generation 0 anew, then generations 1 and 2
+    lines = [json.loads(x) for x in (tmp_path / "r" / "archive.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in lines[:4]] == ["timeout"] * 4 and len(lines) == 4 + 10
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["timeout"] == 600
+    newest = runlog.newest_records(lines)[0]
+    text = "".join(json.dumps([r["generation"], r["genome"], r["key"], r["objectives"]]) + "\n" for r in newest)
+    if PINNED:
+        import hashlib
+        assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN
+
+
 def test_seed_baselines_trains_each_baseline_once(tmp_path, monkeypatch):
     trained = []
     real = fake_evaluate(lambda g: False)
@@ -553,12 +709,15 @@ def test_an_unreadable_data_file_is_one_line(tmp_path, capsys, monkeypatch):
     f = tmp_path / "locked.txt"
     f.write_text("some text\n" * 100)
 
-    read_bytes = Path.read_bytes
+    read_bytes, path_open = Path.read_bytes, Path.open
 
-    def denied(self):
-        if self.name == "locked.txt":
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return read_bytes(self)
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(real):
+        def read(self, *a, **k):
+            if self.name == "locked.txt":
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *a, **k)
+        return read
+    monkeypatch.setattr(Path, "read_bytes", denied(read_bytes))
+    monkeypatch.setattr(Path, "open", denied(path_open))
     assert_refused(train.main, TRAIN[:2] + ["--data", f], "Permission denied", tmp_path, capsys)
     assert_refused(star.main, STAR + ["--data", f, "--out", tmp_path], "locked.txt", tmp_path, capsys)

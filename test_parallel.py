@@ -7,7 +7,11 @@ one pool across all the cases it checks."""
 import dataclasses
 import math
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +48,17 @@ def misbehaving_evaluate(g, cfg, tcfg, data, rc):
     return candidate.evaluate_genome(g, cfg, tcfg, data, rc)
 
 
+SLOW_S = 0.6  # what slow_evaluate adds to each candidate, so that a signal finds the workers training
+
+
+def slow_evaluate(g, cfg, tcfg, data, rc):
+    """Run in a worker process: leave a mark (a file named by time, process and genome) when a candidate
+    starts, take SLOW_S longer, then evaluate for real (the results are those of every other mode)."""
+    (Path(os.environ["STAR_TEST_MARKS"]) / f"{time.monotonic_ns()}-{os.getpid()}-{g}").touch()
+    time.sleep(SLOW_S)
+    return candidate.evaluate_genome(g, cfg, tcfg, data, rc)
+
+
 def tiny_rc(*extra):
     return star.config_of(star.build_parser().parse_args(TINY + list(extra)))[0]
 
@@ -65,6 +80,7 @@ def test_a_dying_and_a_hanging_candidate_are_recorded_and_the_pool_goes_on():
         got = collect(pool, [OK_1, DIES, HANGS])
         assert got[DIES].info["status"] == "crashed" and "exit code 7" in got[DIES].info["error"]
         assert got[HANGS].info["status"] == "timeout" and 5.0 <= got[HANGS].info["seconds"] < 60
+        assert got[HANGS].info["timeout"] == 5.0  # the limit it ran under: a resume with a larger one redoes it
         for t in (DIES, HANGS):
             assert got[t].objectives == (math.inf, math.inf)
             assert got[t].info["params"] == 1  # a failed record still carries its analytic costs
@@ -160,6 +176,173 @@ def test_in_process_candidates_run_with_a_fixed_thread_count():
         assert seen == [parallel.CANDIDATE_THREADS] and torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_worker_count_is_capped_by_candidates_cores_and_memory(monkeypatch):
+    """Issue 20 item 5, as a unit: never more workers than a generation has candidates, than CPU cores
+    (on CPU), or than the memory holds at the measured size of one; one line says which limit bit."""
+    GB = 10 ** 9
+    assert parallel.worker_cap(64, 4, "cpu", 2, 6 * GB, GB // 3) == (2, "--workers 64 capped to 2: 2 CPU cores")
+    assert parallel.worker_cap(64, 4, "cuda", 2, 6 * GB, GB // 3) == (4, "--workers 64 capped to 4: 4 candidates "
+                                                                          "per generation")
+    n, line = parallel.worker_cap(16, 16, "cpu", 32, 1 * GB, GB // 3)
+    assert n == 3 and line.startswith("--workers 16 capped to 3: memory for 3 workers (1.0 GB available, 333.3 MB")
+    assert parallel.worker_cap(2, 4, "cpu", 2, 6 * GB, GB // 3) == (2, "")  # nothing to cap: no line
+    assert parallel.worker_cap(4, 4, "cpu", None, None, None) == (4, "")  # a platform that does not say
+    assert parallel.worker_cap(8, 8, "cpu", 8, GB // 10, GB)[0] == 1  # at least one
+    cores, memory, peak = parallel.machine_capacity()
+    assert cores >= 1 and memory > 0 and peak > 50 * 10 ** 6  # this process holds torch: tens of MB at least
+    # the evaluator applies it, says so once, and starts no more than that
+    started = []
+
+    class CountingPool(parallel.Evaluator):
+        def __init__(self, rc, device, workers, **kw):
+            started.append(workers)
+    monkeypatch.setattr(parallel, "LocalPool", CountingPool)
+    monkeypatch.setattr(parallel, "machine_capacity", lambda: (2, 64 * GB, GB // 3))
+    lines = []
+    parallel.evaluator(None, tiny_rc(), "cpu", workers=64, log=lines.append)
+    assert started == [2] and lines == ["--workers 64 capped to 2: 2 CPU cores"]
+
+
+def test_a_worker_refuses_data_that_changed_since_the_run_began():
+    rc = dataclasses.replace(tiny_rc(), data_fingerprint="synthetic associative recall (other parameters)")
+    with pytest.raises(corpus.DataError, match="changed since the run began"):
+        parallel._Context(rc, "cpu", parallel.DEFAULT_EVALUATE)
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_is_one_line_exit_1_and_resumes(tmp_path, monkeypatch, capfd):
+    """Issue 20 item 4: the data file renamed while the baselines train, --workers 2: the workers cannot
+    load it; one line on stderr (the workers' included), exit 1, --resume suggested; the file back, the
+    run resumes without retraining the baselines."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question\n" * 100)
+    argv = TINY + ["--baseline-seeds", "1", "--generations", "1", "--data", str(text), "--out", str(tmp_path),
+                   "--name", "r"]
+    real, trained = candidate.evaluate_genome, []
+
+    def renames_the_data(g, *a, **k):
+        trained.append(str(g))
+        if text.exists():
+            text.rename(tmp_path / "moved.txt")
+        return real(g, *a, **k)
+    monkeypatch.setattr(candidate, "evaluate_genome", renames_the_data)
+    assert star.main(argv + ["--workers", "2"]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not start" in err[0] and "does not exist" in err[0] and "--resume" in err[0], err
+    assert len(trained) == 2  # the two baselines, in this process
+    (tmp_path / "moved.txt").rename(text)
+    assert star.main(argv + ["--resume"]) == 0
+    baselines = {str(genome.transformer_pp(4)), str(genome.striped_mamba(4))}
+    assert sum(t in baselines for t in trained) == 2  # not retrained
+    assert [r["status"] for r in read_jsonl(tmp_path / "r" / "baselines.jsonl")] == ["ok", "ok"]
+
+
+# the command line in a process of its own, with slow_evaluate in its workers
+DRIVER = ("import functools, sys, parallel; parallel.evaluator = functools.partial(parallel.evaluator, "
+          "evaluate='test_parallel:slow_evaluate'); import star; sys.exit(star.main(sys.argv[1:]))")
+HERE = Path(__file__).parent
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_until(condition, what: str, timeout: float = 90.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+class Star:
+    """star.py --workers 2 in its own session (a terminal's Ctrl-C reaches the whole process group)."""
+
+    def __init__(self, argv, marks: Path):
+        self.marks = marks
+        self.p = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], cwd=HERE, start_new_session=True,
+                                  env={**os.environ, "STAR_TEST_MARKS": str(marks)}, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def started(self, after: int = 0) -> list[tuple[int, int, str]]:
+        """(time, pid, genome) of every candidate started in a worker, after `after` (monotonic ns)."""
+        rows = [(int(t), int(pid), g) for t, pid, g in (p.name.split("-", 2) for p in self.marks.iterdir())]
+        return sorted(r for r in rows if r[0] > after)
+
+    def stop(self, sig, group=False):
+        """Send `sig`; return (exit status, stderr lines, the workers it had), once it has ended."""
+        workers = children(self.p.pid)
+        (os.killpg if group else os.kill)(self.p.pid, sig)
+        out, err = self.p.communicate(timeout=60)
+        return self.p.returncode, err.strip().splitlines(), workers
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the worker processes")
+def test_kill_points_with_workers_resume_to_the_uninterrupted_archive(tmp_path):
+    """Issue 20 items 6 and 7. With --workers 2, while the workers train: Ctrl-C (SIGINT to the process
+    group) is one line and exit 130; a worker killed (kill -9) has its candidate retried on a fresh
+    worker; SIGTERM to the main process is one line and exit 143; kill -9 of the main process leaves no
+    worker behind. No worker prints anything, none outlives the run, and the resumed run ends with the
+    archive of an uninterrupted one-process run."""
+    argv = TINY + ["--baseline-seeds", "1", "--out", str(tmp_path), "--name"]
+    assert star.main(argv + ["whole"]) == 0
+    strip = lambda rs: sorted((r["genome"], r["key"], r["generation"], r["objectives"], r["status"]) for r in rs)
+    archive = tmp_path / "k" / "archive.jsonl"
+    n_archived = lambda: len(read_jsonl(archive)) if archive.exists() else 0
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    gone = lambda pids: all(not running(pid) for pid in pids)
+
+    # 1. Ctrl-C while generation 0 trains
+    run = Star(argv + ["k", "--workers", "2"], marks)
+    wait_until(run.started, "a candidate in a worker")
+    code, err, workers = run.stop(signal.SIGINT, group=True)
+    assert code == 130 and len(err) == 1 and "interrupted" in err[0] and "--resume" in err[0], err
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    wait_until(lambda: gone(workers), "the workers to end with the run", timeout=3)
+
+    # 2. resumed: a worker killed in the middle of a candidate, then SIGTERM to the main process
+    t = time.monotonic_ns()
+    run = Star(argv + ["k", "--workers", "2", "--resume"], marks)
+    _, pid, victim = wait_until(lambda: run.started(t) and run.started(t)[0], "a candidate in a worker")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: [r for r in run.started(t) if r[2] == victim and r[1] != pid], "the candidate retried")
+    code, err, workers = run.stop(signal.SIGTERM)
+    assert code == 143 and len(err) == 1 and "SIGTERM" in err[0] and "--resume" in err[0], err
+    wait_until(lambda: gone(workers), "the workers to end with the run", timeout=3)
+
+    # 3. resumed: kill -9 of the main process while its workers train a later generation
+    t, before = time.monotonic_ns(), n_archived()
+    run = Star(argv + ["k", "--workers", "2", "--resume"], marks)
+    wait_until(lambda: n_archived() > max(before, 4) and run.started(t), "a later generation in the workers")
+    code, err, workers = run.stop(signal.SIGKILL)
+    assert code == -signal.SIGKILL and err == []
+    wait_until(lambda: gone(workers), "the orphaned workers to end", timeout=5)
+
+    # 4. resumed to the end, in one process: the archive of the uninterrupted run
+    assert star.main(argv + ["k", "--resume"]) == 0
+    assert strip(read_jsonl(archive)) == strip(read_jsonl(tmp_path / "whole" / "archive.jsonl"))
 
 
 def test_workers_round_robin_over_gpus(monkeypatch):

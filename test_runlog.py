@@ -333,6 +333,45 @@ def test_generation_zero_all_failed_is_one_clear_error(tmp_path):
     assert calls == [] and (tmp_path / "r" / "archive.jsonl").read_text() == archive
 
 
+def test_timed_out_records_are_evaluated_again_by_a_resume_that_redoes_them(tmp_path):
+    """D23 (issue 20 item 8): generation 0 all timed out stops the run with a line that says how to go on;
+    a resume whose `redo` says the timeouts are not final evaluates them again, appends the new records
+    after the old (append-only), and ends where an uninterrupted run ends; a later resume is plain."""
+    def timed_out(x, generation):
+        return Evaluation((math.inf, math.inf), {"status": "timeout", "error": "stopped after --timeout 0.001 s",
+                                                 "timeout": 0.001})
+
+    kw, _ = small(run_dir=tmp_path / "r", evaluate=sequential(timed_out))
+    with pytest.raises(SearchError, match="timed out.*--resume and a larger --timeout") as e:
+        nsga2(**kw)
+    assert "\n" not in str(e.value)
+    first = (tmp_path / "r" / "archive.jsonl").read_text()
+    assert len(first.splitlines()) == 4
+    with pytest.raises(SearchError, match="timed out"):  # the same timeout: the records are final
+        nsga2(**small(run_dir=tmp_path / "r", resume=True, redo=lambda r: r["timeout"] > 0.001)[0])
+    kw, calls = small(run_dir=tmp_path / "r", resume=True, redo=lambda r: r["timeout"] < 10)
+    res = nsga2(**kw)
+    assert len(calls) == 4 + 4 + 4  # generation 0 again, then generations 1 and 2
+    lines = read_jsonl(tmp_path / "r" / "archive.jsonl")
+    assert (tmp_path / "r" / "archive.jsonl").read_text().startswith(first) and len(lines) == 4 + 12
+    assert [r["key"] for r in lines[:4]] == [r["key"] for r in lines[4:8]]  # superseded, not rewritten
+    whole_records = whole_run(tmp_path / "whole", generations=2).records
+    assert res.records == whole_records and all(r["status"] == "ok" for r in res.records)
+    assert run_files(tmp_path / "r")[1:] == run_files(tmp_path / "whole")[1:]  # statistics and snapshots
+    kw, calls = small(run_dir=tmp_path / "r", resume=True, generations=3, redo=lambda r: True)
+    assert nsga2(**kw).records[:12] == whole_records and len(calls) == 4  # only generation 3 is new
+
+
+def test_only_a_timed_out_record_may_be_superseded(tmp_path):
+    d = tmp_path / "r"
+    whole_run(d, generations=1)
+    lines = (d / "archive.jsonl").read_text().splitlines(keepends=True)
+    (d / "population_001.json").unlink()  # generation 1 is replayed
+    (d / "archive.jsonl").write_text("".join(lines + [lines[-1]]))  # an ok record repeated: two writers
+    with pytest.raises(ResumeError, match="repeats the key"):
+        nsga2(**small(run_dir=d, resume=True, generations=1)[0])
+
+
 def test_later_generation_all_failed_keeps_the_population():
     def evaluate_one(x, generation):
         if generation == 2:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import tarfile
@@ -114,6 +115,47 @@ def test_text_folder_with_one_file_splits_like_a_file(tmp_path):
     (tmp_path / "only.txt").write_bytes(b"x" * 100)
     d = corpus.load_data(str(tmp_path))
     assert (len(d.train), len(d.val)) == (90, 10)
+
+
+def test_data_fingerprints_name_size_and_hash_of_every_source(tmp_path, monkeypatch):
+    """D23: one comparable line per source; it changes with the bytes, not with where the data is read."""
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"hello world\n" * 10)
+    fp = corpus.load_data(str(f)).fingerprint
+    assert fp == f"text file: 120 bytes, sha256 {hashlib.sha256(f.read_bytes()).hexdigest()}"
+    f.write_bytes(b"HELLO WORLD\n" * 10)  # the same size, other bytes
+    assert corpus.load_data(str(f)).fingerprint != fp
+    (tmp_path / "b.txt").write_bytes(b"more\n")
+    folder = corpus.load_data(str(tmp_path)).fingerprint
+    assert folder.startswith("folder of 2 text files: 125 bytes, sha256 ") and "paths and contents" in folder
+    (tmp_path / "b.txt").rename(tmp_path / "c.txt")  # the same bytes under another name: another corpus
+    assert corpus.load_data(str(tmp_path)).fingerprint != folder
+    assert corpus.load_data("synthetic").fingerprint.startswith("synthetic associative recall (n_bytes=262144, seed=0")
+    assert corpus.Data("x", 256, np.zeros(3, np.uint8), np.ones(2, np.uint8)).fingerprint.startswith("arrays: 5 bytes")
+    # a large file: its size, mtime and both ends, not all of it
+    monkeypatch.setattr(corpus, "HASH_WHOLE_BYTES", 100)
+    monkeypatch.setattr(corpus, "SAMPLE_BYTES", 10)
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(200)))
+    size, digest = corpus.file_digest(big)
+    assert size == 200 and digest.startswith("sampled sha256 ") and "mtime" in digest
+    middle = bytearray(big.read_bytes())
+    middle[100] ^= 1
+    stat = big.stat()
+    big.write_bytes(bytes(middle))
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert corpus.file_digest(big) == (size, digest)  # the middle is not read: documented
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert corpus.file_digest(big) != (size, digest)
+
+
+def test_text_is_checked_in_its_first_mib_only_and_large_files_are_mapped(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "TEXT_CHECK_BYTES", 16)
+    monkeypatch.setattr(corpus, "MAP_BYTES", 32)
+    f = tmp_path / "t.txt"
+    f.write_bytes("abcdefghijklmnoé".encode() + b"\xff" * 4 + b"x" * 40)  # é cut at byte 16; bad bytes later
+    d = corpus.load_data(str(f))
+    assert isinstance(d.train, np.memmap) and len(d.train) + len(d.val) == 61
 
 
 def test_non_utf8_text_is_refused(tmp_path):
