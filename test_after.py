@@ -194,6 +194,7 @@ def test_a_bad_search_space_is_one_usage_error(over, needle):
 def test_a_config_json_of_format_2_without_the_new_keys_reads_as_before():
     text = RunConfig.make("cpu").to_json()
     old = {k: v for k, v in json.loads(text).items() if k not in ("allow_classes", "init", "weights")}
+    old["format"] = 2  # written before these keys (format 3 added only the data fingerprint)
     c = RunConfig.from_json(json.dumps(old))
     assert (c.allow_classes, c.init, c.weights) == (None, None, False)
     assert not math.isnan(c.share_rate)
