@@ -25,7 +25,7 @@ import corpus
 import train
 from liv import REGISTRY, LayerPlan
 from test_decode import SHARED_GENOMES
-from test_liv import FFT_CLASSES, HandLlama, random_scan_inputs, reference_attention, small_cfg, transformer_pp_plans
+from test_liv import FFT_CLASSES, HandLlama, copy_into_llama, random_scan_inputs, reference_attention, small_cfg, transformer_pp_plans
 
 ALL = list(REGISTRY)
 PRECISIONS = ["fp32", "bf16"]
@@ -131,24 +131,6 @@ def test_attention_equals_explicit_reference(device, cid, prec):
         with amp(device, prec):
             y, _ = m(x)
     assert rel(y, want) <= (1e-5 if prec == "fp32" else BF16_RTOL)
-
-
-def copy_into_llama(ours: liv.Backbone, ref: HandLlama, d: int, f: int) -> None:
-    """Our Transformer++ weights into the hand-written Llama (as test_liv.test_transformer_pp_is_exactly_llama)."""
-    with torch.no_grad():
-        ref.emb.weight.copy_(ours.embed.weight)
-        ref.nf.weight.copy_(ours.norm_f.weight)
-        for j, L in enumerate(ref.layers):
-            att, mlp = ours.livs[2 * j], ours.livs[2 * j + 1]
-            for n, wt in zip("qkv", att.feat().proj.weight.split(d)):
-                L[n].weight.copy_(wt)
-            L["o"].weight.copy_(att.out.weight)
-            gate, up = mlp.feat().proj.weight.split(f)
-            L["gate"].weight.copy_(gate)
-            L["up"].weight.copy_(up)
-            L["down"].weight.copy_(mlp.out.weight)
-            L["n1"].weight.copy_(ours.norms[2 * j].weight)
-            L["n2"].weight.copy_(ours.norms[2 * j + 1].weight)
 
 
 @pytest.mark.parametrize("prec", PRECISIONS)

@@ -252,15 +252,9 @@ def transformer_pp_plans(depth):
     return [LayerPlan(1 if i % 2 == 0 else 9, i, i) for i in range(depth)]
 
 
-def test_transformer_pp_is_exactly_llama():
-    cfg = small_cfg(d_model=64, head_dim=16, depth=4)
-    ours = seeded(lambda: liv.Backbone(cfg, transformer_pp_plans(4)))
-    ref = HandLlama(cfg.vocab_size, 64, 2, cfg.n_heads, cfg.ffn_hidden)
-    n_ours = sum(p.numel() for p in ours.parameters())
-    assert n_ours == sum(p.numel() for p in ref.parameters())
-    d, f = 64, cfg.ffn_hidden
-    assert n_ours == cfg.vocab_size * d + 2 * (4 * d * d + 3 * d * f + 2 * d) + d
-    with torch.no_grad():  # copy our weights into the hand-written model
+def copy_into_llama(ours: liv.Backbone, ref: HandLlama, d: int, f: int) -> None:
+    """Our Transformer++ weights into the hand-written Llama (test_device.py uses it too)."""
+    with torch.no_grad():
         ref.emb.weight.copy_(ours.embed.weight)
         ref.nf.weight.copy_(ours.norm_f.weight)
         for j, L in enumerate(ref.layers):
@@ -274,6 +268,17 @@ def test_transformer_pp_is_exactly_llama():
             L["down"].weight.copy_(mlp.out.weight)
             L["n1"].weight.copy_(ours.norms[2 * j].weight)
             L["n2"].weight.copy_(ours.norms[2 * j + 1].weight)
+
+
+def test_transformer_pp_is_exactly_llama():
+    cfg = small_cfg(d_model=64, head_dim=16, depth=4)
+    ours = seeded(lambda: liv.Backbone(cfg, transformer_pp_plans(4)))
+    ref = HandLlama(cfg.vocab_size, 64, 2, cfg.n_heads, cfg.ffn_hidden)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    assert n_ours == sum(p.numel() for p in ref.parameters())
+    d, f = 64, cfg.ffn_hidden
+    assert n_ours == cfg.vocab_size * d + 2 * (4 * d * d + 3 * d * f + 2 * d) + d
+    copy_into_llama(ours, ref, d, f)  # our weights into the hand-written model
     idx = torch.randint(0, cfg.vocab_size, (2, 17))
     a, b = ours(idx), ref(idx)
     assert (a - b).abs().max() <= 1e-5 * b.abs().max()
