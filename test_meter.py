@@ -40,16 +40,28 @@ def measured():
         torch.set_num_threads(threads)
 
 
-def test_long_context_decode_is_slower_for_attention_than_for_a_recurrence_as_by_hand(measured):
+def test_decode_grows_with_the_context_for_attention_not_for_a_recurrence_as_by_hand():
+    """Compared as growth (decode at 8192 over decode at 256), not as absolute times: at width 128 a
+    recurrence step and an attention step cost about the same, and CI once saw them in either order.
+    The stopwatch and the meter take turns, three rounds, and each keeps its least reading (the usual
+    low-noise estimate on a shared machine), so a burst of load hits both alike."""
     threads = torch.get_num_threads()
+    hand, metered = {}, {}
     try:
-        hand = {n: hand_timed_decode_ms(g, 8192) for n, g in (("attention", ATTENTION), ("recurrence", RECURRENCE))}
+        for _ in range(3):
+            for n, g in (("attention", ATTENTION), ("recurrence", RECURRENCE)):
+                h, m = hand.setdefault(n, {}), metered.setdefault(n, {})
+                reading = meter.measure(g, SMALL)["metrics"]
+                for c in SMALL.contexts:
+                    h[c] = min(h.get(c, float("inf")), hand_timed_decode_ms(g, c))
+                    m[c] = min(m.get(c, float("inf")), reading[f"decode_ms@{c}"])
     finally:
         torch.set_num_threads(threads)
-    assert hand["attention"] > hand["recurrence"]  # the stopwatch's ordering ...
-    assert measured["attention"]["metrics"]["decode_ms@8192"] > measured["recurrence"]["metrics"]["decode_ms@8192"]
+    grow = lambda d: d[8192] / d[256]  # noqa: E731
+    assert grow(hand["attention"]) > grow(hand["recurrence"])  # the stopwatch's ordering ...
+    assert grow(metered["attention"]) > grow(metered["recurrence"])
     for name in hand:  # ... and the meter reads the same clock (a loose band: the machine is shared)
-        assert 0.33 < measured[name]["metrics"]["decode_ms@8192"] / hand[name] < 3.0
+        assert 0.33 < metered[name][8192] / hand[name][8192] < 3.0
 
 
 def test_measured_peak_memory_covers_the_weights_and_the_formula_cache(measured):
