@@ -420,7 +420,7 @@ def repeat(g: Genome, times: int, share_across: bool = False) -> Genome:
     d = base.depth
     rows = [(c, fg if share_across and k else fg + k * d, 2 if share_across and k else fs, sg + k * d, ss)
             for k in range(times) for (c, fg, fs, sg, ss) in base.livs]
-    return validate(Genome(tuple(rows)))
+    return canonical(validate(Genome(tuple(rows))))  # ids offset by k x depth skip numbers canonical ids do not
 
 
 # ----------------------------------------------------------------------------------------------------
