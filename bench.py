@@ -18,6 +18,9 @@ Sections (the JSON keys):
                  random depth-24 parents, both cuts) and sharing rates of sampled genomes; no training
     efficacy     (only with --only efficacy; about an hour on 2 cores) whole default cpu-preset runs of
                  NSGA-II and of the random control for --seeds, compared at one reference point
+    fidelity     (only with --only fidelity; about 15 minutes on 2 cores) D38's cheap copy: single- and multi-
+                 fidelity NSGA-II and random search at about equal training steps per generation, seeds 0-2,
+                 each run's top-4 retrained 4x longer under 2 seeds: best retrained perplexity, regret, Spearman
     scaling      (only with --only scaling; about an hour on 2 cores, estimated) README's seed-0 winner
                  and Transformer++, both scaled to depth 12 (genome.repeat: two independent copies of
                  the depth-6 genomes) and width 128, trained 1000 steps under seeds 0, 1, 2 (D26)
@@ -81,11 +84,20 @@ import train
 from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
-ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies")  # long: only when named in --only
+ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
 # ----------------------------------------------------------------------------------------------------
+
+# D38's cheap copy (CPU-sized on either device): arms at about equal training steps per generation
+FIDELITY_CHEAP = dict(
+    overrides=dict(d_model=32, head_dim=16, depth=4, seq_len=64, batch=8, steps=40, eval_tokens=4096, population=8,
+                   generations=4, baseline_seeds=1),
+    arms=[dict(name="nsga2 single", offspring=8), dict(name="nsga2 rungs 10,40 eta 4", offspring=16, rungs=(10, 40), eta=4),
+          dict(name="random single", offspring=8, algorithm="random"),
+          dict(name="random rungs 10,40 eta 4", offspring=16, rungs=(10, 40), eta=4, algorithm="random")],
+    seeds=(0, 1, 2), top=4, retrain_steps=160, retrain_seeds=(0, 1))
 
 SIZES = {
     "cpu": dict(
@@ -102,6 +114,7 @@ SIZES = {
         noise=dict(preset="cpu", overrides={}, seeds=3),
         scaling=dict(preset="cpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=2, steps=16, retries=0, stability=3),
+        fidelity=FIDELITY_CHEAP,
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -117,6 +130,7 @@ SIZES = {
         noise=dict(preset="gpu", overrides={}, seeds=3),
         scaling=dict(preset="gpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=768, head_dim=64, contexts=(4096, 32768), repeats=5, steps=32, retries=1, stability=3),
+        fidelity=FIDELITY_CHEAP,
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -138,6 +152,10 @@ SIZES = {
         scaling=dict(preset="cpu", times=2, overrides=dict(data="synthetic", d_model=32, seq_len=32, batch=4, steps=2),
                      seeds=(0,)),
         proxies=dict(n=3, d=32, head_dim=16, contexts=(16, 64), repeats=2, steps=4, retries=0, stability=1),
+        fidelity=dict(overrides=dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=4,
+                                     population=3, generations=1, baseline_seeds=1),
+                      arms=[dict(name="nsga2 single", offspring=2), dict(name="nsga2 rungs 2,4 eta 2", offspring=4, rungs=(2, 4), eta=2)],
+                      seeds=(0,), top=2, retrain_steps=4, retrain_seeds=(0,)),
     ),
 }
 
@@ -885,6 +903,72 @@ def print_efficacy(r):
     print(f"median ratio over the seeds: {r['median_ratio']:.3f} (target >= 1.10)")
 
 
+# ----------------------------------------------------------------------------------------------------
+# Fidelity: single- against multi-fidelity NSGA-II (and random search) on a cheap copy (issue 17, D38)
+# ----------------------------------------------------------------------------------------------------
+
+
+def bench_fidelity(device, s) -> dict:
+    """D38's tuning on a cheap copy of the problem: each arm (algorithm, rungs, eta, offspring, chosen so
+    that every generation costs about the same training steps) runs a whole in-memory synthesis per seed;
+    then the run's selected top-k and Transformer++ are retrained `retrain_steps` under `retrain_seeds`.
+    Per run: candidates, compute (report.compute_tokens), the best retrained perplexity among the top-k,
+    the regret of the chosen best, and the Spearman between the selecting score and the retrained mean,
+    pooled over runs (baselines excluded)."""
+    import parallel
+    import star
+
+    runs, pooled = [], {}
+    for arm in s["arms"]:
+        for seed in s["seeds"]:
+            rc = config.RunConfig.make("cpu", **s["overrides"], seed=seed, weights=False, final_top=s["top"],
+                                       **{k: v for k, v in arm.items() if k != "name"})
+            t0 = time.perf_counter()
+            syn = star.synthesize(rc, device=str(device), log=lambda line: None)
+            search_s = time.perf_counter() - t0
+            data = corpus.load_data(rc.data, rc.vocab_size)
+            cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(str(device), s["retrain_steps"])
+
+            def retrained(text):
+                ppls = []
+                for rs in s["retrain_seeds"]:
+                    with parallel.candidate_threads(str(device)):
+                        info, _ = candidate.evaluate_genome(genome.Genome.parse(text), cfg, tcfg, data, rc, seed=rs)
+                    ppls.append(info["perplexity"])
+                return report.mean_std(ppls)
+            tpp = next(b for b in syn.baselines if b["name"] == "transformer++")
+            top = [dict(genome=r["genome"], score=r["perplexity"], cache=r["cache_bytes"], retrained=retrained(r["genome"]))
+                   for r in syn.top]
+            best = min((t["retrained"][0] for t in top), default=math.inf)
+            trained, total = report.compute_tokens(rc, syn.records)
+            rung = [report.spearman(*zip(*[(x["rungs"][0]["perplexity"], x["rungs"][1]["perplexity"]) for x in syn.records
+                                           if len(x.get("rungs") or []) > 1 and x["rungs"][0]["perplexity"] is not None
+                                           and x["rungs"][1]["perplexity"] is not None]))] if rc.rungs else []
+            runs.append(dict(arm=arm["name"], seed=seed, candidates=len(syn.records), train_tokens=trained, compute=total,
+                             search_s=search_s, top=top, best=best, tpp=retrained(tpp["genome"]),
+                             regret=(top[0]["retrained"][0] - best) if top else math.nan, rung_spearman=rung))
+            pooled.setdefault(arm["name"], []).extend((t["score"], t["retrained"][0]) for t in top)
+            print(f"  {arm['name']} seed {seed}: {len(syn.records)} candidates, {total:,.0f} compute, best retrained "
+                  f"{best:.3f}, regret {runs[-1]['regret']:.3f}, {search_s:.0f} s", flush=True)
+    spear = {a: dict(rho=report.spearman(*zip(*p)), interval=report.bootstrap_spearman(*zip(*p)), n=len(p))
+             for a, p in pooled.items() if len(p) > 1}
+    return dict(runs=runs, spearman=spear, overrides=s["overrides"], retrain_steps=s["retrain_steps"],
+                retrain_seeds=list(s["retrain_seeds"]))
+
+
+def print_fidelity(r):
+    print(f"\n## Fidelity (D38): a cheap copy {r['overrides']}, top-k retrained {r['retrain_steps']} steps under seeds "
+          f"{r['retrain_seeds']}")
+    rows = [[x["arm"], x["seed"], x["candidates"], f"{x['compute']:,.0f}", f"{x['best']:.3f}", f"{x['regret']:.3f}",
+             f"{x['tpp'][0]:.3f} ± {x['tpp'][1]:.3f}", ", ".join(f"{v:.2f}" for v in x["rung_spearman"]) or "-",
+             f"{x['search_s']:.0f}"] for x in r["runs"]]
+    print(table(["arm", "seed", "candidates", "compute (tokens)", "best retrained ppl", "regret", "T++ retrained",
+                 "rung Spearman", "search s"], rows))
+    for a, v in r["spearman"].items():
+        print(f"{a}: Spearman(selecting score, retrained mean) {v['rho']:.2f} over {v['n']} top-k genomes, "
+              f"95% bootstrap [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]")
+
+
 # README's seed-0 winner (canonical; GMemless, GConv-2, GMemless, three GConv-1-Diff) and the baseline
 SCALED = {"seed-0 winner": "9.1.1.1.1-8.2.1.2.1-9.3.1.3.1-16.4.1.4.1-16.5.1.5.1-16.6.1.6.1", "transformer++": None}
 
@@ -1080,7 +1164,8 @@ def main(argv=None) -> int:
                efficacy=(lambda d, s: bench_efficacy(d, s, args.efficacy_dir, seeds), print_efficacy),
                memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
                threads=(bench_threads, print_threads), noise=(bench_noise, print_noise),
-               scaling=(bench_scaling, print_scaling), proxies=(bench_proxies, print_proxies))
+               scaling=(bench_scaling, print_scaling), proxies=(bench_proxies, print_proxies),
+               fidelity=(bench_fidelity, print_fidelity))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 import evolve
+import fidelity
 import genome
 import liv
 import meter
@@ -33,8 +34,8 @@ import plugins
 import train
 
 VERSION = "0.23"  # the project's version where git cannot say (summary.md); its minor number is DESIGN.md's D23
-FORMAT = 3  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
-#            3: and the data's fingerprint (D23). Formats 1 and 2 counted eval_batches of `batch` windows: read
+FORMAT = 4  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
+#            3: and the data's fingerprint (D23); 4: and the rungs of a multi-fidelity search (D38). Formats 1 and 2 counted eval_batches of `batch` windows: read
 #            as eval_tokens = eval_batches x batch x seq_len, what they meant (D33)
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order
@@ -101,12 +102,14 @@ _BEFORE_D24 = dict(allow_classes=None, init=None, weights=False)
 DEPLOY_DEFAULTS = dict(measure=False, meter="clock", deploy_d_model=256, deploy_head_dim=64, deploy_contexts=(1024, 4096),
                        deploy_dtype="float32", max_params=None, max_cache=None, max_latency=None, max_memory=None,
                        plugins=())
+SINGLE_FIDELITY = dict(rungs=(), eta=4)  # before D38 every run was the paper's single-fidelity search
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
                            vocab_size=None, cache_len=4096, patience=None, data_fingerprint=None, **_BEFORE_D24,
-                           **DEPLOY_DEFAULTS),
+                           **DEPLOY_DEFAULTS, **SINGLE_FIDELITY),
                    # format 2: fields added after it was first written, each the behaviour from before it
-                   2: dict(patience=None, data_fingerprint=None, **_BEFORE_D24, **DEPLOY_DEFAULTS)}
+                   2: dict(patience=None, data_fingerprint=None, **_BEFORE_D24, **DEPLOY_DEFAULTS, **SINGLE_FIDELITY),
+                   3: dict(SINGLE_FIDELITY)}
 # identity keys an older config.json did not record (None there): not checked on that --resume, and
 # recorded from then on (config.json is rewritten in today's format)
 RECORDED_LATE = ("data_fingerprint",)
@@ -157,6 +160,8 @@ class RunConfig:
     max_latency: Optional[float] = None
     max_memory: Optional[float] = None
     plugins: tuple = ()                 # modules imported everywhere a run is read or evaluated (D37)
+    rungs: tuple = ()                   # D38: training budgets of successive halving, the last = steps (): single fidelity
+    eta: int = 4                        # D38: of n candidates at a rung, ceil(n / eta) go up
     data_fingerprint: Optional[str] = None  # corpus.Data.fingerprint of `data` (None: filled in when loaded; D23)
 
     @classmethod
@@ -176,7 +181,7 @@ class RunConfig:
         return cls(**{**dataclasses.asdict(PRESETS[preset]), "preset": preset, **given})
 
     def __post_init__(self):
-        for key in ("allow_classes", "init", "deploy_contexts", "plugins"):  # JSON gives lists: tuples, so
+        for key in ("allow_classes", "init", "deploy_contexts", "plugins", "rungs"):  # JSON gives lists: tuples, so
             if isinstance(getattr(self, key), list):                    # the frozen config hashes and compares
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         try:
@@ -266,6 +271,11 @@ class RunConfig:
         """D21: the seeds the baselines (and a --final-steps retraining) are trained under; the first is
         the search's own, so a candidate's single score and a baseline's first seed saw the same batches."""
         return [self.seed + i for i in range(self.baseline_seeds)]
+
+    @property
+    def multi_fidelity(self) -> Optional[fidelity.Rungs]:
+        """D38: the rungs of a multi-fidelity search (None: the paper's single fidelity)."""
+        return fidelity.Rungs(self.rungs, self.eta) if self.rungs else None
 
     def search(self) -> evolve.Search:
         return evolve.Search(pop_size=self.population, n_offspring=self.offspring, generations=self.generations,
@@ -406,7 +416,21 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
     if not isinstance(c.weights, bool):
         raise UsageError(f"weights must be true or false (got {c.weights!r})")
+    _validate_rungs(c)
     _validate_space(c)
+
+
+def _validate_rungs(c: RunConfig) -> None:
+    if type(c.eta) is not int or c.eta < 2:
+        raise UsageError(f"--eta must be an integer >= 2 (got {c.eta!r})")
+    if not c.rungs:
+        return
+    if not (isinstance(c.rungs, tuple) and all(type(x) is int and x >= 1 for x in c.rungs) and len(c.rungs) >= 2
+            and list(c.rungs) == sorted(set(c.rungs))):
+        raise UsageError(f"--rungs must be at least two increasing step counts >= 1 (got {c.rungs!r})")
+    if c.rungs[-1] != c.steps:
+        raise UsageError(f"--rungs {','.join(map(str, c.rungs))}: the top rung is the budget the baselines train at, "
+                         f"--steps {c.steps}; end --rungs with it")
 
 
 def _validate_objective(c: RunConfig) -> None:

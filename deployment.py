@@ -111,7 +111,7 @@ class Costs:
         if self.book is None:
             return evaluate
 
-        def run(individuals: list, generation: int, report: evolve.Report) -> None:
+        def run(individuals: list, generation: int, report: evolve.Report, **steps) -> None:
             if hasattr(evaluate, "wait_ready"):  # workers that are still starting must not run beside the meter
                 evaluate.wait_ready()
             self.book.ensure(individuals)
@@ -119,7 +119,7 @@ class Costs:
             def merged(i: int, ev: evolve.Evaluation) -> None:
                 info, objectives = self._merge(individuals[i], ev.info)
                 report(i, evolve.Evaluation(objectives=objectives, info=info))
-            evaluate(individuals, generation, merged)
+            evaluate(individuals, generation, merged, **steps)  # steps=: a rung of a multi-fidelity search (D38)
         return run
 
     def variation(self, var: evolve.Variation) -> evolve.Variation:

@@ -187,10 +187,10 @@ class _InProcess(Evaluator):
     def __init__(self, one: Callable, device: str):
         self.one, self.device = one, device
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report) -> None:
+    def __call__(self, individuals: list, generation: int, report: evolve.Report, steps: int | None = None) -> None:
         for i, g in enumerate(individuals):
             with candidate_threads(self.device):
-                ev = self.one(g, generation)
+                ev = self.one(g, generation) if steps is None else self.one(g, generation, steps=steps)
             report(i, ev)
             if ev.info.get("status") == "cuda_error":
                 raise StickyCudaError(
@@ -271,8 +271,10 @@ class _Context:
         # done here, before the worker says it is ready, so that --timeout times candidates, not start-up
         candidate.describe_costs(genome.BASELINES["transformer++"](rc.depth), self.cfg, rc.cache_len)
 
-    def __call__(self, text: str) -> tuple[dict, tuple]:
-        return self.fn(genome.Genome.parse(text), self.cfg, self.tcfg, self.data, self.rc)
+    def __call__(self, text: str, steps: int | None = None) -> tuple[dict, tuple]:
+        """Evaluate one genome at the run's steps, or at `steps` (a rung of a multi-fidelity search, D38)."""
+        tcfg = self.tcfg if steps is None else self.rc.train_config(self.tcfg.device, steps)
+        return self.fn(genome.Genome.parse(text), self.cfg, tcfg, self.data, self.rc)
 
 
 def _worker_process(conn, rc: RunConfig, device: str, threads: int, evaluate: str) -> None:
@@ -300,7 +302,7 @@ def _send(conn, msg) -> None:
 
 
 def _worker_main(conn, rc: RunConfig, device: str, threads: int, evaluate: str) -> None:
-    """A local worker: load once, then evaluate (index, genome text) jobs until told to stop (None). A
+    """A local worker: load once, then evaluate (index, genome text, steps) jobs until told to stop (None). A
     start-up failure (the data gone or changed) is sent as ("failed", one line) instead of a traceback."""
     try:
         import torch
@@ -320,8 +322,8 @@ def _worker_main(conn, rc: RunConfig, device: str, threads: int, evaluate: str) 
             os._exit(0)
         if job is None:
             return
-        i, text = job
-        info, objectives = ctx(text)
+        i, text, steps = job
+        info, objectives = ctx(text, steps)
         _send(conn, (i, info, tuple(objectives)))
         if info.get("status") == "cuda_error":
             os._exit(3)  # this process's CUDA context is dead: end here, the pool starts a fresh worker
@@ -447,7 +449,7 @@ class LocalPool(Evaluator):
         return RunFailed(f"a worker process on {self.devices[w.slot]} could not start: {why}; every finished "
                          "evaluation is on disk: fix it and continue with --resume")
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report) -> None:
+    def __call__(self, individuals: list, generation: int, report: evolve.Report, steps: int | None = None) -> None:
         todo = deque(enumerate(str(g) for g in individuals))
         retried: set[int] = set()
 
@@ -462,7 +464,7 @@ class LocalPool(Evaluator):
                 if w.ready and w.job is None and todo:
                     w.job, text = todo.popleft()
                     w.started = time.monotonic()
-                    w.conn.send((w.job, text))
+                    w.conn.send((w.job, text, steps))
             busy = [w for w in self.workers if w.job is not None]
             waits = [self.timeout - (time.monotonic() - w.started) for w in busy] if self.timeout else []
             ready = wait([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers],
@@ -521,7 +523,7 @@ def _alarm(signum, frame):
 
 
 def _ray_task(rc: RunConfig, device: str, threads: int, evaluate: str, timeout: float | None,
-              text: str) -> tuple[dict, tuple]:
+              text: str, steps: int | None = None) -> tuple[dict, tuple]:
     import json
     import signal
 
@@ -535,7 +537,7 @@ def _ray_task(rc: RunConfig, device: str, threads: int, evaluate: str, timeout: 
         signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        info, objectives = _RAY_CONTEXTS[key](text)
+        info, objectives = _RAY_CONTEXTS[key](text, steps)
     except _TaskTimeout:
         ev = failed("timeout", f"stopped after --timeout {timeout:g} s", len(rc.metrics), timeout=timeout)
         return ev.info, ev.objectives
@@ -585,9 +587,9 @@ class RayEvaluator(Evaluator):
         self.task = ray.remote(_ray_task).options(max_retries=0, num_gpus=1 if cuda else 0,
                                                   num_cpus=self.threads)
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report) -> None:
+    def __call__(self, individuals: list, generation: int, report: evolve.Report, steps: int | None = None) -> None:
         ray = self.ray
-        refs = {self.task.remote(self.rc, self.device, self.threads, self.evaluate, self.timeout, str(g)): i
+        refs = {self.task.remote(self.rc, self.device, self.threads, self.evaluate, self.timeout, str(g), steps): i
                 for i, g in enumerate(individuals)}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)

@@ -129,6 +129,77 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def bootstrap_spearman(x, y, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the Spearman correlation (resampled pairs; nan if < 3 pairs)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    rhos = [spearman(x[i], y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(n))]
+    rhos = [r for r in rhos if math.isfinite(r)]
+    return (float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))) if rhos else (math.nan, math.nan)
+
+
+def compute_tokens(rc: RunConfig, records: list[dict]) -> tuple[int, float]:
+    """Training tokens of the records' trainings (every rung a record reached, D38), and the total compute
+    counted as training tokens plus evaluation tokens at a third of their weight (a forward pass is about
+    a third of a training step)."""
+    trained = evaluated = 0
+    for r in records:
+        steps = [x["steps"] for x in r.get("rungs") or []] or [rc.steps]
+        trained += sum(steps) * rc.batch * rc.seq_len
+        evaluated += len(steps) * rc.eval_windows * rc.seq_len
+    return trained, trained + evaluated / 3
+
+
+def fidelity_section(rc: RunConfig, records: list[dict], top: list[dict]) -> list[str]:
+    """How faithful the search's score was (D38): for a multi-fidelity run the rung-to-rung Spearman over
+    the promoted candidates (with its count and bootstrap interval), each rung's count, the top-k's score at
+    every rung and the compute; a single-fidelity run says that it did not measure it, and how to."""
+    trained, total = compute_tokens(rc, records)
+    if not rc.rungs:
+        return ["", "## Proxy fidelity", "",
+                f"Not measured: every candidate was scored once, at {rc.steps} steps under one seed, so nothing here says "
+                f"how well that score ranks longer trainings. Measure it with `--rungs {max(1, rc.steps // 4)},{rc.steps}` "
+                "(the rank correlation between rungs, D38) or `--final-steps N` (the selection retrained longer). "
+                f"Compute: {trained:,} training tokens, {total:,.0f} counting evaluation at a third."]
+    by_steps = {x: [] for x in rc.rungs}
+    for r in records:
+        for x in r.get("rungs") or []:
+            if x.get("steps") in by_steps:
+                by_steps[x["steps"]].append(r)
+    lines = ["", f"## Proxy fidelity: successive halving over rungs {', '.join(map(str, rc.rungs))} steps, eta {rc.eta} (D38)", "",
+             "Every child is trained at the lowest rung; the best ceil(n/eta) by non-dominated rank and crowding go up a "
+             "rung and are trained again from scratch; the selection is made among top-rung candidates only.", "",
+             "| rung | steps | candidates trained | Spearman with the next rung (promoted) | 95% bootstrap interval |",
+             "|---|---|---|---|---|"]
+    for i, steps in enumerate(rc.rungs):
+        cell, interval = "-", "-"
+        if i + 1 < len(rc.rungs):
+            nxt = rc.rungs[i + 1]
+            pairs = [(a["perplexity"], b["perplexity"]) for r in records for a in r.get("rungs") or [] for b in r.get("rungs") or []
+                     if a["steps"] == steps and b["steps"] == nxt and _finite(a.get("perplexity")) and _finite(b.get("perplexity"))]
+            if pairs:
+                x, y = zip(*pairs)
+                lo, hi = bootstrap_spearman(x, y)
+                cell, interval = f"{spearman(x, y):.2f} over {len(pairs)}", f"[{lo:.2f}, {hi:.2f}]"
+        lines.append(f"| {i} | {steps} | {len(by_steps[steps])} | {cell} | {interval} |")
+    single = sum(1 for r in records) * rc.steps * rc.batch * rc.seq_len
+    lines += ["", f"Compute: {trained:,} training tokens ({trained / single:.0%} of training every candidate at {rc.steps} "
+                  f"steps), {total:,.0f} counting evaluation at a third."]
+    if top:
+        lines += ["", "The selected top-k at every rung (perplexity):", "",
+                  "| | genome | " + " | ".join(f"{x} steps" for x in rc.rungs) + " |", "|---|---|" + "---|" * len(rc.rungs)]
+        for i, r in enumerate(top):
+            at = {x["steps"]: x.get("perplexity") for x in r.get("rungs") or []}
+            lines.append(f"| #{i + 1} | `{r['genome']}` | " + " | ".join(fmt_ppl(at.get(x)) if x in at else "-" for x in rc.rungs) + " |")
+    return lines
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
     """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
     perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
@@ -299,6 +370,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
         lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
     if rc.budgets():
         lines += budget_section(rc, records, baselines)
+    lines += fidelity_section(rc, records, top)
     if final:
         lines += final_section(rc, final, records, baselines)
     lines += ["", "## Hypervolume against evaluations", "",

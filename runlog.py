@@ -21,6 +21,7 @@ Below those, the run folder of star.py: its lock, ``config.json`` (written once,
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -34,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 import evolve
+import fidelity
 from evolve import (Child, Evaluation, Evaluator, Generation, Population, Search, State, Variation,
                     clean_objectives, default_ref_point, hypervolume, shorten)
 import candidate
@@ -749,7 +751,43 @@ def append_record(path: Optional[Path], rec: dict) -> dict:
     return _from_json(json.loads(line))
 
 
-RUN_FILES = ("config.json", "archive.jsonl", "baselines.jsonl", "generations.jsonl", "final.jsonl")
+RUN_FILES = ("config.json", "archive.jsonl", "baselines.jsonl", "generations.jsonl", "final.jsonl", "rungs.jsonl")
+
+
+class RungLog(fidelity.Book):
+    """A multi-fidelity search's book (D38) in ``rungs.jsonl``: one line per training at a rung
+    (``{"generation", "key", "rung", "steps", "objectives", "info"}``) and one per promotion decision
+    (``{"generation", "rung", "promoted": [keys]}``), each appended and fsync'ed when it is made. A
+    resumed run reads it back (a torn last line dropped), takes the decisions as they were and trains
+    nothing twice; a training that timed out is left out, so that a resume trains it again."""
+
+    def __init__(self, path: Optional[Path]):
+        super().__init__()
+        self.path = path
+        rows = read_jsonl(path) if path is not None else []
+        for n, r in enumerate(rows, 1):
+            try:
+                if "promoted" in r:
+                    super().add_decision(int(r["generation"]), int(r["rung"]), [str(k) for k in r["promoted"]])
+                elif (r.get("info") or {}).get("status") != "timeout":
+                    ev = Evaluation(tuple(_objectives_from_json(r["objectives"])), dict(r["info"]))
+                    super().add_result(int(r["generation"]), str(r["key"]), int(r["rung"]), int(r["steps"]), ev)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise ResumeError(f"{path}: line {n} is not a rung record: the file was damaged or edited; "
+                                  "restore it from a copy") from None
+
+    def _write(self, row: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                append_line(fh, json.dumps(json_safe(row), allow_nan=False))
+
+    def add_result(self, g: int, key: str, rung: int, steps: int, ev: Evaluation) -> None:
+        self._write(dict(generation=g, key=key, rung=rung, steps=steps, objectives=list(ev.objectives), info=ev.info))
+        super().add_result(g, key, rung, steps, ev)
+
+    def add_decision(self, g: int, rung: int, keys) -> None:
+        self._write(dict(generation=g, rung=rung, promoted=list(keys)))
+        super().add_decision(g, rung, keys)
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -855,6 +893,8 @@ def progress_words(r: dict) -> str:
     """The measured facts of one candidate, for its progress line."""
     words = f"ppl {fmt_ppl(r.get('perplexity'))} params {r.get('params', 0):,} cache {fmt_bytes(r.get('cache_bytes'))} " \
             f"{r.get('seconds', 0):.1f}s {r.get('status', '')}"
+    if r.get("rungs"):  # D38: where successive halving stopped it, and what its ladder cost
+        words += f" at rung {r['rung']} ({r['rung_steps']} steps; {sum(x.get('seconds') or 0 for x in r['rungs']):.1f}s in all)"
     return words + (f" ({r['error'][:80]})" if r.get("error") else "")
 
 
@@ -931,6 +971,21 @@ class RunFolder:
             self.log(f"retrained {job.get('name') or job['genome']} seed {seed} for {self.config.final_steps} "
                      f"steps: ppl {fmt_ppl(rec['perplexity'])}")
         return self.final[(job["key"], seed)]
+
+    def halving(self, evaluate: Evaluator, var: Variation, at_top=()) -> tuple[Evaluator, Variation]:
+        """D38: with --rungs, the evaluator that trains each generation by successive halving (its book in
+        rungs.jsonl; `at_top`: keys scored at the top rung already) and the variation whose constraint
+        violation ranks a lower rung behind; without --rungs, both as given."""
+        rungs = self.config.multi_fidelity
+        if rungs is None:
+            return evaluate, var
+        try:
+            book = RungLog(self._file("rungs.jsonl"))
+        except ResumeError as e:
+            raise UsageError(f"--resume: {e}") from None
+        mf = fidelity.MultiFidelity(evaluate, rungs, var.key, book=book, at_top=at_top, budget=var.violation,
+                                    log=self.log)
+        return mf, dataclasses.replace(var, violation=mf.violation())
 
     def search(self, initial, var: Variation, evaluate: Evaluator, settings: Search,
                on_generation: Optional[Callable[[SearchResult], None]] = None) -> SearchResult:

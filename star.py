@@ -107,17 +107,18 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         #    baselines open generation 0 and their records under the search's seed are reused
         reuse = {b["key"]: b for b in baselines if b["seed"] == config.seed} if config.seed_baselines else {}
 
-        def one(g, generation):
+        def one(g, generation, steps=None):  # steps: a rung of a multi-fidelity search (D38)
             b = reuse.get(genome.canonical_str(g)) if generation == 0 else None
-            info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")} if b else train_one(g)[0]
+            info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")} if b else train_one(g, steps)[0]
             return evolve.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
 
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
         initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()] + config.initial()  # D25: --init
         with parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs,
                                 log=log) as evaluate:  # its worker processes end with the search, however it ends
-            result = folder.search(initial, deploy.variation(config.variation()), deploy.evaluator(evaluate),
-                                   config.search(), on_generation=lambda state: folder.summary(baselines, state, []))
+            evaluate, var = folder.halving(deploy.evaluator(evaluate), deploy.variation(config.variation()), reuse)
+            result = folder.search(initial, var, evaluate, config.search(),
+                                   on_generation=lambda state: folder.summary(baselines, state, []))
         # 3. the paper's selection rule; with final_steps the top-k and the baselines are retrained
         #    longer under the same seeds (D21)
         tpp = report.seed_groups(baselines, "name")["transformer++"]
@@ -141,8 +142,9 @@ def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: 
     quality_size_cache, decode latency or peak memory for quality_latency or quality_memory, any metric
     of a comma list that Transformer++ has; none for quality), and within the run's budgets (D35)."""
     metrics = [m for m in metrics_of(objective) if m != "perplexity"]
+    high = max((r.get("rung_steps", 0) for r in records), default=0)  # D38: selected at the highest fidelity
     ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
-          and math.isfinite(r["perplexity"]) and (budget is None or budget(r))]
+          and math.isfinite(r["perplexity"]) and (budget is None or budget(r)) and r.get("rung_steps", high) == high]
     if baseline is not None:
         ok = [r for r in ok if all(baseline.get(m) is None or r.get(m, math.inf) < baseline[m] for m in metrics)]
     best, seen = [], set()
@@ -245,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop a candidate after this long and record it as failed (runs candidates in workers)")
     ap.add_argument("--patience", type=int, default=None, metavar="N",
                     help="stop once the hypervolume of everything evaluated has not grown for N generations")
+    ap.add_argument("--rungs", default=None, metavar="STEPS,...",
+                    help="multi-fidelity search (D38): train each generation's children at these step counts, lowest "
+                         "first, promoting the best 1/eta by rank and crowding; the last is --steps (default: one fidelity)")
+    ap.add_argument("--eta", type=int, default=None, help="with --rungs: ceil(n/eta) of n candidates go up a rung (default 4)")
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (gradient accumulation; "
                     "must divide --batch; default: chosen from a memory estimate on CUDA, the whole batch on CPU)")
     # measured costs at a deployment shape, budgets, plugins (D34-D37); all identity options
@@ -295,14 +301,25 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
     other field is the run's (config.py's rule, D22)."""
     names = PRESET_KEYS + ["objective", "data", "vocab_size", "cache_len", "seed", "seed_baselines", "final_top",
                            "final_steps", "algorithm", "baseline_seeds", "share_rate", "crossover_cut", "timeout",
-                           "micro_batch", "patience", "weights"]
+                           "micro_batch", "patience", "weights", "eta"]
     overrides = {k: v for k in names if (v := getattr(args, k, None)) is not None}
     overrides.update({k: v for k, v in (("allow_classes", _classes_option(args.allow_classes)),
                                         ("init", _init_option(args.init))) if v is not None})
     overrides.update({k: v for k, v in _deploy_overrides(args).items() if v is not None})
+    if args.rungs is not None:  # D38: the top rung is the steps, so --rungs alone sets them
+        overrides["rungs"] = _rungs_option(args.rungs)
+        if overrides["rungs"] and "steps" not in overrides:
+            overrides["steps"] = overrides["rungs"][-1]
     _resumed_plugins(args)
     given = set(overrides) | ({"preset"} if args.preset is not None else set())
     return RunConfig.make(args.preset, **overrides), given
+
+
+def _rungs_option(text: str) -> tuple:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--rungs {text!r}: give comma-separated step counts, lowest first (e.g. 25,100)") from None
 
 
 def _classes_option(text):

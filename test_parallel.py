@@ -105,10 +105,10 @@ def test_a_worker_ends_itself_after_a_sticky_cuda_error(monkeypatch):
         raise SystemExit(code)
 
     monkeypatch.setattr(parallel.os, "_exit", exit_)
-    a.send((0, OK_1))
-    a.send((1, CUDA_BROKEN))
-    a.send((2, OK_2))  # never read: the process is gone
-    monkeypatch.setattr(parallel, "_Context", lambda rc, device, evaluate: lambda text: (
+    a.send((0, OK_1, None))  # (index, genome text, steps: None = the run's, else a rung's, D38)
+    a.send((1, CUDA_BROKEN, None))
+    a.send((2, OK_2, None))  # never read: the process is gone
+    monkeypatch.setattr(parallel, "_Context", lambda rc, device, evaluate: lambda text, steps: (
         {"status": "cuda_error" if text == CUDA_BROKEN else "ok"}, (1.0,)))
     with pytest.raises(SystemExit) as e:
         parallel._worker_main(b, {}, "cpu", 1, "x:y")
