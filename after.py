@@ -42,6 +42,7 @@ import corpus
 import genome
 import liv
 import parallel
+import plugins
 import report
 import runlog
 import star
@@ -101,8 +102,13 @@ def weights_path(path, rank: int = 1) -> Path:
 def load(path, rank: int = 1, device: str = "cpu") -> torch.nn.Module:
     """The model (eval mode) of a run folder's rank-th selected genome, of a weights folder, or of a
     checkpoint file."""
+    found = weights_path(path, rank)
+    about = candidate.read_weights(found if found.is_dir() else found.parent) or {}
     try:
-        return train.load_checkpoint(weights_path(path, rank), device)[0]
+        plugins.load(about.get("plugins") or ())  # a plugin's LIV classes (D37), before the model is built
+        return train.load_checkpoint(found, device)[0]
+    except ImportError as e:
+        raise UsageError(f"{found} was made with the plugin {e.name or e}, which cannot be imported: {e}") from None
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
 

@@ -116,7 +116,7 @@ def save_weights(folder: Path, model, state: dict, info: dict, g: genome.Genome,
                  model_config=cfg.to_dict(), recipe=tcfg.to_dict(), data=data,
                  score={k: info.get(k) for k in ("perplexity", "val_loss", "bits_per_byte", "train_loss")},
                  params=info.get("params"), non_embedding_params=info.get("non_embedding_params"),
-                 cache_bytes=info.get("cache_bytes"), cache_len=config.cache_len,
+                 cache_bytes=info.get("cache_bytes"), cache_len=config.cache_len, plugins=list(config.plugins),
                  files=dict(checkpoint=train.CHECKPOINT_FILE), **extra)
     tmp = folder / (WEIGHTS_JSON + ".tmp")
     tmp.write_text(json.dumps(about, indent=2, allow_nan=False) + "\n")

@@ -799,14 +799,14 @@ def cache_bytes(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seq_len: 
     Written from the formulas of DESIGN.md §3.1, independently of the allocation in liv.py (the tests
     check the two agree exactly), with sharing (D10): an LIV keeps state only for what it computes.
 
-        SA        keys r·H_kv·P per position if it computes B, values H_kv·P if it computes V;
-                  SA-2 adds conv tails (k-1)·(channels of the groups it computes)
-        Rec       its own state r·H·P·N always (its decay is its own), plus conv tails
-                  3·(channels of the groups it computes) — Mamba's kernel 4
+        SA        keys r·H_kv·P per position if it computes B, values H_kv·P if it computes V
+        Rec       its own state r·H·P·N always (its decay is its own)
         GConv     the stream B⊙V, unless it takes B and V from an earlier LIV: its last k-1 values
                   (GConv-1), or its whole history of T values (GConv-2, or a GConv-1 whose stream a
-                  GConv-2 reads); GConv-2 adds conv tails (k-1)·(channels of the groups it computes)
+                  GConv-2 reads)
         GMemless  nothing
+        and every class the conv tails of its featurizer's short conv: (kernel-1)·(channels of each group
+        it computes whose token mixing is 3): SA-2, GConv-2 (kernel k), Rec (Mamba's kernel 4)
 
     r = 2 branches for a differential class (D5), else 1; k = cfg.short_conv; T = seq_len.
     """
@@ -818,21 +818,22 @@ def cache_bytes(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seq_len: 
         s = liv.REGISTRY[p.class_id]
         r = 2 if s.differential else 1
         own = {x for x in "CBV" if x in s.groups} - p.shared_groups
+        tails = (s.conv_kernel or k) - 1  # per channel of a group with token mixing 3 (SA-2, Rec, GConv-2)
+        conv = {x for x in own if s.featurizer[x].token_mixing == 3}
         if s.family == "SA":
             hk = liv.kv_heads(cfg, s)
             width = {"C": r * H * P, "B": r * hk * P, "V": hk * P}
             total += T * (width["B"] * ("B" in own) + width["V"] * ("V" in own))
-            if s.base == 2:
-                total += (k - 1) * sum(width[x] for x in own)
         elif s.family == "Rec":
             width = {"C": r * s.state, "B": r * s.state, "V": d}
-            total += r * H * P * s.state + 3 * sum(width[x] for x in own)
+            total += r * H * P * s.state
         elif s.family == "GConv":
+            width = {"C": r * d, "B": r * d, "V": d}
             if not {"B", "V"} <= p.shared_groups:
                 total += r * d * (T if (s.long_conv or i in read_whole) else k - 1)
-            if s.long_conv:
-                width = {"C": r * d, "B": r * d, "V": d}
-                total += (k - 1) * sum(width[x] for x in own)
+        else:
+            width = {}
+        total += tails * sum(width[x] for x in conv)
     return total * bytes_per_element
 
 

@@ -220,7 +220,47 @@ def _build_registry() -> dict[int, LIVClass]:
 
 
 REGISTRY: dict[int, LIVClass] = _build_registry()
-N_CLASSES = len(REGISTRY)  # 17
+N_CLASSES = len(REGISTRY)  # 17, and the classes a --plugin registers after them (D37)
+FAMILY_GROUPS = {"SA": ("C", "B", "V"), "Rec": ("C", "B", "V", "S"), "GConv": ("C", "B", "V", "S"), "Memless": ("B", "V")}
+
+
+def register_class(name: str, family: str, featurizer: dict, *, shorthand: str | None = None, operator: str | None = None,
+                   differential: bool = False, long_conv: bool = False, conv_kernel: int = 0) -> int:
+    """Add a class to the option pool (a plugin's, D37) with the next id, and return the id.
+
+    A new class is a new row of the same table: one of the four families (its LIV code, cache and
+    counts) with a featurizer genome of its own, `featurizer` = {group: FG} over the family's groups
+    (SA: C, B, V; Rec and GConv: C, B, V, S; Memless: B, V); e.g. a recurrence with state 64 is Rec-1's
+    featurizer with C and B "64/d". Registering the same class again returns its id; another class
+    under a taken name is refused. The genome's class entry then ranges over 1..N_CLASSES."""
+    global N_CLASSES
+    if family not in FAMILY_GROUPS:
+        raise ValueError(f"register_class {name!r}: family must be one of {', '.join(FAMILY_GROUPS)}, got {family!r}")
+    feat = {g: fg if isinstance(fg, FG) else FG(*fg) for g, fg in featurizer.items()}
+    if tuple(sorted(feat)) != tuple(sorted(FAMILY_GROUPS[family])):
+        raise ValueError(f"register_class {name!r}: a {family} featurizer has the groups "
+                         f"{', '.join(FAMILY_GROUPS[family])}, got {', '.join(feat) or 'none'}")
+    if family == "Rec":
+        fixed_width(feat["C"].expansion)  # the state size N: "k/d"
+    template = min((c for c in REGISTRY.values() if c.family == family and c.long_conv == long_conv), key=lambda c: c.id,
+                   default=None)
+    if template is None:
+        raise ValueError(f"register_class {name!r}: long_conv is a GConv option")
+    op = operator or template.operator
+    if not (len(op) == 5 and op.isdigit()):
+        raise ValueError(f"register_class {name!r}: operator must be 5 digits, got {op!r}")
+    spec = dict(name=name, shorthand=shorthand or name[:3], operator=op, family=family, differential=bool(differential),
+                featurizer=feat, long_conv=long_conv, conv_kernel=conv_kernel)
+    for c in REGISTRY.values():
+        if c.name == name:
+            same = {k: getattr(c, k) for k in spec} == spec
+            if not same:
+                raise ValueError(f"register_class: LIV class {name!r} exists already (class {c.id}) and differs")
+            return c.id
+    cid = max(REGISTRY) + 1
+    REGISTRY[cid] = LIVClass(id=cid, base=cid, **spec)
+    N_CLASSES = len(REGISTRY)
+    return cid
 
 # Feature-group sharing strategies (genome entry 5, D10) -> the groups a sharer receives.
 SHARED_GROUPS = {1: frozenset(), 2: frozenset("BV"), 3: frozenset("CB"), 4: frozenset("CBV")}

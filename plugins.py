@@ -15,8 +15,20 @@ plugins when it is made, so --resume and --compare do too), and in every worker 
 
 A registered metric is computed for every candidate that trained (candidate.evaluate_genome), written
 into its archive record, and accepted wherever a metric is: in a comma list of --objective, in the
-summary, the picture and --compare. LIV classes cannot be registered: the genome's class ids are a
-fixed table (D8) that the reference tier validates, counts and draws from.
+summary, the picture and --compare.
+
+A plugin may also add **LIV classes**: a new row of the option pool (liv.register_class), one of the four
+families with a featurizer genome of its own, which takes the next class id (18, 19, ...) wherever the
+plugin is imported, in the order it registers them:
+
+    import liv, plugins
+
+    rec = liv.REGISTRY[5].featurizer                 # Rec-1: state size 16
+    plugins.register_liv_class("Rec-64", "Rec", {**rec, "C": rec["C"]._replace(expansion="64/d"),
+                                                 "B": rec["B"]._replace(expansion="64/d")}, conv_kernel=4)
+
+The search then samples and mutates over 1..18 (or `--allow-classes 9,18`); the genome's rules (D9, D10),
+the counts, the cache formula, decoding and every tool take it as they take the 17.
 """
 from __future__ import annotations
 
@@ -42,6 +54,14 @@ def register_metric(name: str, fn: Callable, label: str | None = None) -> None:
     if not name or "," in name or "@" in name or name != name.strip():
         raise ValueError(f"metric name {name!r}: a plain word without ',' or '@'")
     METRICS[name] = Metric(name, fn, label or name)
+
+
+def register_liv_class(name: str, family: str, featurizer: dict, **options) -> int:
+    """Add an LIV class to the option pool (liv.register_class; options: shorthand, operator, differential,
+    long_conv, conv_kernel) and return its class id."""
+    import liv
+
+    return liv.register_class(name, family, featurizer, **options)
 
 
 def load(modules) -> None:

@@ -285,6 +285,13 @@ def _deploy_overrides(args) -> dict:
                 max_memory=args.max_memory, plugins=None if args.plugin is None else tuple(args.plugin), **whole)
 
 
+def _given_plugins(args) -> None:
+    try:
+        plugins.load(args.plugin or ())
+    except ImportError as e:
+        raise UsageError(f"--plugin: cannot import {e.name or e}: {e}") from None
+
+
 def _resumed_plugins(args) -> None:
     """On --resume without --plugin, the run's plugins are imported before the options are checked (an
     objective may name their metrics)."""
@@ -303,6 +310,8 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
                            "final_steps", "algorithm", "baseline_seeds", "share_rate", "crossover_cut", "timeout",
                            "micro_batch", "patience", "weights", "eta"]
     overrides = {k: v for k in names if (v := getattr(args, k, None)) is not None}
+    _given_plugins(args)  # first: a plugin's LIV classes may be named by --allow-classes and --init
+    _resumed_plugins(args)
     overrides.update({k: v for k, v in (("allow_classes", _classes_option(args.allow_classes)),
                                         ("init", _init_option(args.init))) if v is not None})
     overrides.update({k: v for k, v in _deploy_overrides(args).items() if v is not None})
@@ -310,7 +319,6 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
         overrides["rungs"] = _rungs_option(args.rungs)
         if overrides["rungs"] and "steps" not in overrides:
             overrides["steps"] = overrides["rungs"][-1]
-    _resumed_plugins(args)
     given = set(overrides) | ({"preset"} if args.preset is not None else set())
     return RunConfig.make(args.preset, **overrides), given
 
@@ -359,6 +367,7 @@ def run(args, log=print) -> Path:
 
 
 def explain(text: str, args) -> None:
+    _given_plugins(args)  # a plugin's LIV classes
     try:
         g = genome.Genome.parse(text)
     except ValueError as e:
