@@ -53,7 +53,9 @@ def _cells(r: dict, extra) -> str:
 
 
 def front_of(records: list[dict], objective: str) -> list[dict]:
-    ok = [r for r in records if r.get("status") == "ok"]
+    """The Pareto front of the candidates that trained, among those scored at the highest rung the run
+    measured (D38: a lower rung's perplexity is not comparable; a single-fidelity run: all of them)."""
+    ok = [r for r in runlog.top_rung(records) if r.get("status") == "ok"]
     if not ok:
         return []
     F = np.array([[r.get(m, math.inf) for m in metrics_of(objective)] for r in ok], dtype=float)
@@ -293,12 +295,15 @@ def versions() -> str:
 
 
 def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, float]]:
-    """(generation, evaluations so far, hypervolume of everything evaluated so far) per generation."""
-    out, F = [], []
+    """(generation, evaluations so far, hypervolume of everything evaluated so far) per generation; with
+    rungs (D38) every candidate counts as an evaluation and the top rung's make the hypervolume."""
+    out, F, n = [], [], 0
+    top = {id(r) for r in runlog.top_rung(records)}
     gens = sorted({r["generation"] for r in records})
     for g in gens:
-        F += [[math.inf if v is None else v for v in r["objectives"]] for r in records if r["generation"] == g]
-        out.append((g, len(F), evolve.hypervolume(np.array(F, dtype=float), ref)))
+        n += sum(r["generation"] == g for r in records)
+        F += [[math.inf if v is None else v for v in r["objectives"]] for r in records if r["generation"] == g and id(r) in top]
+        out.append((g, n, evolve.hypervolume(np.array(F, dtype=float).reshape(-1, len(ref)), ref)))
     return out
 
 
@@ -340,7 +345,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
         pairs = [(r["cache_bytes"], r["decode_ms"]) for r in records if r.get("decode_ms") is not None]
         lines += ["", measured_words(rc) + f" Spearman between cache_bytes (formula) and decode_ms (measured) over the "
                   f"{len(pairs)} evaluated candidates: {spearman(*zip(*pairs)) if len(pairs) > 1 else math.nan:.2f}."]
-    lines += ["", f"## Pareto front of all candidates ({len(front)})", "",
+    lines += ["", f"## Pareto front of all candidates ({len(front)}{', scored at the top rung' if rc.rungs else ''})", "",
               "Each candidate is scored under one seed (the first baseline seed). A negative difference is an "
               "advantage: \"n.s.\" when it is within 2 of the baseline's seed standard deviations (not significant), "
               "\"untested\" when the baseline has one seed; a positive one (worse) carries no mark."
@@ -645,8 +650,8 @@ def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple
                          "data, width and budget, or pass --allow-incomparable to compare them anyway")
     if differ:
         warning = [f"NOT COMPARABLE (--allow-incomparable): {'; '.join(differ)}", ""]
-    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs for r in recs],
-                 dtype=float)
+    F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs
+                  for r in runlog.top_rung(recs)], dtype=float)  # D38: a lower rung's scores are not comparable
     if not np.isfinite(F).all(axis=1).any():
         raise UsageError("--compare: no run has a finished candidate")
     ref = evolve.default_ref_point(F)
@@ -660,7 +665,8 @@ def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple
         for g, n, hv in archive_hypervolume_curve(recs, ref):
             lines.append(f"{d} | {rc.algorithm} | {rc.seed} | {g} | {n} | {hv:.6g}")
         head = recs[:n_common]
-        F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in head], dtype=float)
+        F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in runlog.top_rung(head)],
+                          dtype=float).reshape(-1, len(ref))
         offspring = [r for r in head if r["generation"] > 0]  # everything below over the same evaluations
         rows.append(dict(run=d, algorithm=rc.algorithm, seed=rc.seed, evaluations=n_common,
                          hypervolume=evolve.hypervolume(F_head, ref),

@@ -179,12 +179,21 @@ def _check_patience(stats: list[dict], patience: Optional[int], log: Callable[[s
         raise _Stagnated
 
 
+def top_rung(records: list[dict]) -> list[dict]:
+    """The records scored at the highest rung the run measured (D38): all of them in a single-fidelity
+    run, whose records have no rung. A lower rung's perplexity is not comparable with the top's."""
+    high = max((r.get("rung_steps", 0) for r in records), default=0)
+    return [r for r in records if r.get("rung_steps", high) == high]
+
+
 def generation_stats(g: int, step: Generation, archive: "Archive", ref: tuple[float, ...]) -> dict:
-    """The statistics line of one generation (generations.jsonl), timings left to the caller."""
+    """The statistics line of one generation (generations.jsonl), timings left to the caller. The
+    hypervolume and the front of everything evaluated count the top rung's records only (D38)."""
     pop, children = step.population, step.children
-    archive_F = np.array([_objectives_from_json(r["objectives"]) for r in archive.records], dtype=float)
+    top = top_rung(archive.records)
+    archive_F = np.array([_objectives_from_json(r["objectives"]) for r in top], dtype=float)
     archive_F = archive_F.reshape(-1, len(ref))
-    front_keys = {archive.records[i]["key"] for i in evolve.finite_front(archive_F)}
+    front_keys = {top[i]["key"] for i in evolve.finite_front(archive_F)}
     repaired = sum(c.repairs > 0 for c in children)
     return {"generation": g,
             "hypervolume": hypervolume(pop.F, ref),

@@ -142,9 +142,8 @@ def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: 
     quality_size_cache, decode latency or peak memory for quality_latency or quality_memory, any metric
     of a comma list that Transformer++ has; none for quality), and within the run's budgets (D35)."""
     metrics = [m for m in metrics_of(objective) if m != "perplexity"]
-    high = max((r.get("rung_steps", 0) for r in records), default=0)  # D38: selected at the highest fidelity
-    ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
-          and math.isfinite(r["perplexity"]) and (budget is None or budget(r)) and r.get("rung_steps", high) == high]
+    ok = [r for r in runlog.top_rung(records) if r.get("status") == "ok" and r.get("perplexity") is not None
+          and math.isfinite(r["perplexity"]) and (budget is None or budget(r))]  # D38: at the highest fidelity
     if baseline is not None:
         ok = [r for r in ok if all(baseline.get(m) is None or r.get(m, math.inf) < baseline[m] for m in metrics)]
     best, seen = [], set()

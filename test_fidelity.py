@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import evolve
 import fidelity
+import report
 import runlog
 import star
 from test_cli import TINY, read_jsonl
@@ -164,6 +165,20 @@ def test_survival_ranks_within_budgets_then_the_higher_rung_then_the_smaller_ove
     assert v("top") == 0.0 and fidelity.rung_violation(rung.get, 2)("low") == 2.0
 
 
+def test_a_lower_rung_never_enters_the_front_the_hypervolume_or_the_selection():
+    """Even a low-rung record that would dominate (its perplexity from fewer steps is not comparable)."""
+    rec = lambda k, ppl, cache, steps: dict(key=k, genome=k, generation=0, status="ok", perplexity=ppl,  # noqa: E731
+                                            cache_bytes=cache, objectives=[ppl, cache], rung_steps=steps)
+    recs = [rec("a", 10.0, 10, 1), rec("b", 20.0, 20, 3), rec("c", 30.0, 5, 3)]
+    assert runlog.top_rung(recs) == recs[1:] and runlog.top_rung(recs[1:]) == recs[1:]
+    assert [r["key"] for r in report.front_of(recs, "quality_cache")] == ["b", "c"]
+    assert [r["key"] for r in star.select_top_k(recs, None, "quality_cache", 3)] == ["b", "c"]
+    ref = (40.0, 40.0)
+    assert report.archive_hypervolume_curve(recs, ref) == [(0, 3, evolve.hypervolume(np.array([[20, 20], [30, 5]]), ref))]
+    single = [{k: v for k, v in r.items() if k != "rung_steps"} for r in recs]  # no rungs: every record counts
+    assert runlog.top_rung(single) == single
+
+
 @pytest.mark.parametrize("steps,eta", [((5,), 4), ((5, 5), 4), ((9, 3), 4), ((3, 9), 1)])
 def test_bad_rungs_are_refused(steps, eta):
     with pytest.raises(ValueError):
@@ -190,6 +205,12 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
     assert "Spearman with the next rung" in summary
     top = star.select_top_k(recs, None, "quality_cache", 3)
     assert top and all(r["rung_steps"] == 3 for r in top)
+    front = report.front_of(recs, "quality_cache")  # the front and the hypervolume: the top rung's records only
+    assert front and all(r["rung_steps"] == 3 for r in front)
+    ref = json.loads((d / "population_002.json").read_text())["ref_point"]
+    top_F = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in recs if r["rung"] == 1])
+    hv = evolve.hypervolume(top_F, ref)
+    assert read_jsonl(d / "generations.jsonl")[-1]["hypervolume_archive"] == hv == report.archive_hypervolume_curve(recs, ref)[-1][2]
     book = [json.loads(line) for line in (d / "rungs.jsonl").read_text().splitlines()]
     assert sum("promoted" in r for r in book) == 3  # one decision per generation (0, 1, 2) at rung 0
     assert json.loads((d / "config.json").read_text())["rungs"] == [1, 3]
