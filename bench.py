@@ -18,9 +18,9 @@ Sections (the JSON keys):
                  random depth-24 parents, both cuts) and sharing rates of sampled genomes; no training
     efficacy     (only with --only efficacy; about an hour on 2 cores) whole default cpu-preset runs of
                  NSGA-II and of the random control for --seeds, compared at one reference point
-    fidelity     (only with --only fidelity; about 15 minutes on 2 cores) D38's cheap copy: single- and multi-
+    fidelity     (only with --only fidelity; about 25 minutes on 2 cores) D38's cheap copy: single- and multi-
                  fidelity NSGA-II and random search at about equal training steps per generation, seeds 0-2,
-                 each run's top-4 retrained 4x longer under 2 seeds: best retrained perplexity, regret, Spearman
+                 each run's top-4 retrained 4x longer under 2 seeds: best retrained perplexity, regret, Spearman; and 32 offspring bought with a 5-step rung (new front members per generation)
     scaling      (only with --only scaling; about an hour on 2 cores, estimated) README's seed-0 winner
                  and Transformer++, both scaled to depth 12 (genome.repeat: two independent copies of
                  the depth-6 genomes) and width 128, trained 1000 steps under seeds 0, 1, 2 (D26)
@@ -96,7 +96,8 @@ FIDELITY_CHEAP = dict(
                    generations=4, baseline_seeds=1),
     arms=[dict(name="nsga2 single", offspring=8), dict(name="nsga2 rungs 10,40 eta 4", offspring=16, rungs=(10, 40), eta=4),
           dict(name="random single", offspring=8, algorithm="random"),
-          dict(name="random rungs 10,40 eta 4", offspring=16, rungs=(10, 40), eta=4, algorithm="random")],
+          dict(name="random rungs 10,40 eta 4", offspring=16, rungs=(10, 40), eta=4, algorithm="random"),
+          dict(name="nsga2 32 offspring, rungs 5,40 eta 8", offspring=32, rungs=(5, 40), eta=8)],
     seeds=(0, 1, 2), top=4, retrain_steps=160, retrain_seeds=(0, 1))
 
 SIZES = {
@@ -945,6 +946,7 @@ def bench_fidelity(device, s) -> dict:
                                            if len(x.get("rungs") or []) > 1 and x["rungs"][0]["perplexity"] is not None
                                            and x["rungs"][1]["perplexity"] is not None]))] if rc.rungs else []
             runs.append(dict(arm=arm["name"], seed=seed, candidates=len(syn.records), train_tokens=trained, compute=total,
+                             new_front=new_front_members(syn.records, rc.objective),
                              search_s=search_s, top=top, best=best, tpp=retrained(tpp["genome"]),
                              regret=(top[0]["retrained"][0] - best) if top else math.nan, rung_spearman=rung))
             pooled.setdefault(arm["name"], []).extend((t["score"], t["retrained"][0]) for t in top)
@@ -956,14 +958,23 @@ def bench_fidelity(device, s) -> dict:
                 retrain_seeds=list(s["retrain_seeds"]))
 
 
+def new_front_members(records: list[dict], objective: str) -> list[int]:
+    """Per generation, its candidates on the front of everything evaluated up to it (the top rung's, D38)."""
+    out = []
+    for g in range(max((r["generation"] for r in records), default=-1) + 1):
+        front = report.front_of([r for r in records if r["generation"] <= g], objective)
+        out.append(sum(r["generation"] == g for r in front))
+    return out
+
+
 def print_fidelity(r):
     print(f"\n## Fidelity (D38): a cheap copy {r['overrides']}, top-k retrained {r['retrain_steps']} steps under seeds "
           f"{r['retrain_seeds']}")
     rows = [[x["arm"], x["seed"], x["candidates"], f"{x['compute']:,.0f}", f"{x['best']:.3f}", f"{x['regret']:.3f}",
              f"{x['tpp'][0]:.3f} ± {x['tpp'][1]:.3f}", ", ".join(f"{v:.2f}" for v in x["rung_spearman"]) or "-",
-             f"{x['search_s']:.0f}"] for x in r["runs"]]
+             " ".join(map(str, x.get("new_front", []))), f"{x['search_s']:.0f}"] for x in r["runs"]]
     print(table(["arm", "seed", "candidates", "compute (tokens)", "best retrained ppl", "regret", "T++ retrained",
-                 "rung Spearman", "search s"], rows))
+                 "rung Spearman", "new front members per generation", "search s"], rows))
     for a, v in r["spearman"].items():
         print(f"{a}: Spearman(selecting score, retrained mean) {v['rho']:.2f} over {v['n']} top-k genomes, "
               f"95% bootstrap [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]")

@@ -57,3 +57,15 @@ def test_bench_proxies_correlates_every_formula_with_every_measurement(tmp_path)
     assert set(p["spearman"]) == {"params", "cache_bytes"}
     assert all(len(v) == 6 for v in p["spearman"].values())  # 3 measurements x 2 contexts
     assert p["seconds_per_genome"] > 0 and len(p["stability"]) == 1
+
+
+def test_bench_fidelity_runs_each_arm_and_retrains_its_selection(tmp_path):
+    """The fidelity section at tiny sizes: one arm per fidelity, its compute and its ladder counted."""
+    out = tmp_path / "f.json"
+    assert bench.main(["--quick", "--only", "fidelity", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["fidelity"]["runs"]
+    single, multi = runs
+    assert single["candidates"] == 3 + 2 and multi["candidates"] == 3 + 4 and not single["rung_spearman"]
+    assert len(multi["rung_spearman"]) == 1 and len(single["new_front"]) == len(multi["new_front"]) == 2
+    assert 0 < single["train_tokens"] == 5 * 4 * 4 * 32  # 5 candidates x 4 steps x 4 x 32 tokens
+    assert single["regret"] >= 0 and single["best"] == min(t["retrained"][0] for t in single["top"])
