@@ -240,7 +240,10 @@ def test_a_worker_that_cannot_start_is_one_line_exit_1_and_resumes(tmp_path, mon
 
 
 # the command line in a process of its own, with slow_evaluate in its workers
-DRIVER = ("import functools, sys, parallel; parallel.evaluator = functools.partial(parallel.evaluator, "
+# star.py as started from a terminal: Python's own SIGINT handler, even when the tests themselves run where
+# SIGINT is ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python then keeps it)
+DRIVER = ("import functools, signal, sys, parallel; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "parallel.evaluator = functools.partial(parallel.evaluator, "
           "evaluate='test_parallel:slow_evaluate'); import star; sys.exit(star.main(sys.argv[1:]))")
 HERE = Path(__file__).parent
 
