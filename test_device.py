@@ -25,6 +25,7 @@ import corpus
 import train
 from liv import REGISTRY, LayerPlan
 from test_decode import SHARED_GENOMES
+from test_train import micro_batch_updates
 from test_liv import FFT_CLASSES, HandLlama, copy_into_llama, random_scan_inputs, reference_attention, small_cfg, transformer_pp_plans
 
 ALL = list(REGISTRY)
@@ -197,18 +198,7 @@ def test_accumulated_micro_batches_give_the_large_batch_update(device, prec, mon
     and the gradient norm at 2e-2; the weights are not compared, since AdamW's first update is about
     lr · sign(gradient), which flips for gradients near zero. (On CPU, train.py trains in float32 whatever
     the bf16 flag, so there both precisions are float32.)"""
-    cfg = liv.ModelConfig(vocab_size=256, d_model=32, head_dim=16, depth=2, max_len=64)
-    g = genome.Genome.parse("5.1.1.1.1-9.2.1.2.1")
-    data = corpus.synthetic(n_bytes=1 << 14)
-    norms, real_clip = [], torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(real_clip(*a, **k)) or norms[-1])
-    out = {}
-    for micro in (None, 1):
-        model = genome.build_model(g, cfg, seed=0)
-        res = train.train(model, data, train.TrainConfig(steps=1, batch=4, seq_len=32, eval_batches=1, device=str(device),
-                                                         bf16=prec == "bf16", log_every=1, micro_batch=micro), log=None)
-        assert res.status == "ok", res.error
-        out[micro] = (res.train_loss, [p.detach().cpu().clone() for p in model.parameters()])
+    norms, out = micro_batch_updates(monkeypatch, str(device), bf16=prec == "bf16")
     if prec == "fp32":
         assert norms[0].item() == pytest.approx(norms[1].item(), rel=1e-5)
         assert out[None][0] == pytest.approx(out[1][0], rel=1e-6)

@@ -605,11 +605,9 @@ def test_cli_bad_genome_as_a_process_has_no_traceback():
 # --- gradient accumulation and the memory estimate ------------------------------------------------------
 
 
-@needs_genome
-def test_accumulated_micro_batches_give_the_large_batch_update(monkeypatch):
-    """4 micro-batches of 1 sequence = one batch of 4: the same gradient norm, loss and parameters after
-    the optimizer step, to float32 round-off. (AdamW's step is nearly invariant to a gradient's scale,
-    so a missing 1/4 would hide in the parameters: the gradient norm and the loss catch it.)"""
+def micro_batch_updates(monkeypatch, device: str = "cpu", bf16: bool = False):
+    """One step of a batch of 4, whole and as 4 micro-batches of 1 (test_device.py runs it on the device):
+    the gradient norms clipped, and per micro-batch setting (train loss, parameters after the step)."""
     import genome
     import liv
 
@@ -621,9 +619,19 @@ def test_accumulated_micro_batches_give_the_large_batch_update(monkeypatch):
     out = {}
     for micro in (None, 1):
         model = genome.build_model(g, cfg, seed=0)
-        res = train.train(model, data, TrainConfig(steps=1, batch=4, seq_len=32, eval_batches=1, device="cpu",
+        res = train.train(model, data, TrainConfig(steps=1, batch=4, seq_len=32, eval_batches=1, device=device, bf16=bf16,
                                                    log_every=1, micro_batch=micro), log=None)
-        out[micro] = (res.train_loss, [p.detach().clone() for p in model.parameters()])
+        assert res.status == "ok", res.error
+        out[micro] = (res.train_loss, [p.detach().cpu().clone() for p in model.parameters()])
+    return norms, out
+
+
+@needs_genome
+def test_accumulated_micro_batches_give_the_large_batch_update(monkeypatch):
+    """4 micro-batches of 1 sequence = one batch of 4: the same gradient norm, loss and parameters after
+    the optimizer step, to float32 round-off. (AdamW's step is nearly invariant to a gradient's scale,
+    so a missing 1/4 would hide in the parameters: the gradient norm and the loss catch it.)"""
+    norms, out = micro_batch_updates(monkeypatch)
     assert norms[0].item() == pytest.approx(norms[1].item(), rel=1e-5)
     assert out[None][0] == pytest.approx(out[1][0], rel=1e-6)
     for a, b in zip(out[None][1], out[1][1]):
