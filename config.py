@@ -425,9 +425,10 @@ def _validate_rungs(c: RunConfig) -> None:
         raise UsageError(f"--eta must be an integer >= 2 (got {c.eta!r})")
     if not c.rungs:
         return
-    if not (isinstance(c.rungs, tuple) and all(type(x) is int and x >= 1 for x in c.rungs) and len(c.rungs) >= 2
-            and list(c.rungs) == sorted(set(c.rungs))):
-        raise UsageError(f"--rungs must be at least two increasing step counts >= 1 (got {c.rungs!r})")
+    try:
+        c.multi_fidelity  # fidelity.Rungs checks the ladder itself
+    except ValueError as e:
+        raise UsageError(f"--rungs: {e}") from None
     if c.rungs[-1] != c.steps:
         raise UsageError(f"--rungs {','.join(map(str, c.rungs))}: the top rung is the budget the baselines train at, "
                          f"--steps {c.steps}; end --rungs with it")

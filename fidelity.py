@@ -139,7 +139,7 @@ class MultiFidelity:
             self._train(individuals, keys, top, generation, self.rungs.top)
             for i in top:
                 report(i, self._final(generation, keys[i], self.rungs.top))
-        alive = [i for i in range(len(individuals)) if i not in set(top)]
+        alive = [i for i, k in enumerate(keys) if k not in self.at_top]
         for r, steps in enumerate(self.rungs.steps):
             if not alive:
                 return

@@ -165,11 +165,7 @@ def fidelity_section(rc: RunConfig, records: list[dict], top: list[dict]) -> lis
                 f"how well that score ranks longer trainings. Measure it with `--rungs {max(1, rc.steps // 4)},{rc.steps}` "
                 "(the rank correlation between rungs, D38) or `--final-steps N` (the selection retrained longer). "
                 f"Compute: {trained:,} training tokens, {total:,.0f} counting evaluation at a third."]
-    by_steps = {x: [] for x in rc.rungs}
-    for r in records:
-        for x in r.get("rungs") or []:
-            if x.get("steps") in by_steps:
-                by_steps[x["steps"]].append(r)
+    trained_at = {x: sum(any(y.get("steps") == x for y in r.get("rungs") or []) for r in records) for x in rc.rungs}
     lines = ["", f"## Proxy fidelity: successive halving over rungs {', '.join(map(str, rc.rungs))} steps, eta {rc.eta} (D38)", "",
              "Every child is trained at the lowest rung; the best ceil(n/eta) by non-dominated rank and crowding go up a "
              "rung and are trained again from scratch; the selection is made among top-rung candidates only.", "",
@@ -185,8 +181,8 @@ def fidelity_section(rc: RunConfig, records: list[dict], top: list[dict]) -> lis
                 x, y = zip(*pairs)
                 lo, hi = bootstrap_spearman(x, y)
                 cell, interval = f"{spearman(x, y):.2f} over {len(pairs)}", f"[{lo:.2f}, {hi:.2f}]"
-        lines.append(f"| {i} | {steps} | {len(by_steps[steps])} | {cell} | {interval} |")
-    single = sum(1 for r in records) * rc.steps * rc.batch * rc.seq_len
+        lines.append(f"| {i} | {steps} | {trained_at[steps]} | {cell} | {interval} |")
+    single = len(records) * rc.steps * rc.batch * rc.seq_len
     lines += ["", f"Compute: {trained:,} training tokens ({trained / single:.0%} of training every candidate at {rc.steps} "
                   f"steps), {total:,.0f} counting evaluation at a third."]
     if top:

@@ -203,6 +203,8 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
     summary = (d / "summary.md").read_text()
     assert "## Proxy fidelity: successive halving over rungs 1, 3 steps, eta 2" in summary
     assert "Spearman with the next rung" in summary
+    assert f"| 0 | 1 | {len(recs)} | " in summary  # every candidate trained at the lowest rung ...
+    assert f"| 1 | 3 | {sum(r['rung'] == 1 for r in recs)} | - | - |" in summary  # ... the promoted at the top
     top = star.select_top_k(recs, None, "quality_cache", 3)
     assert top and all(r["rung_steps"] == 3 for r in top)
     front = report.front_of(recs, "quality_cache")  # the front and the hypervolume: the top rung's records only
