@@ -508,8 +508,10 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
         from matplotlib.ticker import EngFormatter, MaxNLocator
     except ImportError:
         return False  # optional; the summary says everything the plot does
-    ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
-          and math.isfinite(r["perplexity"])]
+    trained = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
+               and math.isfinite(r["perplexity"])]
+    top = {id(r) for r in runlog.top_rung(records)}  # D38: the front is the top rung's; the others drawn apart
+    ok, low = [r for r in trained if id(r) in top], [r for r in trained if id(r) not in top]
     if not ok:
         return False
     metrics = [m for m in rc.metrics if m != "perplexity"] or ["params"]
@@ -530,6 +532,10 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
         x = np.maximum(x, 1) if log_x else x
         sc = ax.scatter(x, y, c=[r["generation"] for r in ok], cmap=cmap, norm=norm, s=28, edgecolors="white",
                         linewidths=0.4, zorder=3, label="candidate (colour: generation)")
+        if low:
+            lx = np.array([r.get(m, math.nan) for r in low], dtype=float)
+            ax.scatter(np.maximum(lx, 1) if log_x else lx, [r["perplexity"] for r in low], marker="x", c="0.6", s=16,
+                       linewidths=0.8, zorder=2, label="stopped at a lower rung (D38)")
         front = sorted(evolve.non_dominated_sort(np.column_stack([x, y]))[0], key=lambda i: (x[i], y[i]))
         ax.step(x[front], y[front], where="post", color="black", lw=1.4, marker="o", ms=9, mfc="none", zorder=4,
                 label="Pareto front" if len(rc.metrics) == 2
@@ -570,13 +576,14 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
     ax.grid(alpha=0.3)
     ax.margins(x=0.12, y=0.15)  # room for the last label
 
-    failed = len(records) - len(ok)
+    failed = len(records) - len(trained)
     shares = "" if not rc.budgets() else "\nbudgets " + ", ".join(f"{m} ≤ {fmt_value(m, v)}" for m, v in rc.budgets().items()) \
         + "; within them per generation: " + " ".join(f"{k / n:.0%}" for _, n, k in feasible_shares(rc, records))
     fig.suptitle(f"STAR {rc.objective}: {rc.preset} preset, {rc.algorithm}, "
                  f"{len(records)} candidates over {n_gen} generations"
                  + (f" ({failed} failed, not shown)" if failed else "") + shares)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(base) + 2, frameon=False)
+    handles = axes[0].get_legend_handles_labels()
+    fig.legend(*handles, loc="outside lower center", ncol=min(len(handles[0]), 3), frameon=False)
     fig.draw_without_rendering()  # fixes the layout, so that labels can be placed where they cover no point
     taken = []
     for ax, xy, name, color, pts, stair in labels:
