@@ -16,8 +16,11 @@ Sections (the JSON keys):
     search       the NSGA-II loop's own bookkeeping as a share of one CPU-preset generation
     variation    D18's targets: share of offspring needing repair (1000 mutations, 1000 crossovers of
                  random depth-24 parents, both cuts) and sharing rates of sampled genomes; no training
-    efficacy     (only with --only efficacy; about an hour on 2 cores) whole default cpu-preset runs of
-                 NSGA-II and of the random control for --seeds, compared at one reference point
+    efficacy     (only with --only efficacy; about 3 hours on 2 cores for 3 seeds) issue 17's comparison (D39):
+                 whole quality_cache cpu-preset runs of single- and multi-fidelity NSGA-II and random search
+                 (with and without the same halving) at about equal compute for --seeds, then each run's top-4
+                 and Transformer++ retrained 1000 steps under seeds 0, 1, 2 (2 worker processes): hypervolume
+                 at the search's fidelity, best retrained perplexity, regret, retrained hypervolume, Spearman
     fidelity     (only with --only fidelity; about 25 minutes on 2 cores) D38's cheap copy: single- and multi-
                  fidelity NSGA-II and random search at about equal training steps per generation, seeds 0-2,
                  each run's top-4 retrained 4x longer under 2 seeds: best retrained perplexity, regret, Spearman; and 32 offspring bought with a 5-step rung (new front members per generation)
@@ -76,10 +79,12 @@ from einops import rearrange
 import candidate
 import config
 import corpus
+import evolve
 import genome
 import liv
 import meter
 import report
+import runlog
 import train
 from config import RunConfig
 
@@ -100,6 +105,19 @@ FIDELITY_CHEAP = dict(
           dict(name="nsga2 32 offspring, rungs 5,40 eta 8", offspring=32, rungs=(5, 40), eta=8)],
     seeds=(0, 1, 2), top=4, retrain_steps=160, retrain_seeds=(0, 1))
 
+# The four searches of issue 17's comparison at about equal total compute (D39): (name, star.py options).
+# Multi-fidelity runs train every child 25 steps and promote a quarter to the top rung (100 steps, the
+# baselines' budget); 16 + 16 x 5 children at (25, 100) cost 4,800 training steps, as 8 + 8 x 5 at 100 do.
+EFFICACY_ARMS = (("nsga2", []), ("random", ["--algorithm", "random"]),
+                 ("nsga2-mf", ["--rungs", "25,100", "--eta", "4", "--population", "16", "--offspring", "16"]),
+                 ("random-mf", ["--algorithm", "random", "--rungs", "25,100", "--eta", "4", "--population", "16",
+                                "--offspring", "16"]))
+RUN_NAMES = {"nsga2": "nsga2-liv", "random": "random-liv"}  # the folder names of the first efficacy runs, kept
+QUICK_ARMS = (("nsga2", []), ("random", ["--algorithm", "random"]),
+              ("nsga2-mf", ["--rungs", "1,2", "--eta", "2", "--offspring", "4"]),
+              ("random-mf", ["--algorithm", "random", "--rungs", "1,2", "--eta", "2", "--offspring", "4"]))
+EFFICACY = dict(extra=["--no-weights"], arms=EFFICACY_ARMS, top=4, retrain_steps=1000, retrain_seeds=(0, 1, 2), workers=2)
+
 SIZES = {
     "cpu": dict(
         classes=dict(b=8, l=512, d=256, head_dim=64, repeats=3),
@@ -108,7 +126,7 @@ SIZES = {
         transformer=dict(b=4, l=256, d=256, head_dim=64, blocks=2, repeats=7),
         decode=dict(d=256, head_dim=64, contexts=(256, 4096), steps=8),
         search=dict(pop=16, offspring=16, generations=3, timed_steps=6, genomes=3),
-        variation=dict(n=1000, samples=2000), efficacy=dict(extra=[]),
+        variation=dict(n=1000, samples=2000), efficacy=EFFICACY,
         memory=dict(preset="paper", gpu_bytes=80 * 10**9),
         parallel=dict(preset="cpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
@@ -124,7 +142,7 @@ SIZES = {
         transformer=dict(b=8, l=4096, d=768, head_dim=64, blocks=12, repeats=10),
         decode=dict(d=768, head_dim=64, contexts=(256, 4096), steps=32),
         search=dict(pop=16, offspring=16, generations=3, timed_steps=10, genomes=3),
-        variation=dict(n=1000, samples=2000), efficacy=dict(extra=[]),
+        variation=dict(n=1000, samples=2000), efficacy=EFFICACY,
         memory=dict(preset="paper", gpu_bytes=None),  # None: this GPU's own memory
         parallel=dict(preset="gpu", workers=2, data=None, overrides={}),
         threads=dict(preset="cpu", overrides={}),
@@ -141,7 +159,8 @@ SIZES = {
         decode=dict(d=64, head_dim=16, contexts=(8, 32), steps=2),
         search=dict(pop=4, offspring=4, generations=1, timed_steps=1, genomes=1),
         variation=dict(n=50, samples=50),
-        efficacy=dict(extra=["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len",
+        efficacy=dict(arms=QUICK_ARMS, top=2, retrain_steps=3, retrain_seeds=(0, 1), workers=1, extra=[
+            "--no-weights", "--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len",
                              "32", "--batch", "4", "--steps", "2", "--population", "3", "--offspring", "2",
                              "--generations", "1", "--baseline-seeds", "2"]),
         memory=dict(preset="cpu", gpu_bytes=10**9),
@@ -862,46 +881,184 @@ def print_noise(r):
           + ("the held-out set is large enough" if r["keep"] else "the held-out set is too small: raise --eval-tokens"))
 
 
+
+
+def _retrain_one(job: tuple) -> dict:
+    """One retraining (a worker process's job): (run folder for the settings, genome text, seed, steps)."""
+    import parallel
+
+    run_dir, text, seed, steps, device = job
+    rc = report.load_run(run_dir)[0]
+    data = corpus.load_data(rc.data, rc.vocab_size)
+    cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(device, steps)
+    with parallel.candidate_threads(device):
+        info, _ = candidate.evaluate_genome(genome.Genome.parse(text), cfg, tcfg, data, rc, seed=seed)
+    return dict(key=genome.canonical_str(genome.Genome.parse(text)), genome=text, seed=seed, steps=steps,
+                perplexity=info["perplexity"] if info["status"] == "ok" else math.inf, status=info["status"],
+                cache_bytes=info["cache_bytes"], seconds=info["seconds"])
+
+
+def retrain_all(jobs: list[tuple], book: Path, workers: int) -> dict:
+    """Every (run folder, genome, seed, steps, device) job trained once: results already in `book` (a
+    JSON-lines file, one line a training, appended as each finishes) are read, not trained again, so a
+    killed bench loses at most the trainings in progress, and a genome in several runs' top-k trains once."""
+    import concurrent.futures
+    import multiprocessing
+
+    done = {}
+    if book.exists():
+        for line in book.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                r = json.loads(line)
+                done[(r["key"], r["seed"], r["steps"])] = r
+    todo, seen = [], set()
+    for j in jobs:
+        k = (genome.canonical_str(genome.Genome.parse(j[1])), j[2], j[3])
+        if k not in done and k not in seen:
+            seen.add(k)
+            todo.append(j)
+    print(f"  retraining: {len(todo)} trainings to do, {len(done)} already in {book}", flush=True)
+
+    def keep(r):
+        done[(r["key"], r["seed"], r["steps"])] = r
+        with open(book, "a") as f:
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        print(f"  retrained {r['genome']} seed {r['seed']}: ppl {r['perplexity']:.3f} ({r['seconds']:.0f} s)", flush=True)
+    if workers <= 1:
+        for j in todo:
+            keep(_retrain_one(j))
+    else:  # spawned processes, one thread each (D19): each result is kept as soon as it is back
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for f in concurrent.futures.as_completed([pool.submit(_retrain_one, j) for j in todo]):
+                keep(f.result())
+    return done
+
+
+def welch(a, b) -> tuple[float, float, float]:
+    """Welch's t-test that mean(a) < mean(b): (t, degrees of freedom, one-sided p) (report.student_t_sf)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:  # no spread in either: no test
+        return math.nan, math.nan, math.nan
+    t = float((b.mean() - a.mean()) / math.sqrt(va + vb))
+    df = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)))
+    return t, df, report.student_t_sf(t, df)
+
+
+def retrained_hypervolume(points: list[tuple[float, float]], ref: tuple[float, float], log_cache: bool) -> float:
+    """Hypervolume of (retrained perplexity, cache) points at the retrained Transformer++ point `ref`, on
+    the linear cache axis or on log10 max(cache, 1 byte)."""
+    f = (lambda c: math.log10(max(c, 1.0))) if log_cache else float
+    return evolve.hypervolume(np.array([[p, f(c)] for p, c in points], dtype=float).reshape(-1, 2), (ref[0], f(ref[1])))
+
+
 def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
-    """Whole default cpu-preset runs (`python star.py --objective quality_cache`), NSGA-II and the random
-    control for each seed, then `report.compare_runs` per seed at that seed's common reference point.
-    Runs already finished in `out_dir` are read, not run again; an unfinished one is resumed."""
+    """Issue 17's comparison (D39): for each seed, whole quality_cache runs of the cpu preset, one per arm
+    of `s["arms"]` (single- and multi-fidelity NSGA-II, random search with and without the same halving)
+    at about equal total compute (report.compute_tokens); then each run's selected top-k (star.select_top_k:
+    under Transformer++'s cache, at the highest rung) and Transformer++ are retrained `retrain_steps` under
+    `retrain_seeds`. Runs already finished in `out_dir` are read, not run again (an unfinished one is
+    resumed); retrainings already in `out_dir/retrained.jsonl` are read, not trained again.
+
+    Per run: candidates, compute, the hypervolume at the search's fidelity (each seed's runs at one common
+    reference point, evolve.default_ref_point over their top-rung candidates), the best retrained perplexity
+    among the top-k, the regret of the chosen best, and the retrained hypervolume of the top-k at the
+    retrained Transformer++ point on both cache axes. Per arm, pooled over seeds: the Spearman between the
+    selecting score and the retrained mean with its bootstrap interval; per seed, Welch's one-sided test
+    that multi-fidelity NSGA-II's best is below each other arm's best."""
     import star
 
-    per_seed = []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    runs = []
     for seed in seeds:
-        dirs = []
-        for algorithm in ("nsga2", "random"):
-            name = f"{algorithm}-liv-seed{seed}"
+        for arm, options in s["arms"]:
+            name = f"{RUN_NAMES.get(arm, arm)}-seed{seed}"
             d = Path(out_dir) / name
             rc = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else None
             if rc is None or not (d / f"population_{rc['generations']:03d}.json").exists():
-                argv = ["--objective", "quality_cache", "--preset", "cpu", "--algorithm", algorithm, "--seed", str(seed),
-                        "--out", out_dir, "--name", name] + (["--resume"] if rc is not None else [])
-                if star.main(argv + s["extra"]) != 0:
+                argv = ["--objective", "quality_cache", "--preset", "cpu", "--seed", str(seed), "--out", out_dir,
+                        "--name", name] + s["extra"] + options + (["--resume"] if rc is not None else [])
+                if star.main(argv) != 0:
                     raise RuntimeError(f"run {name} failed")
-            dirs.append(str(d))
-        text, rows = report.compare_runs(dirs)
-        base = report.seed_groups(report.load_run(dirs[0])[2], "name")
-        per_seed.append(dict(seed=seed, nsga2=rows[0], random=rows[1], ratio=rows[0]["hypervolume"] / rows[1]["hypervolume"],
-                             baselines={n: dict(mean=b["perplexity"], std=b["ppl_std"], ppls=b["ppls"]) for n, b in base.items()}))
-    return dict(seeds=per_seed, median_ratio=float(np.median([p["ratio"] for p in per_seed])))
+            rc, records, baselines = report.load_run(d)
+            tpp = report.seed_groups(baselines, "name")["transformer++"]
+            runs.append(dict(arm=arm, seed=seed, dir=str(d), records=records, tpp=tpp,
+                             top=star.select_top_k(records, tpp, rc.objective, s["top"]), rc=rc))
+    steps, rseeds = s["retrain_steps"], list(s["retrain_seeds"])
+    jobs = [(r["dir"], t["genome"], rs, steps, str(device)) for r in runs for t in r["top"] + [r["tpp"]] for rs in rseeds]
+    done = retrain_all(jobs, Path(out_dir) / "retrained.jsonl", s["workers"])
+    ppls = lambda text: [done[(genome.canonical_str(genome.Genome.parse(text)), rs, steps)]["perplexity"]  # noqa: E731
+                         for rs in rseeds]
+    out = []
+    for r in runs:
+        same_seed = [x for x in runs if x["seed"] == r["seed"]]
+        objs = lambda x: np.array([[math.inf if v is None else v for v in y["objectives"]]  # noqa: E731
+                                for y in runlog.top_rung(x["records"])], dtype=float)
+        ref = evolve.default_ref_point(np.vstack([objs(x) for x in same_seed]))
+        top = [dict(genome=t["genome"], key=t["key"], score=t["perplexity"], cache=t["cache_bytes"], ppls=ppls(t["genome"]))
+               for t in r["top"]]
+        for t in top:
+            t["retrained"] = report.mean_std(t["ppls"])
+        tpp_ppls = ppls(r["tpp"]["genome"])
+        tpp = (report.mean_std(tpp_ppls)[0], r["tpp"]["cache_bytes"])
+        best = min(top, key=lambda t: t["retrained"][0]) if top else None
+        trained, total = report.compute_tokens(r["rc"], r["records"])
+        points = [(t["retrained"][0], t["cache"]) for t in top]
+        out.append(dict(arm=r["arm"], seed=r["seed"], candidates=len(r["records"]),
+                        top_rung=len(runlog.top_rung(r["records"])), train_tokens=trained, compute=total,
+                        hv_search=evolve.hypervolume(objs(r), ref), ref_search=list(ref),
+                        new_front=new_front_members(r["records"], r["rc"].objective), top=top,
+                        best=best["retrained"][0] if best else math.inf, best_ppls=best["ppls"] if best else [],
+                        best_genome=best["genome"] if best else None,
+                        regret=top[0]["retrained"][0] - best["retrained"][0] if best else math.nan,
+                        tpp=dict(ppls=tpp_ppls, mean=tpp[0], std=report.mean_std(tpp_ppls)[1], cache=tpp[1]),
+                        hv_linear=retrained_hypervolume(points, tpp, False),
+                        hv_log=retrained_hypervolume(points, tpp, True)))
+    by = {(x["arm"], x["seed"]): x for x in out}
+    for x in out:
+        mf = by.get(("nsga2-mf", x["seed"]))
+        x["welch_mf_below"] = list(welch(mf["best_ppls"], x["best_ppls"])) if mf and x is not mf and x["best_ppls"] \
+            and mf["best_ppls"] else None
+    spear = {}
+    for arm in dict.fromkeys(x["arm"] for x in out):
+        pairs = list({(x["seed"], t["key"]): (t["score"], t["retrained"][0]) for x in out if x["arm"] == arm
+                      for t in x["top"]}.values())
+        spear[arm] = dict(n=len(pairs), rho=report.spearman(*zip(*pairs)) if pairs else math.nan,
+                          interval=report.bootstrap_spearman(*zip(*pairs)) if pairs else (math.nan, math.nan))
+    pairs = list({(x["seed"], t["key"]): (t["score"], t["retrained"][0]) for x in out for t in x["top"]}.values())
+    spear["all"] = dict(n=len(pairs), rho=report.spearman(*zip(*pairs)) if pairs else math.nan,
+                        interval=report.bootstrap_spearman(*zip(*pairs)) if pairs else (math.nan, math.nan))
+    return dict(runs=out, spearman=spear, retrain_steps=steps, retrain_seeds=rseeds, top=s["top"],
+                median_ratio=_median_ratio(out))
+
+
+def _median_ratio(out: list[dict]) -> float:
+    """NSGA-II's hypervolume at the search's fidelity over random search's, median over the seeds."""
+    r = [x["hv_search"] / y["hv_search"] for x in out for y in out
+         if x["arm"] == "nsga2" and y["arm"] == "random" and x["seed"] == y["seed"] and y["hv_search"] > 0]
+    return float(np.median(r)) if r else math.nan
 
 
 def print_efficacy(r):
-    print("\n## Efficacy: NSGA-II against the random control, default cpu preset, quality_cache")
+    print(f"\n## Efficacy (D39): quality_cache, cpu preset, about equal compute per run; each run's top-{r['top']} "
+          f"and Transformer++ retrained {r['retrain_steps']} steps under seeds {r['retrain_seeds']}")
     rows = []
-    for p in r["seeds"]:
-        n, rnd, b = p["nsga2"], p["random"], p["baselines"]
-        rows.append([p["seed"], n["evaluations"], f"{n['hypervolume']:.4g}", f"{rnd['hypervolume']:.4g}", f"{p['ratio']:.3f}",
-                     f"{n['share_featurizer']:.0%} / {n['share_feature_group']:.0%} / {n['share_any']:.0%}",
-                     f"{rnd['share_featurizer']:.0%} / {rnd['share_feature_group']:.0%} / {rnd['share_any']:.0%}",
-                     f"{n['repaired']:.0%}"] +
-                    [f"{v['mean']:.2f} ± {v['std']:.2f}" for v in b.values()])
-    names = list(r["seeds"][0]["baselines"]) if r["seeds"] else []
-    print(table(["seed", "evaluations", "HV NSGA-II", "HV random", "ratio", "sharing NSGA-II (feat/fg/either)",
-                 "sharing random", "NSGA-II offspring repaired"] + [f"{n} ppl" for n in names], rows))
-    print(f"median ratio over the seeds: {r['median_ratio']:.3f} (target >= 1.10)")
+    for x in r["runs"]:
+        w = x["welch_mf_below"]
+        rows.append([x["arm"], x["seed"], f"{x['candidates']} ({x['top_rung']})", f"{x['compute'] / 1e6:.2f}M",
+                     f"{x['hv_search']:.4g}", f"{x['best']:.3f} ± {report.mean_std(x['best_ppls'])[1]:.3f}",
+                     f"{x['regret']:.3f}", f"{x['hv_linear']:.4g}", f"{x['hv_log']:.4g}",
+                     f"{x['tpp']['mean']:.3f} ± {x['tpp']['std']:.3f}", " ".join(map(str, x["new_front"][1:])),
+                     "-" if w is None else f"{w[2]:.3f}"])
+    print(table(["arm", "seed", "candidates (top rung)", "compute", "HV at search fidelity", "best retrained ppl",
+                 "regret", "retrained HV linear", "retrained HV log10", "T++ retrained", "new front members gen 1-",
+                 "Welch p (mf best below)"], rows))
+    for arm, v in r["spearman"].items():
+        print(f"{arm}: Spearman(selecting score, retrained mean) {v['rho']:.2f} over {v['n']} top-k genomes, "
+              f"95% bootstrap [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]")
+    print(f"NSGA-II / random hypervolume at the search's fidelity, median over seeds: {r['median_ratio']:.3f}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -142,6 +142,41 @@ def bootstrap_spearman(x, y, n: int = 1000, seed: int = 0) -> tuple[float, float
     return (float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))) if rhos else (math.nan, math.nan)
 
 
+def student_t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with `df` degrees of freedom (df may be fractional, as Welch's is): half
+    the regularized incomplete beta I_x(df/2, 1/2) at x = df / (df + t^2), by its continued fraction."""
+    if not math.isfinite(t):
+        return 0.0 if t > 0 else 1.0
+    if t < 0:
+        return 1.0 - student_t_sf(-t, df)
+    return 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b): Lentz's continued fraction, on the side where it converges."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f
+
+
 def compute_tokens(rc: RunConfig, records: list[dict]) -> tuple[int, float]:
     """Training tokens of the records' trainings (every rung a record reached, D38), and the total compute
     counted as training tokens plus evaluation tokens at a third of their weight (a forward pass is about

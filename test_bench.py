@@ -1,6 +1,10 @@
 """Smoke test of bench.py: every section runs at tiny sizes and writes positive numbers (timings are not
 asserted — a timed test would flake; the benchmark is a script)."""
 import json
+import math
+
+import numpy as np
+import pytest
 
 import bench
 
@@ -26,18 +30,63 @@ def test_bench_quick_writes_every_section(tmp_path):
     assert v["mutation"] == 0 and 0 <= v["crossover_liv"] <= 1 and v["n"] == 50
 
 
-def test_bench_efficacy_compares_both_algorithms(tmp_path):
-    """The efficacy section at tiny sizes: one seed, NSGA-II and the random control, one reference point."""
-    out = tmp_path / "e.json"
-    assert bench.main(["--quick", "--only", "efficacy", "--seeds", "0", "--efficacy-dir", str(tmp_path / "runs"),
-                       "--out", str(out)]) == 0
+def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path):
+    """The efficacy section at tiny sizes: one seed, the four arms, each run's top-2 and Transformer++
+    retrained under 2 seeds; the numbers it reports are recomputed here from the run folders and the
+    retraining book, and a second call trains nothing again."""
+    import evolve
+    import report
+    import runlog
+
+    out, runs = tmp_path / "e.json", tmp_path / "runs"
+    assert bench.main(["--quick", "--only", "efficacy", "--seeds", "0", "--efficacy-dir", str(runs), "--out", str(out)]) == 0
     e = json.loads(out.read_text())["efficacy"]
-    (p,) = e["seeds"]
-    assert p["nsga2"]["algorithm"] == "nsga2" and p["random"]["algorithm"] == "random"
-    assert p["nsga2"]["evaluations"] == p["random"]["evaluations"] == 3 + 2
-    assert p["ratio"] == p["nsga2"]["hypervolume"] / p["random"]["hypervolume"] and p["nsga2"]["hypervolume"] > 0
-    assert set(p["baselines"]) == {"transformer++", "striped-mamba"}
-    assert all(len(b["ppls"]) == 2 for b in p["baselines"].values())
+    assert [x["arm"] for x in e["runs"]] == ["nsga2", "random", "nsga2-mf", "random-mf"]
+    book = [json.loads(line) for line in (runs / "retrained.jsonl").read_text().splitlines()]
+    assert len({(b["key"], b["seed"]) for b in book}) == len(book)  # a genome in two top-ks trained once per seed
+    ppl = {(b["key"], b["seed"]): b["perplexity"] for b in book}
+    folders = {"nsga2": "nsga2-liv-seed0", "random": "random-liv-seed0", "nsga2-mf": "nsga2-mf-seed0",
+               "random-mf": "random-mf-seed0"}
+    for x in e["runs"]:
+        rc, records, _ = report.load_run(runs / folders[x["arm"]])
+        assert x["candidates"] == len(records) and x["compute"] == report.compute_tokens(rc, records)[1]
+        assert bool(rc.rungs) == x["arm"].endswith("-mf") and (x["arm"].endswith("-mf") or x["candidates"] == 3 + 2)
+        tpp = x["tpp"]
+        means = [float(np.mean([ppl[(t["key"], s)] for s in (0, 1)])) for t in x["top"]]
+        assert [t["retrained"][0] for t in x["top"]] == pytest.approx(means) and x["best"] == pytest.approx(min(means))
+        assert x["regret"] == pytest.approx(means[0] - min(means))  # the chosen best is the lowest search score
+        assert [t["score"] for t in x["top"]] == sorted(t["score"] for t in x["top"])
+        assert all(t["cache"] < tpp["cache"] for t in x["top"])  # under Transformer++'s cache
+        pts = np.array([[m, math.log10(max(t["cache"], 1))] for m, t in zip(means, x["top"])]).reshape(-1, 2)
+        assert x["hv_log"] == pytest.approx(evolve.hypervolume(pts, (tpp["mean"], math.log10(tpp["cache"]))))
+        assert x["new_front"][0] >= 1 and len(x["new_front"]) == rc.generations + 1
+        assert x["hv_search"] == pytest.approx(evolve.hypervolume(
+            np.array([r["objectives"] for r in runlog.top_rung(records)], dtype=float), x["ref_search"]))
+    assert e["runs"][0]["welch_mf_below"] is not None and e["runs"][2]["welch_mf_below"] is None
+    before = (runs / "retrained.jsonl").read_text()
+    assert bench.main(["--quick", "--only", "efficacy", "--seeds", "0", "--efficacy-dir", str(runs), "--out", str(out)]) == 0
+    assert (runs / "retrained.jsonl").read_text() == before and json.loads(out.read_text())["efficacy"]["runs"] == e["runs"]
+
+
+def test_welch_and_the_t_distribution_against_textbook_values_and_an_integral():
+    """report.student_t_sf at the two-sided 5% points of t tables, and at fractional df against a
+    trapezoid integral of the density; bench.welch against the formula by hand."""
+    import report
+
+    for t, df in [(12.706, 1), (4.303, 2), (2.776, 4), (2.228, 10)]:
+        assert report.student_t_sf(t, df) == pytest.approx(0.025, abs=2e-5)
+        assert report.student_t_sf(-t, df) == pytest.approx(0.975, abs=2e-5)
+    for t, df in [(1.3, 2.7), (0.4, 5.5), (3.1, 3.3)]:
+        x = np.linspace(t, t + 400, 400_001)
+        y = np.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / np.sqrt(df * np.pi) * (1 + x ** 2 / df) ** (-(df + 1) / 2)
+        tail = float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
+        assert report.student_t_sf(t, df) == pytest.approx(tail, abs=1e-5)
+    a, b = [5.0, 5.2, 5.1], [5.6, 5.3, 5.9]
+    t, df, p = bench.welch(a, b)
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 3
+    assert t == pytest.approx((np.mean(b) - np.mean(a)) / math.sqrt(va + vb))
+    assert df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)) and p == report.student_t_sf(t, df)
+    assert 0 < p < 0.05 and bench.welch(b, a)[2] == pytest.approx(1 - p)
 
 
 def test_bench_scaling_trains_the_repeated_genomes(tmp_path):
