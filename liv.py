@@ -813,7 +813,7 @@ class Recurrence(LIV):
     def forward(self, x, shared=None, cache=None, pos: int = 0):
         """x (b, l, d) -> y (b, l, d), features {C, B: (r, b, l, n), V: (b, l, h, p)}."""
         b, l, _ = x.shape
-        r, H, P = self.r, self.cfg.n_heads, self.cfg.head_dim
+        r, P = self.r, self.cfg.head_dim
         fz = self.feat()
         raw = fz(x, self.computes, cache)
         f = {}
