@@ -1006,6 +1006,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
         best = min(top, key=lambda t: t["retrained"][0]) if top else None
         trained, total = report.compute_tokens(r["rc"], r["records"])
         points = [(t["retrained"][0], t["cache"]) for t in top]
+        rung = report.rung_pairs(r["records"], *r["rc"].rungs[:2]) if r["rc"].rungs else []
         out.append(dict(arm=r["arm"], seed=r["seed"], candidates=len(r["records"]),
                         top_rung=len(runlog.top_rung(r["records"])), train_tokens=trained, compute=total,
                         hv_search=evolve.hypervolume(objs(r), ref), ref_search=list(ref),
@@ -1015,7 +1016,10 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                         regret=top[0]["retrained"][0] - best["retrained"][0] if best else math.nan,
                         tpp=dict(ppls=tpp_ppls, mean=tpp[0], std=report.mean_std(tpp_ppls)[1], cache=tpp[1]),
                         hv_linear=retrained_hypervolume(points, tpp, False),
-                        hv_log=retrained_hypervolume(points, tpp, True)))
+                        hv_log=retrained_hypervolume(points, tpp, True),
+                        top_spearman=report.spearman([t["score"] for t in top], [t["retrained"][0] for t in top]),
+                        rung_spearman=dict(n=len(rung), rho=report.spearman(*zip(*rung)) if rung else math.nan,
+                                           interval=report.bootstrap_spearman(*zip(*rung)) if rung else (math.nan, math.nan))))
     by = {(x["arm"], x["seed"]): x for x in out}
     for x in out:
         mf = by.get(("nsga2-mf", x["seed"]))
@@ -1051,10 +1055,11 @@ def print_efficacy(r):
                      f"{x['hv_search']:.4g}", f"{x['best']:.3f} ± {report.mean_std(x['best_ppls'])[1]:.3f}",
                      f"{x['regret']:.3f}", f"{x['hv_linear']:.4g}", f"{x['hv_log']:.4g}",
                      f"{x['tpp']['mean']:.3f} ± {x['tpp']['std']:.3f}", " ".join(map(str, x["new_front"][1:])),
-                     "-" if w is None else f"{w[2]:.3f}"])
+                     f"{x['top_spearman']:.2f}", "-" if not x["rung_spearman"]["n"] else
+                     f"{x['rung_spearman']['rho']:.2f} over {x['rung_spearman']['n']}", "-" if w is None else f"{w[2]:.3f}"])
     print(table(["arm", "seed", "candidates (top rung)", "compute", "HV at search fidelity", "best retrained ppl",
                  "regret", "retrained HV linear", "retrained HV log10", "T++ retrained", "new front members gen 1-",
-                 "Welch p (mf best below)"], rows))
+                 "top-k Spearman", "rung Spearman", "Welch p (mf best below)"], rows))
     for arm, v in r["spearman"].items():
         print(f"{arm}: Spearman(selecting score, retrained mean) {v['rho']:.2f} over {v['n']} top-k genomes, "
               f"95% bootstrap [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]")
@@ -1099,9 +1104,7 @@ def bench_fidelity(device, s) -> dict:
                    for r in syn.top]
             best = min((t["retrained"][0] for t in top), default=math.inf)
             trained, total = report.compute_tokens(rc, syn.records)
-            rung = [report.spearman(*zip(*[(x["rungs"][0]["perplexity"], x["rungs"][1]["perplexity"]) for x in syn.records
-                                           if len(x.get("rungs") or []) > 1 and x["rungs"][0]["perplexity"] is not None
-                                           and x["rungs"][1]["perplexity"] is not None]))] if rc.rungs else []
+            rung = [report.spearman(*zip(*report.rung_pairs(syn.records, *rc.rungs[:2])))] if rc.rungs else []
             runs.append(dict(arm=arm["name"], seed=seed, candidates=len(syn.records), train_tokens=trained, compute=total,
                              new_front=new_front_members(syn.records, rc.objective),
                              search_s=search_s, top=top, best=best, tpp=retrained(tpp["genome"]),

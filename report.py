@@ -209,9 +209,7 @@ def fidelity_section(rc: RunConfig, records: list[dict], top: list[dict]) -> lis
     for i, steps in enumerate(rc.rungs):
         cell, interval = "-", "-"
         if i + 1 < len(rc.rungs):
-            nxt = rc.rungs[i + 1]
-            pairs = [(a["perplexity"], b["perplexity"]) for r in records for a in r.get("rungs") or [] for b in r.get("rungs") or []
-                     if a["steps"] == steps and b["steps"] == nxt and _finite(a.get("perplexity")) and _finite(b.get("perplexity"))]
+            pairs = rung_pairs(records, steps, rc.rungs[i + 1])
             if pairs:
                 x, y = zip(*pairs)
                 lo, hi = bootstrap_spearman(x, y)
@@ -227,6 +225,12 @@ def fidelity_section(rc: RunConfig, records: list[dict], top: list[dict]) -> lis
             at = {x["steps"]: x.get("perplexity") for x in r.get("rungs") or []}
             lines.append(f"| #{i + 1} | `{r['genome']}` | " + " | ".join(fmt_ppl(at.get(x)) if x in at else "-" for x in rc.rungs) + " |")
     return lines
+
+
+def rung_pairs(records: list[dict], steps: int, higher: int) -> list[tuple[float, float]]:
+    """(perplexity at `steps`, perplexity at `higher`) of every candidate scored at both rungs (D38)."""
+    return [(a["perplexity"], b["perplexity"]) for r in records for a in r.get("rungs") or [] for b in r.get("rungs") or []
+            if a["steps"] == steps and b["steps"] == higher and _finite(a.get("perplexity")) and _finite(b.get("perplexity"))]
 
 
 def _finite(x) -> bool:

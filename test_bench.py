@@ -60,6 +60,9 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         pts = np.array([[m, math.log10(max(t["cache"], 1))] for m, t in zip(means, x["top"])]).reshape(-1, 2)
         assert x["hv_log"] == pytest.approx(evolve.hypervolume(pts, (tpp["mean"], math.log10(tpp["cache"]))))
         assert x["new_front"][0] >= 1 and len(x["new_front"]) == rc.generations + 1
+        assert x["top_spearman"] == report.spearman([t["score"] for t in x["top"]], means) or len(means) < 2
+        laddered = [r for r in records if len(r.get("rungs") or []) == 2]
+        assert x["rung_spearman"]["n"] == len(laddered) and (not laddered) == (not rc.rungs)
         assert x["hv_search"] == pytest.approx(evolve.hypervolume(
             np.array([r["objectives"] for r in runlog.top_rung(records)], dtype=float), x["ref_search"]))
     assert e["runs"][0]["welch_mf_below"] is not None and e["runs"][2]["welch_mf_below"] is None
