@@ -16,7 +16,7 @@ Sections (the JSON keys):
     search       the NSGA-II loop's own bookkeeping as a share of one CPU-preset generation
     variation    D18's targets: share of offspring needing repair (1000 mutations, 1000 crossovers of
                  random depth-24 parents, both cuts) and sharing rates of sampled genomes; no training
-    efficacy     (only with --only efficacy; about 3 hours on 2 cores for 3 seeds) issue 17's comparison (D39):
+    efficacy     (only with --only efficacy; about an hour a seed on 2 cores) issue 17's comparison (D39):
                  whole quality_cache cpu-preset runs of single- and multi-fidelity NSGA-II and random search
                  (with and without the same halving) at about equal compute for --seeds, then each run's top-4
                  and Transformer++ retrained 1000 steps under seeds 0, 1, 2 (2 worker processes): hypervolume
