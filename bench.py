@@ -1018,8 +1018,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                         hv_linear=retrained_hypervolume(points, tpp, False),
                         hv_log=retrained_hypervolume(points, tpp, True),
                         top_spearman=report.spearman([t["score"] for t in top], [t["retrained"][0] for t in top]),
-                        rung_spearman=dict(n=len(rung), rho=report.spearman(*zip(*rung)) if rung else math.nan,
-                                           interval=report.bootstrap_spearman(*zip(*rung)) if rung else (math.nan, math.nan))))
+                        rung_spearman=_spearman_of(rung)))
     by = {(x["arm"], x["seed"]): x for x in out}
     for x in out:
         mf = by.get(("nsga2-mf", x["seed"]))
@@ -1029,13 +1028,19 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     for arm in dict.fromkeys(x["arm"] for x in out):
         pairs = list({(x["seed"], t["key"]): (t["score"], t["retrained"][0]) for x in out if x["arm"] == arm
                       for t in x["top"]}.values())
-        spear[arm] = dict(n=len(pairs), rho=report.spearman(*zip(*pairs)) if pairs else math.nan,
-                          interval=report.bootstrap_spearman(*zip(*pairs)) if pairs else (math.nan, math.nan))
+        spear[arm] = _spearman_of(pairs)
     pairs = list({(x["seed"], t["key"]): (t["score"], t["retrained"][0]) for x in out for t in x["top"]}.values())
-    spear["all"] = dict(n=len(pairs), rho=report.spearman(*zip(*pairs)) if pairs else math.nan,
-                        interval=report.bootstrap_spearman(*zip(*pairs)) if pairs else (math.nan, math.nan))
+    spear["all"] = _spearman_of(pairs)
     return dict(runs=out, spearman=spear, retrain_steps=steps, retrain_seeds=rseeds, top=s["top"],
                 median_ratio=_median_ratio(out))
+
+
+def _spearman_of(pairs: list[tuple[float, float]]) -> dict:
+    """Count, Spearman and 95% bootstrap interval of (x, y) pairs (nan when there are none)."""
+    if not pairs:
+        return dict(n=0, rho=math.nan, interval=(math.nan, math.nan))
+    x, y = zip(*pairs)
+    return dict(n=len(pairs), rho=report.spearman(x, y), interval=report.bootstrap_spearman(x, y))
 
 
 def _median_ratio(out: list[dict]) -> float:
