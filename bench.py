@@ -116,7 +116,10 @@ RUN_NAMES = {"nsga2": "nsga2-liv", "random": "random-liv"}  # the folder names o
 QUICK_ARMS = (("nsga2", []), ("random", ["--algorithm", "random"]),
               ("nsga2-mf", ["--rungs", "1,2", "--eta", "2", "--offspring", "4"]),
               ("random-mf", ["--algorithm", "random", "--rungs", "1,2", "--eta", "2", "--offspring", "4"]))
-EFFICACY = dict(extra=["--no-weights"], arms=EFFICACY_ARMS, top=4, retrain_steps=1000, retrain_seeds=(0, 1, 2), workers=2)
+# probe_steps: each halved run's promoted candidates are trained again at these budgets under the run's seed, to
+# see how well a lower rung would have ordered their top-rung scores (the 25-step one checks the recipe).
+EFFICACY = dict(extra=["--no-weights"], arms=EFFICACY_ARMS, top=4, retrain_steps=1000, retrain_seeds=(0, 1, 2), workers=2,
+                probe_steps=(25, 50))
 
 SIZES = {
     "cpu": dict(
@@ -159,7 +162,7 @@ SIZES = {
         decode=dict(d=64, head_dim=16, contexts=(8, 32), steps=2),
         search=dict(pop=4, offspring=4, generations=1, timed_steps=1, genomes=1),
         variation=dict(n=50, samples=50),
-        efficacy=dict(arms=QUICK_ARMS, top=2, retrain_steps=3, retrain_seeds=(0, 1), workers=1, extra=[
+        efficacy=dict(arms=QUICK_ARMS, top=2, retrain_steps=3, retrain_seeds=(0, 1), workers=1, probe_steps=(1, 2), extra=[
             "--no-weights", "--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len",
                              "32", "--batch", "4", "--steps", "2", "--population", "3", "--offspring", "2",
                              "--generations", "1", "--baseline-seeds", "2"]),
@@ -988,6 +991,9 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                              top=star.select_top_k(records, tpp, rc.objective, s["top"]), rc=rc))
     steps, rseeds = s["retrain_steps"], list(s["retrain_seeds"])
     jobs = [(r["dir"], t["genome"], rs, steps, str(device)) for r in runs for t in r["top"] + [r["tpp"]] for rs in rseeds]
+    probe = list(s.get("probe_steps", ()))  # a halved run's promoted candidates at other budgets, under its own seed
+    jobs += [(r["dir"], t["genome"], r["rc"].seed, st, str(device)) for r in runs if r["rc"].rungs
+             for t in runlog.top_rung(r["records"]) for st in probe]
     done = retrain_all(jobs, Path(out_dir) / "retrained.jsonl", s["workers"])
     ppls = lambda text: [done[(genome.canonical_str(genome.Genome.parse(text)), rs, steps)]["perplexity"]  # noqa: E731
                          for rs in rseeds]
@@ -1018,7 +1024,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                         hv_linear=retrained_hypervolume(points, tpp, False),
                         hv_log=retrained_hypervolume(points, tpp, True),
                         top_spearman=report.spearman([t["score"] for t in top], [t["retrained"][0] for t in top]),
-                        rung_spearman=_spearman_of(rung)))
+                        rung_spearman=_spearman_of(rung), probe=_probe(r, probe, done)))
     by = {(x["arm"], x["seed"]): x for x in out}
     for x in out:
         mf = by.get(("nsga2-mf", x["seed"]))
@@ -1033,6 +1039,24 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     spear["all"] = _spearman_of(pairs)
     return dict(runs=out, spearman=spear, retrain_steps=steps, retrain_seeds=rseeds, top=s["top"],
                 median_ratio=_median_ratio(out))
+
+
+def _probe(run: dict, steps: list[int], done: dict) -> dict:
+    """A halved run's promoted candidates trained again at each of `steps` under the run's seed: per budget,
+    the Spearman of those scores against the archived top-rung ones (how well a rung at that budget would
+    have ordered them), and where the budget is one of the run's rungs, the largest difference from the
+    archived score there (0 when the retraining reproduces the search's training)."""
+    if not run["rc"].rungs:
+        return {}
+    top = [r for r in runlog.top_rung(run["records"]) if r.get("perplexity") is not None and math.isfinite(r["perplexity"])]
+    out = {}
+    for st in steps:
+        again = [done[(genome.canonical_str(genome.Genome.parse(r["genome"])), run["rc"].seed, st)]["perplexity"]
+                 for r in top]
+        pairs = [(a, r["perplexity"]) for a, r in zip(again, top) if math.isfinite(a)]
+        archived = [(a, x["perplexity"]) for a, r in zip(again, top) for x in r["rungs"] if x["steps"] == st]
+        out[str(st)] = dict(_spearman_of(pairs), reproduced=max((abs(a - b) for a, b in archived), default=None))
+    return out
 
 
 def _spearman_of(pairs: list[tuple[float, float]]) -> dict:
@@ -1069,6 +1093,11 @@ def print_efficacy(r):
         print(f"{arm}: Spearman(selecting score, retrained mean) {v['rho']:.2f} over {v['n']} top-k genomes, "
               f"95% bootstrap [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]")
     print(f"NSGA-II / random hypervolume at the search's fidelity, median over seeds: {r['median_ratio']:.3f}")
+    for x in r["runs"]:
+        for st, v in x.get("probe", {}).items():
+            again = "" if v["reproduced"] is None else f"; the archived {st}-step scores reproduced within {v['reproduced']:.2g}"
+            print(f"{x['arm']} seed {x['seed']}: its promoted candidates trained {st} steps order their top-rung scores "
+                  f"at Spearman {v['rho']:.2f} over {v['n']} [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]{again}")
 
 
 # ----------------------------------------------------------------------------------------------------

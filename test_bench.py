@@ -43,8 +43,8 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
     e = json.loads(out.read_text())["efficacy"]
     assert [x["arm"] for x in e["runs"]] == ["nsga2", "random", "nsga2-mf", "random-mf"]
     book = [json.loads(line) for line in (runs / "retrained.jsonl").read_text().splitlines()]
-    assert len({(b["key"], b["seed"]) for b in book}) == len(book)  # a genome in two top-ks trained once per seed
-    ppl = {(b["key"], b["seed"]): b["perplexity"] for b in book}
+    assert len({(b["key"], b["seed"], b["steps"]) for b in book}) == len(book)  # a genome in two top-ks trained once per seed
+    ppl = {(b["key"], b["seed"], b["steps"]): b["perplexity"] for b in book}
     folders = {"nsga2": "nsga2-liv-seed0", "random": "random-liv-seed0", "nsga2-mf": "nsga2-mf-seed0",
                "random-mf": "random-mf-seed0"}
     for x in e["runs"]:
@@ -52,7 +52,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         assert x["candidates"] == len(records) and x["compute"] == report.compute_tokens(rc, records)[1]
         assert bool(rc.rungs) == x["arm"].endswith("-mf") and (x["arm"].endswith("-mf") or x["candidates"] == 3 + 2)
         tpp = x["tpp"]
-        means = [float(np.mean([ppl[(t["key"], s)] for s in (0, 1)])) for t in x["top"]]
+        means = [float(np.mean([ppl[(t["key"], s, 3)] for s in (0, 1)])) for t in x["top"]]
         assert [t["retrained"][0] for t in x["top"]] == pytest.approx(means) and x["best"] == pytest.approx(min(means))
         assert x["regret"] == pytest.approx(means[0] - min(means))  # the chosen best is the lowest search score
         assert [t["score"] for t in x["top"]] == sorted(t["score"] for t in x["top"])
@@ -63,6 +63,15 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         assert x["top_spearman"] == report.spearman([t["score"] for t in x["top"]], means) or len(means) < 2
         laddered = [r for r in records if len(r.get("rungs") or []) == 2]
         assert x["rung_spearman"]["n"] == len(laddered) and (not laddered) == (not rc.rungs)
+        top_rung = [r for r in runlog.top_rung(records) if math.isfinite(r["perplexity"])]
+        if rc.rungs:  # the probe: promoted candidates again at each rung, reproducing their archived scores
+            assert set(x["probe"]) == {"1", "2"} and all(v["n"] == len(top_rung) for v in x["probe"].values())
+            assert x["probe"]["1"]["reproduced"] == 0 and x["probe"]["2"]["reproduced"] == 0
+            assert x["probe"]["2"]["rho"] == pytest.approx(1.0) or len(top_rung) < 2
+            again = [ppl[(r["key"], 0, 1)] for r in top_rung]
+            assert x["probe"]["1"]["rho"] == report.spearman(again, [r["perplexity"] for r in top_rung]) or len(again) < 2
+        else:
+            assert x["probe"] == {}
         assert x["hv_search"] == pytest.approx(evolve.hypervolume(
             np.array([r["objectives"] for r in runlog.top_rung(records)], dtype=float), x["ref_search"]))
     assert e["runs"][0]["welch_mf_below"] is not None and e["runs"][2]["welch_mf_below"] is None
