@@ -21,6 +21,7 @@ Sections (the JSON keys):
                  (with and without the same halving) at about equal compute for --seeds, then each run's top-4
                  and Transformer++ retrained 1000 steps under seeds 0, 1, 2 (2 worker processes): hypervolume
                  at the search's fidelity, best retrained perplexity, regret, retrained hypervolume, Spearman
+                 (and the halved runs' promoted candidates trained again at 25 and 50 steps: each budget's Spearman)
     fidelity     (only with --only fidelity; about 25 minutes on 2 cores) D38's cheap copy: single- and multi-
                  fidelity NSGA-II and random search at about equal training steps per generation, seeds 0-2,
                  each run's top-4 retrained 4x longer under 2 seeds: best retrained perplexity, regret, Spearman; and 32 offspring bought with a 5-step rung (new front members per generation)
@@ -111,7 +112,9 @@ FIDELITY_CHEAP = dict(
 EFFICACY_ARMS = (("nsga2", []), ("random", ["--algorithm", "random"]),
                  ("nsga2-mf", ["--rungs", "25,100", "--eta", "4", "--population", "16", "--offspring", "16"]),
                  ("random-mf", ["--algorithm", "random", "--rungs", "25,100", "--eta", "4", "--population", "16",
-                                "--offspring", "16"]))
+                                "--offspring", "16"]),
+                 # a higher low rung at the same 800 steps a generation: 10 x 50 + 3 x 100
+                 ("nsga2-mf50", ["--rungs", "50,100", "--eta", "4", "--population", "10", "--offspring", "10"]))
 RUN_NAMES = {"nsga2": "nsga2-liv", "random": "random-liv"}  # the folder names of the first efficacy runs, kept
 QUICK_ARMS = (("nsga2", []), ("random", ["--algorithm", "random"]),
               ("nsga2-mf", ["--rungs", "1,2", "--eta", "2", "--offspring", "4"]),
