@@ -889,6 +889,11 @@ def print_noise(r):
 
 
 
+def _book_key(text: str, seed: int, steps: int) -> tuple:
+    """How the retraining book (retrain_all) names a training: the genome's canonical text, seed, steps."""
+    return genome.canonical_str(genome.Genome.parse(text)), seed, steps
+
+
 def _retrain_one(job: tuple) -> dict:
     """One retraining (a worker process's job): (run folder for the settings, genome text, seed, steps)."""
     import parallel
@@ -899,7 +904,7 @@ def _retrain_one(job: tuple) -> dict:
     cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(device, steps)
     with parallel.candidate_threads(device):
         info, _ = candidate.evaluate_genome(genome.Genome.parse(text), cfg, tcfg, data, rc, seed=seed)
-    return dict(key=genome.canonical_str(genome.Genome.parse(text)), genome=text, seed=seed, steps=steps,
+    return dict(key=_book_key(text, seed, steps)[0], genome=text, seed=seed, steps=steps,
                 perplexity=info["perplexity"] if info["status"] == "ok" else math.inf, status=info["status"],
                 cache_bytes=info["cache_bytes"], seconds=info["seconds"])
 
@@ -919,7 +924,7 @@ def retrain_all(jobs: list[tuple], book: Path, workers: int) -> dict:
                 done[(r["key"], r["seed"], r["steps"])] = r
     todo, seen = [], set()
     for j in jobs:
-        k = (genome.canonical_str(genome.Genome.parse(j[1])), j[2], j[3])
+        k = _book_key(*j[1:4])
         if k not in done and k not in seen:
             seen.add(k)
             todo.append(j)
@@ -998,7 +1003,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     jobs += [(r["dir"], t["genome"], r["rc"].seed, st, str(device)) for r in runs if r["rc"].rungs
              for t in runlog.top_rung(r["records"]) for st in probe]
     done = retrain_all(jobs, Path(out_dir) / "retrained.jsonl", s["workers"])
-    ppls = lambda text: [done[(genome.canonical_str(genome.Genome.parse(text)), rs, steps)]["perplexity"]  # noqa: E731
+    ppls = lambda text: [done[_book_key(text, rs, steps)]["perplexity"]  # noqa: E731
                          for rs in rseeds]
     out = []
     for r in runs:
@@ -1054,8 +1059,7 @@ def _probe(run: dict, steps: list[int], done: dict) -> dict:
     top = [r for r in runlog.top_rung(run["records"]) if r.get("perplexity") is not None and math.isfinite(r["perplexity"])]
     out = {}
     for st in steps:
-        again = [done[(genome.canonical_str(genome.Genome.parse(r["genome"])), run["rc"].seed, st)]["perplexity"]
-                 for r in top]
+        again = [done[_book_key(r["genome"], run["rc"].seed, st)]["perplexity"] for r in top]
         pairs = [(a, r["perplexity"]) for a, r in zip(again, top) if math.isfinite(a)]
         archived = [(a, x["perplexity"]) for a, r in zip(again, top) for x in r["rungs"] if x["steps"] == st]
         out[str(st)] = dict(_spearman_of(pairs), reproduced=max((abs(a - b) for a, b in archived), default=None))
