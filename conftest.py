@@ -19,6 +19,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs sized for CPU (still run in CI)")
+    config.addinivalue_line("markers", "pinned: compares a run with the pinned archive of testdata/golden.json (N9); "
+                            ".ci/run runs these again under other CPU kernels")
 
 
 # Tiny models: one thread is much faster than two contending ones on a 2-core machine.

@@ -654,12 +654,13 @@ def test_resume_refuses_data_that_changed_and_takes_it_back(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+@pytest.mark.pinned
 def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path, monkeypatch, capsys):
     """Issue 20 item 8 (D23): every candidate of generation 0 stopped by --timeout: exit 1, one line that
     says to resume with a larger --timeout; that resume trains no baseline again, evaluates the timed-out
     candidates anew, and ends with the golden run's archive (the timed-out lines stay in the file)."""
     import parallel
-    from test_golden import GOLDEN, PINNED, TINY
+    from test_golden import PINNED, TINY, assert_golden
 
     trained, real = [], candidate.evaluate_genome
     monkeypatch.setattr(candidate, "evaluate_genome", lambda g, *a, **k: (trained.append(str(g)), real(g, *a, **k))[1])
@@ -685,10 +686,8 @@ def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path,
     assert [r["status"] for r in lines[:4]] == ["timeout"] * 4 and len(lines) == 4 + 10
     assert json.loads((tmp_path / "r" / "config.json").read_text())["timeout"] == 600
     newest = runlog.newest_records(lines)[0]
-    text = "".join(json.dumps([r["generation"], r["genome"], r["key"], r["objectives"]]) + "\n" for r in newest)
     if PINNED:
-        import hashlib
-        assert hashlib.sha256(text.encode()).hexdigest() == GOLDEN
+        assert_golden(newest)
 
 
 def test_seed_baselines_trains_each_baseline_once(tmp_path, monkeypatch):
