@@ -123,7 +123,7 @@ def pick(run_dir) -> str:
     for rank, r in enumerate(run.top, 1):
         w = kept.get(r["key"], {})
         lines.append(f"{rank:>4}  {r['perplexity']:>10.3f}  {r['params']:>9,}  {liv.fmt_bytes(r['cache_bytes']):>9}  "
-                     f"{str(w.get('reproduced', '-')):>10}  {w.get('folder', '-')}  {r['genome']}"
+                     f"{str(w.get('reproduced', '-')):>10}  {w.get('folder', '-')}  {r['key']}"
                      + (f"  (final: {', '.join(w['final'])})" if w.get("final") else ""))
     if not run.top:
         lines.append("   (no candidate is smaller than Transformer++)")
@@ -150,7 +150,7 @@ def chosen(run: Run, which: str) -> list[genome.Genome]:
         k = 1 if which == "best" else None if which == "top" else int(which[3:])
         if k is not None and not 1 <= k <= len(run.top):
             raise UsageError(f"--genome {which}: the selection has ranks 1..{len(run.top)}")
-        return [genome.Genome.parse(r["genome"]) for r in (run.top if k is None else [run.top[k - 1]])]
+        return [genome.Genome.parse(r["key"]) for r in (run.top if k is None else [run.top[k - 1]])]
     try:
         return [genome.Genome.parse(which)]
     except ValueError as e:
@@ -264,7 +264,8 @@ def export(source, out=None, batch: int = 1, context: Optional[int] = None, step
         checks = [torch.randint(0, cfg.vocab_size, (b, l), generator=gen) for b, l in ((1, 1), (3, min(cfg.max_len, 130)))]
         diff = max(float((program.module()(c) - model(c)).abs().max()) for c in checks)
     torch.export.save(program, out / "forward.pt2")
-    about = dict(format=EXPORT_FORMAT, genome=train.read_checkpoint(src)["genome"], model_config=cfg.to_dict(), vocab_size=cfg.vocab_size,
+    text = genome.canonical_str(genome.Genome.parse(train.read_checkpoint(src)["genome"]))  # older folders: as bred
+    about = dict(format=EXPORT_FORMAT, genome=text, model_config=cfg.to_dict(), vocab_size=cfg.vocab_size,
                  forward=dict(file="forward.pt2", inputs="idx: int64 (batch, length), 1 <= length <= max_len",
                               outputs="logits: float32 (batch, length, vocab_size)", max_abs_diff=diff))
     log(f"forward.pt2: dynamic batch and length 1..{cfg.max_len}; max |logits - model| = {diff:.2e}")

@@ -110,8 +110,9 @@ def save_weights(folder: Path, model, state: dict, info: dict, g: genome.Genome,
     one is complete. Returns the description."""
     folder = Path(folder)
     data = {"data": config.data, "vocab_size": config.vocab_size}
-    train.save_checkpoint(folder / train.CHECKPOINT_FILE, model, str(g), cfg, tcfg, state=state, data=data)
-    about = dict(format=WEIGHTS_FORMAT, genome=str(g), canonical=genome.canonical_str(g),
+    text = genome.canonical_str(g)  # one spelling (the model is built from plans(g), the same for both)
+    train.save_checkpoint(folder / train.CHECKPOINT_FILE, model, text, cfg, tcfg, state=state, data=data)
+    about = dict(format=WEIGHTS_FORMAT, genome=text, canonical=text,
                  vocab_size=cfg.vocab_size, d_model=cfg.d_model, depth=cfg.depth, head_dim=cfg.head_dim,
                  model_config=cfg.to_dict(), recipe=tcfg.to_dict(), data=data,
                  score={k: info.get(k) for k in ("perplexity", "val_loss", "bits_per_byte", "train_loss")},

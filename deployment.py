@@ -66,9 +66,9 @@ class Measurements:
             self.done[key] = runlog.append_record(self.path, rec)
             m = rec["metrics"]
             if "error" in rec:
-                self.log(f"measured {runlog.shorten(key)}: failed ({rec['error'][:120]})")
+                self.log(f"measured {key}: failed ({rec['error'][:120]})")
                 continue
-            self.log(f"measured {runlog.shorten(key)}: first token {m['ttft_ms']:.1f} ms, decode {m['decode_ms']:.2f} ms "
+            self.log(f"measured {key}: first token {m['ttft_ms']:.1f} ms, decode {m['decode_ms']:.2f} ms "
                      f"(p95 {m['decode_p95_ms']:.2f}), memory {liv.fmt_bytes(m['memory_bytes'])} at T = "
                      f"{max(self.shape.contexts)}; decode {m.get('decode_ratio', float('nan')):.2f}x Transformer++, "
                      f"{rec['seconds']:.1f}s")

@@ -73,7 +73,7 @@ def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.Se
 
 def _row(r: dict, label: str = "", extra=(), cursed: frozenset = frozenset()) -> str:
     mark = f" {CURSE}" if r["key"] in cursed else ""
-    return (f"| {label or r.get('origin', '')} | `{r['genome']}` | {fmt_ppl(r.get('perplexity'))}{mark} | "
+    return (f"| {label or r.get('origin', '')} | `{r['key']}` | {fmt_ppl(r.get('perplexity'))}{mark} | "
             f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} |{_cells(r, extra)} {r.get('status', '')} |")
 
 
@@ -223,7 +223,7 @@ def fidelity_section(rc: RunConfig, records: list[dict], top: list[dict]) -> lis
                   "| | genome | " + " | ".join(f"{x} steps" for x in rc.rungs) + " |", "|---|---|" + "---|" * len(rc.rungs)]
         for i, r in enumerate(top):
             at = {x["steps"]: x.get("perplexity") for x in r.get("rungs") or []}
-            lines.append(f"| #{i + 1} | `{r['genome']}` | " + " | ".join(fmt_ppl(at.get(x)) if x in at else "-" for x in rc.rungs) + " |")
+            lines.append(f"| #{i + 1} | `{r['key']}` | " + " | ".join(fmt_ppl(at.get(x)) if x in at else "-" for x in rc.rungs) + " |")
     return lines
 
 
@@ -303,7 +303,7 @@ def verdict(records: list[dict], tpp: dict | None, objective: str) -> str:
         return (f"**No candidate beats Transformer++ under this budget:** none has {rule} "
                 f"({tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}, {n_seeds} seeds).")
     return (f"**{len(won)} candidate{'s' if len(won) > 1 else ''} beat{'' if len(won) > 1 else 's'} Transformer++ "
-            f"under this budget** ({rule}); the best, `{won[0]['genome']}`, by {tpp['perplexity'] - won[0]['perplexity']:.2f} "
+            f"under this budget** ({rule}); the best, `{won[0]['key']}`, by {tpp['perplexity'] - won[0]['perplexity']:.2f} "
             f"perplexity ({won[0]['perplexity']:.3f} against {tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}), scored "
             "under one seed.")
 
@@ -374,7 +374,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
              verdict(records, base.get("transformer++"), rc.objective), "",
              f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
              head.replace("perplexity", "perplexity (mean ± std)")]
-    lines += [f"| {name} | `{b['genome']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"
+    lines += [f"| {name} | `{b['key']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"
               f"{_cells(b, extra)} {b['status']} |" for name, b in base.items()]
     if rc.measures:
         pairs = [(r["cache_bytes"], r["decode_ms"]) for r in records if r.get("decode_ms") is not None]
@@ -405,7 +405,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
         lines += [cols + vs_head, rule_ + "---|" * len(names)]
         lines += [_row(r, f"#{i + 1}", extra, cursed) + "".join(f" {versus(r, base[n])} |" for n in names)
                   for i, r in enumerate(top)]
-        lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["genome"])), "```"]
+        lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["key"])), "```"]
     else:
         lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
     if rc.budgets():
@@ -435,7 +435,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     lines += ["", f"Sharing among the {rates['n']} evaluated canonical genomes: featurizer {rates['featurizer']:.0%}, "
                   f"feature groups {rates['feature_group']:.0%}, either {rates['any']:.0%} (D9, D10)."]
     if failed:
-        lines += ["", "## Failed candidates", ""] + [f"- `{r['genome']}`: {r['status']} {r.get('error', '')}" for r in failed]
+        lines += ["", "## Failed candidates", ""] + [f"- `{r['key']}`: {r['status']} {r.get('error', '')}" for r in failed]
     if plot_front(run_dir, rc, baselines, records, ref):
         lines[2:2] = ["![Pareto front](pareto.png)", ""]
     runlog.write_atomic(run_dir / "summary.md", "\n".join(lines) + "\n")
@@ -463,7 +463,7 @@ def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselin
     pairs = []
     for row in rows.values():
         s_ = search_score.get(row["key"])
-        lines.append(f"| {row.get('name') or 'candidate'} | `{row['genome']}` | {fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
+        lines.append(f"| {row.get('name') or 'candidate'} | `{row['key']}` | {fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
                      f"{row['params']:,} | {liv.fmt_bytes(row['cache_bytes'])} |")
         if s_ is not None and math.isfinite(s_) and math.isfinite(row["perplexity"]):
             pairs.append((s_, row["perplexity"]))

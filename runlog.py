@@ -573,7 +573,7 @@ class Progress:
             status = " " + self.format_info(record)
         else:
             status = f" {record['status']}" if "status" in record else ""
-        self.log(f"gen {g} [{done}/{n_total}] {shorten(record['key'])} {_fmt_obj(obj)}{status} "
+        self.log(f"gen {g} [{done}/{n_total}] {record['key']} {_fmt_obj(obj)}{status} "
                  f"{fmt_time(t - self.t_batch)} ETA {fmt_time(self.per_eval() * left)}")
 
     def generation(self, g: int, stat: dict) -> None:
@@ -977,7 +977,7 @@ class RunFolder:
             info, _ = train_one(g, steps=self.config.final_steps, seed=seed,
                                 keep=self._keeper(name, g, kind="final", seed=seed, steps=self.config.final_steps))
             rec = self.final[(job["key"], seed)] = append_record(self._file("final.jsonl"), dict(job, seed=seed, **info))
-            self.log(f"retrained {job.get('name') or job['genome']} seed {seed} for {self.config.final_steps} "
+            self.log(f"retrained {job.get('name') or job['key']} seed {seed} for {self.config.final_steps} "
                      f"steps: ppl {fmt_ppl(rec['perplexity'])}")
         return self.final[(job["key"], seed)]
 
@@ -1054,14 +1054,14 @@ class RunFolder:
                 info, _ = train_one(g, keep=self._keeper(name, g, r["perplexity"], kind="search", seed=self.config.seed,
                                                          generation=r["generation"]))
                 same = info["perplexity"] == r["perplexity"]
-                self.log(f"weights top{rank} {r['genome']}: ppl {fmt_ppl(info['perplexity'])}, " + (
+                self.log(f"weights top{rank} {r['key']}: ppl {fmt_ppl(info['perplexity'])}, " + (
                     "the archived perplexity exactly" if same else f"NOT the archived {fmt_ppl(r['perplexity'])}")
                     + (f" -> {weights / name}" if info["status"] == "ok" else f"; {info['status']}, no weights"))
             about = candidate.read_weights(weights / name)
             finals = [f"weights/{n}" for f in final if f["key"] == r["key"]
                       for n in [f"{name}-final{self.config.final_steps}-seed{f['seed']}"] if candidate.read_weights(weights / n)]
             if about is not None:
-                rows.append(dict(rank=rank, genome=r["genome"], key=r["key"], perplexity=r["perplexity"],
+                rows.append(dict(rank=rank, genome=r["key"], key=r["key"], perplexity=r["perplexity"],
                                  params=r.get("params"), cache_bytes=r.get("cache_bytes"), folder=f"weights/{name}",
                                  reproduced=about.get("reproduced"), final=finals))
         if rows:

@@ -125,8 +125,8 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         top = select_top_k(result.records, tpp, config.objective, config.final_top, config.within_budgets)
         final = []
         if config.final_steps:
-            jobs = [dict(genome=b["genome"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
-            jobs += [dict(genome=r["genome"], key=r["key"], generation=r["generation"]) for r in top]
+            jobs = [dict(genome=b["key"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
+            jobs += [dict(genome=r["key"], key=r["key"], generation=r["generation"]) for r in top]
             final = [folder.retrain(job, seed, train_one) for job in jobs for seed in config.training_seeds()]
         folder.keep_weights(top, train_one, final)  # D24: the top-k retrained as searched, weights kept and checked
         folder.summary(baselines, result, final)

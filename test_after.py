@@ -2,9 +2,12 @@
 archived score, loading in two lines, a run extended without changing its first generations, the
 top-k retrained later without touching the archive, a scaled retraining, an export that runs in a
 fresh interpreter without this repository, and a search space shaped by --allow-classes and --init."""
+import contextlib
 import hashlib
+import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -39,9 +42,12 @@ def runs(tmp_path_factory):
     """TINY for one generation, then the same folder resumed to two generations with --final-steps 2:
     the extended run (as the golden run, which is TINY for two generations) and the first one's archive."""
     out = tmp_path_factory.mktemp("after")
-    assert run(out, "r", "--generations", "1") == 0
-    first = (out / "r" / "archive.jsonl").read_text()
-    assert run(out, "r", "--generations", "2", "--final-steps", "2", "--resume") == 0
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):  # what the user reads, kept beside the run folder
+        assert run(out, "r", "--generations", "1") == 0
+        first = (out / "r" / "archive.jsonl").read_text()
+        assert run(out, "r", "--generations", "2", "--final-steps", "2", "--resume") == 0
+    (out / "console.txt").write_text(console.getvalue())
     return out / "r", first
 
 
@@ -62,7 +68,7 @@ def test_every_selected_genome_is_kept_and_reproduces_its_archived_score(runs):
     for w, t in zip(r.weights, r.top):
         about = candidate.read_weights(run_dir / w["folder"])
         assert about["reproduced"] is True and about["archived_perplexity"] == t["perplexity"] == w["perplexity"]
-        assert about["canonical"] == t["key"] and about["genome"] == t["genome"]
+        assert about["canonical"] == about["genome"] == t["key"]
         assert (about["d_model"], about["depth"], about["vocab_size"], about["recipe"]["steps"]) == (32, 4, 256, 3)
         model = after.load(run_dir, rank=w["rank"])  # the saved weights themselves give the archived score
         loss, ppl = train.evaluate(model, data, train.TrainConfig(**{**about["recipe"], "device": "cpu"}))
@@ -119,6 +125,31 @@ def test_retrain_refuses_what_it_cannot_do(runs):
         after.retrain(run_dir, "not-a-genome")
     with pytest.raises(UsageError, match="not a run folder"):
         after.retrain(run_dir / "weights")
+
+
+def test_one_spelling_of_a_genome_everywhere_a_user_reads_one(runs, tmp_path, capsys):
+    """Issue 26: the canonical form (D12) in the progress lines, summary.md, the weights lines, pick,
+    weights folders, top.json, export.json and the retraining; never the text as bred, whose "shared"
+    entries on a LIV that owns its group read as sharing that does not exist; never cut."""
+    run_dir, _ = runs
+    records = [json.loads(x) for x in (run_dir / "archive.jsonl").read_text().splitlines()]
+    bred = {r["genome"] for r in records} - {r["key"] for r in records}
+    best = after.read_run(run_dir).top[0]
+    assert after.main(["pick", str(run_dir)]) == 0
+    after.export(run_dir / after.read_run(run_dir).weights[0]["folder"], tmp_path / "export", step=False, log=lambda s: None)
+    texts = {"console": (run_dir.parent / "console.txt").read_text(), "summary.md": (run_dir / "summary.md").read_text(),
+             "pick": capsys.readouterr().out, "export.json": (tmp_path / "export" / "export.json").read_text(),
+             "final.jsonl": (run_dir / "final.jsonl").read_text(), "top.json": (run_dir / "weights" / "top.json").read_text()}
+    texts.update({str(p.relative_to(run_dir)): p.read_text() for p in (run_dir / "weights").glob("*/config.json")})
+    texts.update({str(p.relative_to(run_dir)): json.dumps(torch.load(p, weights_only=True)["genome"])
+                  for p in (run_dir / "weights").glob("*/checkpoint.pt")})
+    shown = {r["key"] for r in records if r["genome"] != r["key"] and (r["key"] in texts["summary.md"] or r["genome"] in texts["summary.md"])}
+    assert shown, "no record whose bred text differs from its key is shown: the test would prove nothing"
+    for name, text in texts.items():
+        assert not [b for b in bred if b in text], name
+        assert not re.search(r"[0-9]\.\.\.", text), name  # a genome cut short
+    assert best["key"] in texts["pick"] and best["key"] in texts["export.json"] and best["key"] in texts["top.json"]
+    assert all(f"] {r['key']} (" in texts["console"] for r in records)  # each progress line, whole
 
 
 def test_pick_lists_the_selection_and_the_next_commands(runs, capsys):

@@ -97,17 +97,17 @@ def test_whole_synthesis_writes_consistent_outputs(tmp_path, capsys):
     summary = (d / "summary.md").read_text()
     front_part = summary.split("## Pareto front")[1].split("## Selected")[0]
     front = [line.split("`")[1] for line in front_part.splitlines() if line.startswith("| gen")]
-    recs = {r["genome"]: r for r in archive}
+    recs = {r["key"]: r for r in archive}  # summary.md spells every genome canonically
     F = np.array([[recs[g]["perplexity"], recs[g]["params"], recs[g]["cache_bytes"]] for g in front])
     assert len(front) >= 1 and len(evolve.non_dominated_sort(F)[0]) == len(front)
     ok = [r for r in archive if r["status"] == "ok"]
     want = evolve.non_dominated_sort(np.array([[r["perplexity"], r["params"], r["cache_bytes"]] for r in ok]))[0]
-    assert sorted(front) == sorted(ok[i]["genome"] for i in want)
+    assert sorted(front) == sorted(ok[i]["key"] for i in want)
     assert "transformer++" in summary and "striped-mamba" in summary and "hypervolume" in summary
     assert len(read_jsonl(d / "generations.jsonl")) == 3
     # the baselines and the top-k were retrained for --final-steps under the same 3 seeds (D21)
     final = read_jsonl(d / "final.jsonl")
     top = star.select_top_k(archive, base["transformer++"], "quality_size_cache", 3)
-    jobs = [base["transformer++"]["genome"], base["striped-mamba"]["genome"]] + [t["genome"] for t in top]
+    jobs = [base["transformer++"]["key"], base["striped-mamba"]["key"]] + [t["key"] for t in top]
     assert [(f["genome"], f["seed"]) for f in final] == [(g, s) for g in jobs for s in (0, 1, 2)]
     assert "Proxy fidelity: Spearman rank correlation" in summary and "## Hypervolume against evaluations" in summary

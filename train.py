@@ -571,9 +571,10 @@ def _train_command(args) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"genome {g} | {n_params:,} parameters | data {data.name}: {len(data.train):,} train / "
+    text = genome_mod.canonical_str(g)  # the one spelling of this backbone (D12)
+    print(f"genome {text} | {n_params:,} parameters | data {data.name}: {len(data.train):,} train / "
           f"{len(data.val):,} val tokens | device {device}")
-    return _run_and_save(args, model, str(g), cfg, tcfg, data, None, [])
+    return _run_and_save(args, model, text, cfg, tcfg, data, None, [])
 
 
 def _check_common(args) -> None:
