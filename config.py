@@ -13,7 +13,8 @@ config.json (DESIGN.md D22) carries `format` (today `FORMAT`). On --resume:
   seeds, search sizes and variation), when given, must equal the run's; a change is refused with one
   line naming the key;
 - *extent* keys (`EXTENT`: how far the run goes: generations, the final retraining, the per-candidate
-  timeout, patience, the weights kept) take the new value when given;
+  timeout, patience, the weights kept) take the new value when given, but never shrink below what the
+  run has done (runlog._check_extents);
 - keys missing from an older format are filled with what that format meant (`FORMAT_DEFAULTS`).
 """
 from __future__ import annotations

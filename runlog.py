@@ -844,6 +844,30 @@ def resumed_config(run_dir: Path, config: RunConfig, given: set[str]) -> RunConf
     return config.resumed(RunConfig.from_json(_read_config(cfg_path), f"--resume: {cfg_path}"), given, str(run_dir))
 
 
+def _check_extents(run_dir: Path, stored: RunConfig, config: RunConfig) -> None:
+    """Extents may grow, never shrink below what is done (D23): a --resume asking for fewer generations
+    than the archive holds, or a retraining (--final-steps, --final-top) other than final.jsonl's, is
+    refused before anything is written. final.jsonl's records are keyed by genome and seed, so its
+    step count is the stored configuration's."""
+    try:
+        gens = [r["generation"] for r in read_records(run_dir / "archive.jsonl")]
+        final = read_records(run_dir / "final.jsonl")
+    except ValueError:
+        return  # a damaged file: RunFolder words that refusal
+    where = f"--resume: {run_dir}"
+    if gens and config.generations < max(gens):
+        raise UsageError(f"{where} holds generations 0-{max(gens)}; --generations {config.generations} would drop "
+                         f"some: a run's extents may grow, never shrink (give --generations {max(gens)} or more)")
+    retrained = {r["key"] for r in final if not r.get("name")}
+    if final and config.final_steps != stored.final_steps:
+        raise UsageError(f"{where} holds its retraining for --final-steps {stored.final_steps}; --final-steps "
+                         f"{config.final_steps} cannot replace it: retrain for other budgets with `python after.py "
+                         f"retrain {run_dir} --genome top --steps N`")
+    if len(retrained) > config.final_top:
+        raise UsageError(f"{where} has retrained its top {len(retrained)}; --final-top {config.final_top} would "
+                         f"drop some: a run's extents may grow, never shrink (give --final-top {len(retrained)} or more)")
+
+
 def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[str]) -> tuple[RunConfig, Any, list[str]]:
     """Check the run folder, create it, lock it and write config.json (atomically). Returns the
     configuration to run with (on --resume: config.py's rule applied to the stored one; config.json is
@@ -870,6 +894,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, given: set[s
         stored_text = _read_config(cfg_path)
         stored = RunConfig.from_json(stored_text, f"--resume: {cfg_path}")
         config = config.resumed(stored, given, str(run_dir))
+        _check_extents(run_dir, stored, config)
         notes += [f"{cfg_path} records no {k} (an older format): not checked on this resume; recorded now as "
                   f"{getattr(config, k)!r} and checked from now on"
                   for k in RECORDED_LATE if getattr(stored, k) is None and getattr(config, k) is not None]

@@ -152,6 +152,20 @@ def test_one_spelling_of_a_genome_everywhere_a_user_reads_one(runs, tmp_path, ca
     assert all(f"] {r['key']} (" in texts["console"] for r in records)  # each progress line, whole
 
 
+@pytest.mark.parametrize("extent", [["--generations", "1"], ["--final-steps", "3"],
+                                    ["--final-steps", "0"], ["--final-top", "1"]])
+def test_extents_may_grow_never_shrink(runs, tmp_path, capsys, extent):
+    """Issue 26: a --resume that asks for fewer generations than the archive holds, or another retraining
+    than final.jsonl's, is one line and exit 2, and writes nothing (config.json keeps its extents)."""
+    run_dir, _ = runs
+    shutil.copytree(run_dir, tmp_path / "r")
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file() and p.name != "lock"}
+    assert run(tmp_path, "r", "--resume", *extent) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and " ".join(extent) in err[0] and "--resume" in err[0], err
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "r").rglob("*")) if p.is_file() and p.name != "lock"} == before
+
+
 def test_pick_lists_the_selection_and_the_next_commands(runs, capsys):
     run_dir, _ = runs
     assert after.main(["pick", str(run_dir)]) == 0
