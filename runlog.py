@@ -83,7 +83,7 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
            ref_point: Optional[Sequence[float]] = None, log: Callable[[str], None] = print,
            on_generation: Optional[Callable[[SearchResult], None]] = None,
            format_info: Optional[Callable[[dict], str]] = None, patience: Optional[int] = None,
-           redo: Optional[Callable[[dict], bool]] = None) -> SearchResult:
+           redo: Optional[Callable[[dict], bool]] = None, after_search: float = 0.0) -> SearchResult:
     """evolve.nsga2 with its log book: the archive, the snapshots, resume, statistics and progress.
 
     ``evaluate(individuals, generation, report)`` is the user's batch evaluator: it must call
@@ -99,6 +99,9 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
     objectives, fixed for the run. ``on_generation(result)`` runs after each generation's snapshot;
     ``format_info(record) -> str`` words the progress line of each evaluation. ``patience``: end the
     search once the hypervolume of everything evaluated has not grown for that many generations.
+
+    ``after_search``: the trainings that follow the search, in candidate trainings (the selection's weights,
+    a longer retraining), which the progress lines' ETA counts.
 
     ``redo(record)``: a record that is *not final*. When a resume replays a generation that no snapshot
     holds yet, its archived records with ``redo(record)`` true are evaluated again, and the new record is
@@ -128,7 +131,7 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
 
     archive = Archive(None if run_dir is None else run_dir / "archive.jsonl", state.records,
                       n_obj=len(state.ref) if state.ref is not None else state.n_obj)
-    progress = Progress(log, settings.generations, settings.n_offspring, format_info)
+    progress = Progress(log, settings.generations, settings.n_offspring, format_info, after_search)
     evaluations = ArchivedEvaluate(archive, evaluate, progress, redo)
     book = dict(population=state.population, stats=state.stats, ref=state.ref, done=state.start - 1,
                 t_start=time.perf_counter())
@@ -549,17 +552,25 @@ def _read_snapshot(path: Path, g: int) -> Optional[dict]:
 
 
 class Progress:
-    """One line per evaluation and one per generation. The ETA is this process's mean time per
-    evaluation times the evaluations left."""
+    """One line per evaluation and one per generation. The ETA counts every training still to come: the
+    evaluations left (this process's mean wall time per evaluation, workers included) and the
+    `after_search` trainings that follow the search in the main process, one after another (the mean
+    training time of a candidate, as its record measured it)."""
 
     def __init__(self, log: Callable[[str], None], generations: int, n_offspring: int,
-                 format_info: Optional[Callable[[dict], str]]):
+                 format_info: Optional[Callable[[dict], str]], after_search: float = 0.0):
         self.log, self.generations, self.n_offspring, self.format_info = log, generations, n_offspring, format_info
+        self.after_search = after_search
         self.n_evaluated, self.eval_seconds = 0, 0.0  # evaluations done by this process, their time
+        self.train_seconds = []  # each evaluated candidate's own training time (its record's seconds)
         self.t_batch = self.t_last = time.perf_counter()
 
     def per_eval(self) -> float:
         return self.eval_seconds / self.n_evaluated if self.n_evaluated else math.nan
+
+    def eta(self, evaluations_left: float) -> float:
+        per_training = sum(self.train_seconds) / len(self.train_seconds) if self.train_seconds else self.per_eval()
+        return self.per_eval() * evaluations_left + (per_training * self.after_search if self.after_search else 0.0)
 
     def batch_started(self, t: float) -> None:
         self.t_batch = self.t_last = t
@@ -568,17 +579,18 @@ class Progress:
         self.n_evaluated += 1
         self.eval_seconds += t - self.t_last
         self.t_last = t
+        if isinstance(record.get("seconds"), (int, float)) and record.get("status") == "ok":
+            self.train_seconds.append(float(record["seconds"]))
         left = (n_total - done) + self.n_offspring * (self.generations - g)
         if self.format_info is not None:  # the caller's words for what it measured
             status = " " + self.format_info(record)
         else:
             status = f" {record['status']}" if "status" in record else ""
         self.log(f"gen {g} [{done}/{n_total}] {record['key']} {_fmt_obj(obj)}{status} "
-                 f"{fmt_time(t - self.t_batch)} ETA {fmt_time(self.per_eval() * left)}")
+                 f"{fmt_time(t - self.t_batch)} ETA {fmt_time(self.eta(left))}")
 
     def generation(self, g: int, stat: dict) -> None:
-        left = self.generations - g
-        eta = self.per_eval() * self.n_offspring * left if left else 0.0
+        eta = self.eta(self.n_offspring * (self.generations - g))
         all_failed = " (all failed: population unchanged)" if stat["failed"] == stat["offspring"] > 0 else ""
         self.log(f"gen {g}/{self.generations} done: hypervolume {stat['hypervolume']:.6g} "
                  f"(archive {stat['hypervolume_archive']:.6g}), front {stat['front_size']}/"
@@ -943,6 +955,7 @@ class RunFolder:
                  write_summary: Optional[Callable]):
         self.path, self.config, self.resume, self.log = path, config, resume, log
         self._lock, self._write_summary = lock_fh, write_summary
+        self._records, self._after_left = [], 0.0  # the search's records; trainings still to come after it
         try:
             self.done = {(b["name"], b.get("seed", config.seed)): b for b in read_records(self._file("baselines.jsonl"))}
             self.final = {(r["key"], r.get("seed")): r for r in read_records(self._file("final.jsonl"))}
@@ -1003,7 +1016,7 @@ class RunFolder:
                                 keep=self._keeper(name, g, kind="final", seed=seed, steps=self.config.final_steps))
             rec = self.final[(job["key"], seed)] = append_record(self._file("final.jsonl"), dict(job, seed=seed, **info))
             self.log(f"retrained {job.get('name') or job['key']} seed {seed} for {self.config.final_steps} "
-                     f"steps: ppl {fmt_ppl(rec['perplexity'])}")
+                     f"steps: ppl {fmt_ppl(rec['perplexity'])}" + self._eta_after(self.config.final_steps / self.config.steps))
         return self.final[(job["key"], seed)]
 
     def halving(self, evaluate: Evaluator, var: Variation, at_top=()) -> tuple[Evaluator, Variation]:
@@ -1025,10 +1038,13 @@ class RunFolder:
                on_generation: Optional[Callable[[SearchResult], None]] = None) -> SearchResult:
         """runlog.search in this folder; its errors as the command line words them: a search that
         cannot go on is RunFailed (exit 1), a stored run that does not fit its replay is UsageError."""
+        self._after_left = self.trainings_after_search()
         try:
-            return search(initial, var, evaluate, settings, run_dir=self.path, resume=self.resume, log=self.log,
-                          on_generation=on_generation, format_info=progress_words, patience=self.config.patience,
-                          redo=self._timed_out_shorter)
+            result = search(initial, var, evaluate, settings, run_dir=self.path, resume=self.resume, log=self.log,
+                            on_generation=on_generation, format_info=progress_words, patience=self.config.patience,
+                            redo=self._timed_out_shorter, after_search=self._after_left)
+            self._records = result.records
+            return result
         except SearchError as e:
             where = f"; what was evaluated is in {self.path}" if self.path else ""
             raise RunFailed(f"{e}{where}") from None
@@ -1036,6 +1052,24 @@ class RunFolder:
             if not self.resume:
                 raise
             raise UsageError(f"--resume: {e}") from None
+
+    def trainings_after_search(self) -> float:
+        """What follows the search, in candidate trainings (the ETA counts it): the --final-steps retraining
+        of the selection and the baselines under every training seed, then the selection's weights (D24),
+        at most final_top genomes each; less what a resumed run has done."""
+        c = self.config
+        n = float(c.final_top) if self.path is not None and c.weights else 0.0
+        if c.final_steps:
+            n_baselines = len({name for name, _ in self.done}) or 2
+            jobs = (c.final_top + n_baselines) * len(c.training_seeds()) - len(self.final)
+            n += max(jobs, 0) * c.final_steps / c.steps
+        return n
+
+    def _eta_after(self, units_done: float) -> str:
+        """' ETA ...' of the trainings left after this one: at the search's mean training time."""
+        self._after_left = max(self._after_left - units_done, 0.0)
+        secs = [r["seconds"] for r in self._records if r.get("status") == "ok" and isinstance(r.get("seconds"), (int, float))]
+        return f" ETA {fmt_time(sum(secs) / len(secs) * self._after_left)}" if secs else ""
 
     def _timed_out_shorter(self, record: dict) -> bool:
         """A timed-out candidate is evaluated again by a resume that gives it more time (D23): its record
@@ -1072,6 +1106,7 @@ class RunFolder:
         if self.path is None or not self.config.weights:
             return []
         rows, weights = [], self.path / "weights"
+        self._after_left = float(sum(candidate.read_weights(weights / candidate.weights_name(r["key"])) is None for r in top))
         for rank, r in enumerate(top, 1):
             name = candidate.weights_name(r["key"])
             if candidate.read_weights(weights / name) is None:
@@ -1081,7 +1116,8 @@ class RunFolder:
                 same = info["perplexity"] == r["perplexity"]
                 self.log(f"weights top{rank} {r['key']}: ppl {fmt_ppl(info['perplexity'])}, " + (
                     "the archived perplexity exactly" if same else f"NOT the archived {fmt_ppl(r['perplexity'])}")
-                    + (f" -> {weights / name}" if info["status"] == "ok" else f"; {info['status']}, no weights"))
+                    + (f" -> {weights / name}" if info["status"] == "ok" else f"; {info['status']}, no weights")
+                    + self._eta_after(1))
             about = candidate.read_weights(weights / name)
             finals = [f"weights/{n}" for f in final if f["key"] == r["key"]
                       for n in [f"{name}-final{self.config.final_steps}-seed{f['seed']}"] if candidate.read_weights(weights / n)]

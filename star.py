@@ -47,6 +47,7 @@ import dataclasses
 import json
 import math
 import signal
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional
@@ -86,6 +87,7 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
     In memory without `run_dir`; with it, a run folder that survives kills (`resume=True` continues it;
     `given`: the fields this call sets, default all; the others are the run's, config.py's rule). `workers`/`ray` spread candidates
     over processes without changing results (parallel.py)."""
+    t_start = time.perf_counter()
     given = {f.name for f in fields(config)} if given is None else set(given)
     data, device, folder = _prepare(config, data, device, run_dir, resume, given, log)
     config, path = folder.config, folder.path
@@ -130,7 +132,8 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
             final = [folder.retrain(job, seed, train_one) for job in jobs for seed in config.training_seeds()]
         folder.keep_weights(top, train_one, final)  # D24: the top-k retrained as searched, weights kept and checked
         folder.summary(baselines, result, final)
-        log(f"done: {len(result.records)} candidates" + (f"; summary in {path / 'summary.md'}" if path else ""))
+        log(f"done: {len(result.records)} candidates; wall time {liv.fmt_time(time.perf_counter() - t_start)}"
+            + (" (this resume)" if folder.resume else "") + (f"; summary in {path / 'summary.md'}" if path else ""))
     return Synthesis(report.front_of(result.records, config.objective), top, baselines, final, result.records,
                      result.ref_point, path, config)
 

@@ -152,6 +152,14 @@ def test_one_spelling_of_a_genome_everywhere_a_user_reads_one(runs, tmp_path, ca
     assert all(f"] {r['key']} (" in texts["console"] for r in records)  # each progress line, whole
 
 
+def test_a_run_ends_with_its_wall_time_after_the_weights(runs):
+    run_dir, _ = runs
+    lines = (run_dir.parent / "console.txt").read_text().splitlines()
+    assert re.fullmatch(r"done: 10 candidates; wall time \d+s \(this resume\); summary in .*summary.md", lines[-1])
+    assert any(x.startswith("weights top1 ") and " ETA " in x for x in lines)  # the weights count in the ETA
+    assert lines.index(next(x for x in lines if x.startswith("weights top1 "))) < len(lines) - 1
+
+
 @pytest.mark.parametrize("extent", [["--generations", "1"], ["--final-steps", "3"],
                                     ["--final-steps", "0"], ["--final-top", "1"]])
 def test_extents_may_grow_never_shrink(runs, tmp_path, capsys, extent):

@@ -550,3 +550,33 @@ def test_patience_stops_a_stagnant_search_and_a_resume_stays_stopped(tmp_path):
     again = nsga2(**problem(generations=40, run_dir=tmp_path / "p", patience=3, resume=True)[0])
     assert again.generation == stop and len(again.records) == len(short.records)
     assert any("no new front member" in line for line in lines)
+
+
+def test_the_eta_counts_every_training_still_to_come():
+    """Issue 26: the ETA is the evaluations left at this process's wall time per evaluation, plus the
+    trainings after the search (weights, --final-steps) at a candidate's own training time; at the end
+    of the last generation it is what follows the search, not 0."""
+    lines = []
+    p = runlog.Progress(lines.append, generations=2, n_offspring=3, format_info=None, after_search=5.0)
+    p.batch_started(0.0)
+    p.evaluation(0, 1, 4, dict(key="9.1.1.1.1-9.2.1.2.1", status="ok", seconds=8.0), [1.0, 2.0], t=10.0)
+    assert lines[-1].endswith("ETA 2m10s")  # 10 s x (3 + 3 x 2 evaluations) + 8 s x 5 trainings
+    assert "9.1.1.1.1-9.2.1.2.1 (1, 2)" in lines[-1]
+    stat = dict(hypervolume=1.0, hypervolume_archive=1.0, front_size=1, population=4, offspring=3, repaired=0,
+                repair_share=0.0, duplicates=0, failed=0, wall_s=10.0, bookkeeping_s=0.0)
+    p.generation(2, stat)
+    assert lines[-1].endswith("ETA 40s")  # the last generation: 8 s x the 5 trainings after it
+    bare = runlog.Progress(lines.append, generations=2, n_offspring=3, format_info=None)
+    bare.batch_started(0.0)
+    bare.evaluation(0, 4, 4, dict(key="9.1.1.1.1-9.2.1.2.1", status="ok", seconds=8.0), [1.0, 2.0], t=10.0)
+    bare.generation(2, stat)
+    assert lines[-1].endswith("ETA 0s")  # nothing after the search
+
+
+def test_the_trainings_after_the_search_are_counted_from_the_config():
+    from config import RunConfig
+    folder = runlog.RunFolder(Path("/nonexistent"), RunConfig.make("cpu", final_steps=1000), False, None, print, None)
+    assert folder.trainings_after_search() == 8 + (8 + 2) * 3 * 1000 / 100  # top-8 weights; 10 genomes x 3 seeds x 10
+    folder = runlog.RunFolder(Path("/nonexistent"), RunConfig.make("cpu", weights=False), False, None, print, None)
+    assert folder.trainings_after_search() == 0
+    assert runlog.RunFolder(None, RunConfig.make("cpu"), False, None, print, None).trainings_after_search() == 0
