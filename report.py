@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -276,10 +277,13 @@ def versus(r: dict, base: dict) -> str:
 EFFICIENCY_WORDS = {"params": "fewer parameters", "cache_bytes": "a smaller cache"}
 
 
+BASELINE_NAMES = {"transformer++": "Transformer++", "striped-mamba": "StripedMamba"}
+
+
 def beats(records: list[dict], tpp: dict | None, objective: str) -> list[dict]:
-    """The candidates that beat Transformer++ under this budget (D23): a perplexity lower than its seed
-    mean by more than 2 of its seed standard deviations (it needs 2 finite seeds), and smaller in every
-    efficiency objective searched; best first."""
+    """The candidates that beat a baseline (Transformer++, or another seed group `tpp`) under this budget
+    (D23): a perplexity lower than its seed mean by more than 2 of its seed standard deviations (it needs
+    2 finite seeds), and smaller in every efficiency objective searched; best first."""
     if tpp is None or sum(math.isfinite(x) for x in tpp["ppls"]) < 2:
         return []
     metrics = metrics_of(objective)[1:]
@@ -288,21 +292,55 @@ def beats(records: list[dict], tpp: dict | None, objective: str) -> list[dict]:
                    and all(r[m] < tpp[m] for m in metrics)), key=lambda r: r["perplexity"])
 
 
-def verdict(records: list[dict], tpp: dict | None, objective: str) -> str:
-    """The summary's one-line answer: does any candidate beat Transformer++ under this budget?"""
+def generation_words(done: int, planned: int) -> str:
+    """How many generations a run has, counted as its console counts them (`gen 5/5`: after generation 0)."""
+    of = f"{done} of {planned}" if done < planned else f"{done}"
+    return f"the initial population (generation 0) and {of} generation{'s' if planned != 1 else ''} of offspring"
+
+
+def verdicts(records: list[dict], base: dict[str, dict], objective: str) -> list[str]:
+    """The verdict against each baseline, each with the run's random control, one paragraph each."""
+    control = random_control(records)
+    out = []
+    for key, row in base.items():
+        out += [verdict(records, row, objective, BASELINE_NAMES.get(key, key), control if control else None), ""]
+    return out[:-1] or [verdict(records, None, objective)]
+
+
+def random_control(records: list[dict]) -> list[dict]:
+    """The run's own control: its random generation-0 candidates (sampled, not --init or a baseline)."""
+    return [r for r in records if r.get("generation") == 0 and r.get("origin") == "sample"]
+
+
+def verdict(records: list[dict], tpp: dict | None, objective: str, name: str = "Transformer++",
+            control: Optional[list[dict]] = None) -> str:
+    """The summary's answer for one baseline (`tpp`, called `name`): does any candidate beat it under this
+    budget? With `control` (the random generation-0 candidates), how many of those already did."""
     if tpp is None or not math.isfinite(tpp["perplexity"]):
-        return "**No verdict:** Transformer++ has no finite perplexity to compare with."
+        return f"**No verdict against {name}:** it has no finite perplexity to compare with."
+    return _verdict(records, tpp, objective, name) + ("" if control is None else _control_words(control, tpp, objective))
+
+
+def _control_words(control: list[dict], base: dict, objective: str) -> str:
+    if sum(math.isfinite(x) for x in base["ppls"]) < 2:
+        return ""
+    n = len(beats(control, base, objective))
+    return (f" Of the run's {len(control)} random generation-0 candidates (its own control: sampling alone), "
+            f"{n} already beat{'s' if n == 1 else ''} it.")
+
+
+def _verdict(records: list[dict], tpp: dict, objective: str, name: str) -> str:
     smaller = " and ".join(EFFICIENCY_WORDS.get(m, f"a lower {m}") for m in metrics_of(objective)[1:])
     rule = f"a perplexity lower by more than 2 of its seed standard deviations{f' and {smaller}' if smaller else ''}"
     n_seeds = sum(math.isfinite(x) for x in tpp["ppls"])
     if n_seeds < 2:
-        return (f"**No candidate is shown to beat Transformer++ under this budget:** it was trained under one seed, "
+        return (f"**No candidate is shown to beat {name} under this budget:** it was trained under one seed, "
                 f"so its noise is unknown and no advantage can be tested ({rule}; use --baseline-seeds 3).")
     won = beats(records, tpp, objective)
     if not won:
-        return (f"**No candidate beats Transformer++ under this budget:** none has {rule} "
+        return (f"**No candidate beats {name} under this budget:** none has {rule} "
                 f"({tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}, {n_seeds} seeds).")
-    return (f"**{len(won)} candidate{'s' if len(won) > 1 else ''} beat{'' if len(won) > 1 else 's'} Transformer++ "
+    return (f"**{len(won)} candidate{'s' if len(won) > 1 else ''} beat{'' if len(won) > 1 else 's'} {name} "
             f"under this budget** ({rule}); the best, `{won[0]['key']}`, by {tpp['perplexity'] - won[0]['perplexity']:.2f} "
             f"perplexity ({won[0]['perplexity']:.3f} against {tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}), scored "
             "under one seed.")
@@ -367,11 +405,10 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
              f"Objectives (minimised): {', '.join(metrics_of(rc.objective))}. Width {rc.d_model}, "
              f"depth {rc.depth}, {rc.steps} steps x {rc.batch} x {rc.seq_len} tokens per candidate; "
              f"cache at T = {rc.cache_len}, bf16, batch 1.", "",
-             f"{len(records)} candidates evaluated ({len(failed)} failed), {len(stats)} generations "
-             f"(generation 0 = initial population).", "",
+             f"{len(records)} candidates evaluated ({len(failed)} failed): {generation_words(len(stats) - 1, rc.generations)}.", "",
              f"Data: `{rc.data or 'the default corpus'}`, {rc.data_fingerprint or 'fingerprint not recorded'}. "
              f"Versions: {versions()}.", "",
-             verdict(records, base.get("transformer++"), rc.objective), "",
+             *verdicts(records, base, rc.objective), "",
              f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
              head.replace("perplexity", "perplexity (mean ± std)")]
     lines += [f"| {name} | `{b['key']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"

@@ -313,3 +313,29 @@ def test_the_verdict_and_the_winners_curse(tmp_path):
     report.write_summary(tmp_path, rc, tpp, records, [], final, top, (30.0, 6000.0))
     text = (tmp_path / "summary.md").read_text()
     assert "23.500 †" not in text and "23.500 |" in text and "23.000 †" in text
+
+
+def test_the_verdict_tells_each_baseline_and_the_runs_own_random_control(tmp_path):
+    """Issue 26: beside each baseline, how many of the run's random generation-0 candidates (origin
+    sample, not --init or a baseline) already beat it; the generations counted as the console counts them."""
+    base = [dict(name=n, seed=s_, genome="t", key="t", perplexity=p + s_, params=100, cache_bytes=c, status="ok")
+            for n, p, c in (("transformer++", 25.0, 1000), ("striped-mamba", 22.0, 400)) for s_ in range(3)]
+    g1, g2, g3 = "5.1.1.1.1-9.2.1.2.1-1.3.1.3.1-9.4.1.4.1", "7.1.1.1.1-9.2.1.2.1-8.3.1.3.1-9.4.1.4.1", \
+        "9.1.1.1.1-9.2.1.2.1-7.3.1.3.1-9.4.1.4.1"
+    cand = lambda g, gen, origin, p, c: dict(generation=gen, genome=g, key=g, status="ok", perplexity=p, params=50,  # noqa: E731
+                                            cache_bytes=c, objectives=[p, c], origin=origin)
+    records = [cand(g1, 0, "sample", 23.5, 500), cand(g2, 0, "initial", 19.0, 300), cand(g3, 1, "mutation", 19.5, 200)]
+    rows = report.seed_groups(base, "name")
+    text = report.verdict(records, rows["transformer++"], "quality_cache", control=report.random_control(records))
+    assert text.startswith("**3 candidates beat Transformer++") and \
+        text.endswith("Of the run's 1 random generation-0 candidates (its own control: sampling alone), 1 already beats it.")
+    rc = RunConfig(objective="quality_cache", data="corpus.txt", generations=5)
+    stats = [dict(generation=g, hypervolume=1.0, front_size=1) for g in range(6)]
+    report.write_summary(tmp_path, rc, base, records, stats, [], [], (30.0, 6000.0))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**3 candidates beat Transformer++" in summary and "**2 candidates beat StripedMamba" in summary
+    assert summary.count("random generation-0 candidates") == 2 and "1 already beats it" in summary \
+        and "0 already beat it" in summary  # 23.5 with 500 B: not below StripedMamba's 400 B cache
+    assert "the initial population (generation 0) and 5 generations of offspring" in summary
+    report.write_summary(tmp_path, rc, base, records, stats[:3], [], [], (30.0, 6000.0))
+    assert "the initial population (generation 0) and 2 of 5 generations of offspring" in (tmp_path / "summary.md").read_text()
