@@ -154,7 +154,10 @@ def chosen(run: Run, which: str) -> list[genome.Genome]:
     try:
         return [genome.Genome.parse(which)]
     except ValueError as e:
-        raise UsageError(f"--genome: {e}") from None
+        if not any(ch.isdigit() for ch in which):  # a word, not a genome: name the words there are
+            raise UsageError(f"--genome {which!r}: choose best, top, topK (top3: the third of the selection) "
+                             "or a genome string such as 9.1.1.1.1-8.2.1.2.1") from None
+        raise UsageError(f"--genome {which!r} is not best, top, topK or a genome: {e}") from None
 
 
 def retrain(run_dir, which: str = "best", steps: Optional[int] = None, seeds: Optional[list[int]] = None,

@@ -23,6 +23,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -63,6 +64,27 @@ class UsageError(Exception):
 class RunFailed(Exception):
     """The run cannot go on (every candidate of generation 0 failed, the disk is full): printed as one
     line, exit status 1; everything written so far is kept."""
+
+
+def in_python(e: Exception) -> Exception:
+    """A UsageError or RunFailed, whose message names command-line options, in the words of a Python call
+    (`star.synthesize`): `--generations 3` is `generations=3`, `--resume` is `resume=True`, `--name` and
+    `--out` are `run_dir`; a command quoted in backticks stays as it is. The command line's words stay
+    in `cli`, for star.py's own one line."""
+    def words(m: re.Match) -> str:
+        flag, value = m.group(1), m.group(2)
+        if flag in ("name", "out"):
+            return "run_dir"
+        if flag == "resume":
+            return "resume=True"
+        field = flag.replace("-", "_")
+        return f"{field}={value}" if value is not None else field
+    cli = getattr(e, "cli", str(e))
+    parts = cli.split("`")
+    out = type(e)("`".join(p if i % 2 else re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?: ([0-9][^\s;,:)]*))?", words, p)
+                           for i, p in enumerate(parts)))
+    out.cli = cli
+    return out
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads slee
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -63,7 +64,7 @@ import plugins
 import report
 import runlog
 import train
-from config import PRESETS, RunConfig, RunFailed, UsageError, check_execution, metrics_of, run_name
+from config import PRESETS, RunConfig, RunFailed, UsageError, check_execution, in_python, metrics_of, run_name
 
 
 @dataclass
@@ -79,6 +80,18 @@ class Synthesis:
     config: RunConfig
 
 
+def _in_python_words(fn):
+    """A UsageError or RunFailed out of `fn` in the words of a Python call (star.py prints its own)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UsageError, RunFailed) as e:
+            raise in_python(e) from None
+    return call
+
+
+@_in_python_words
 def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=None, device: str = "auto",
                data: Optional[corpus.Data] = None, workers: int = 1, ray: Optional[str] = None,
                log: Callable[[str], None] = print) -> Synthesis:
@@ -436,10 +449,10 @@ def _main(args) -> int:
         else:
             run(args)
     except UsageError as e:
-        print(f"star.py: error: {_one_line(e)}", file=sys.stderr)
+        print(f"star.py: error: {_one_line(getattr(e, 'cli', e))}", file=sys.stderr)
         return 2
     except RunFailed as e:
-        print(f"star.py: error: {_one_line(e)}", file=sys.stderr)
+        print(f"star.py: error: {_one_line(getattr(e, 'cli', e))}", file=sys.stderr)
         return 1
     except OSError as e:  # a full disk, a folder made read-only mid-run: every finished evaluation is on disk
         where = f" ({e.filename})" if e.filename else ""

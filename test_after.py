@@ -123,6 +123,10 @@ def test_retrain_refuses_what_it_cannot_do(runs):
         after.retrain(run_dir, "top99")
     with pytest.raises(UsageError, match="--genome"):
         after.retrain(run_dir, "not-a-genome")
+    for typo in ("bestt", "tops", "1.1.1.1"):  # issue 26: the choices named, not a class-parse error
+        with pytest.raises(UsageError, match="best, top, topK") as e:
+            after.retrain(run_dir, typo)
+        assert "class" not in str(e.value) or typo[0].isdigit()
     with pytest.raises(UsageError, match="not a run folder"):
         after.retrain(run_dir / "weights")
 
@@ -214,6 +218,25 @@ def test_an_export_runs_in_a_fresh_interpreter_without_this_repository(runs, tmp
     assert p.returncode == 0, p.stderr[-3000:]
     fwd_diff, step_diff, shape, ours = json.loads(p.stdout.strip().splitlines()[-1])
     assert fwd_diff < 1e-5 and step_diff < 1e-5 and shape == [2, 37, 256] and ours == []
+
+
+def test_the_readmes_export_snippet_runs_as_written_outside_the_repository(runs, tmp_path):
+    """Issue 26: README's fresh-interpreter snippet, its W pointed at a weights folder that `after.py export W`
+    wrote into, run by `python -I` from a folder outside the repository."""
+    run_dir, _ = runs
+    w = tmp_path / "weights"
+    shutil.copytree(run_dir / after.read_run(run_dir).weights[0]["folder"], w)
+    assert after.main(["export", str(w)]) == 0
+    readme = (Path(after.__file__).parent / "README.md").read_text()
+    snippet = next(b for b in readme.split("```python\n")[1:] if 'W = "runs/' in b.split("```")[0]).split("```")[0]
+    snippet = re.sub(r'^W = "[^"]*"', f"W = {str(w)!r}", snippet, flags=re.M)
+    snippet += "print(json.dumps([list(logits.shape), len(cache)]))\n"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = subprocess.run([sys.executable, "-I", "-c", snippet], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    shape, n_cache = json.loads(p.stdout.strip().splitlines()[-1])
+    assert shape == [1, 256] and n_cache == len(json.loads((w / "export" / "export.json").read_text())["step"]["cache"])
 
 
 def test_allow_classes_and_init_shape_the_search_and_are_recorded(tmp_path, capsys):

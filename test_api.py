@@ -1,6 +1,7 @@
 """The Python API (README, "From Python"): the in-memory synthesis, the same with a run folder, and
 workers from a script without a __main__ guard."""
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -35,6 +36,21 @@ def test_synthesize_in_memory_equals_the_run_folder(tmp_path):
     assert any("hypervolume reference point" in s for s in lines)
     if PINNED:
         assert_golden(tmp_path / "r")
+
+
+def test_api_errors_speak_the_apis_words(tmp_path, capsys):
+    """Issue 26: synthesize into a folder that holds a run says resume=True and run_dir, not --resume and
+    --name; star.py's line for the same keeps the command line's words."""
+    shutil.copytree(HERE / "testdata" / "format1-run", tmp_path / "r")
+    with pytest.raises(UsageError) as e:
+        star.synthesize(RunConfig.make("cpu", **TINY), run_dir=tmp_path / "r", log=lambda s: None)
+    assert "continue it with resume=True or choose another run_dir" in str(e.value) and "--" not in str(e.value)
+    with pytest.raises(UsageError) as e:
+        star.synthesize(RunConfig.make("cpu", **{**TINY, "generations": 1, "steps": 4}), run_dir=tmp_path / "r",
+                        resume=True, given={"steps"}, log=lambda s: None)
+    assert "resume=True:" in str(e.value) and "steps = 3" in str(e.value) and "--" not in str(e.value)
+    assert star.main(["--data", "synthetic", "--out", str(tmp_path), "--name", "r"]) == 2
+    assert "continue it with --resume or choose another --name" in capsys.readouterr().err
 
 
 def test_a_bad_config_is_one_usage_error():

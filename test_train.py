@@ -591,8 +591,19 @@ def test_cli_trains_saves_and_samples(tmp_path, capsys):
     import genome
 
     if hasattr(genome.build_model(genome.transformer_pp(2), train.load_checkpoint(ckpt)[2]), "generate"):
-        assert train.main(["--sample", str(ckpt), "--prompt", "k?", "--max-new-tokens", "5", "--device", "cpu"]) == 0
-        assert capsys.readouterr().out.startswith("k?")
+        assert train.main(["--sample", str(ckpt), "--prompt", "k?", "--max-new-tokens", "40", "--device", "cpu"]) == 0
+        got = capsys.readouterr()
+        assert got.out.startswith("k?")
+        assert ("\ufffd" in got.out) == ("is not valid UTF-8" in got.err)  # a note exactly when the text is invalid
+
+
+def test_a_sample_that_is_not_valid_text_says_so():
+    """Issue 26: a briefly trained byte-level model emits partial characters; the sample says it is expected."""
+    assert train.sample_text("ROMEO: é".encode()) == ("ROMEO: é", None)
+    text, note = train.sample_text(b"ROMEO:\xc3 x\xff")
+    assert text == "ROMEO:\ufffd x\ufffd" and "not valid UTF-8 (2 invalid byte sequences" in note and "expected" in note
+    text, note = train.sample_text("a\ufffdb".encode() + b"\xe2\x82")  # a real U+FFFD is not counted as invalid
+    assert "(1 invalid byte sequence shown" in note
 
 
 @needs_genome

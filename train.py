@@ -665,8 +665,24 @@ def _sample_command(args) -> int:
     idx = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # (1, l)
     with torch.no_grad(), _autocast(device, True):
         out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
-    print(bytes(out[0].tolist()).decode("utf-8", errors="replace"))
+    text, note = sample_text(bytes(out[0].tolist()))
+    print(text)
+    if note:
+        print(f"train.py: note: {note}", file=sys.stderr)
     return 0
+
+
+def sample_text(raw: bytes) -> tuple[str, str | None]:
+    """Sampled bytes as text, and a note when they are not valid UTF-8: a byte-level model emits one byte
+    at a time, and one trained briefly often emits a partial character (shown as U+FFFD)."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        raw.decode("utf-8")
+        return text, None
+    except UnicodeDecodeError:
+        n = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+        return text, (f"the sample is not valid UTF-8 ({n} invalid byte sequence{'s' if n != 1 else ''} shown as "
+                      "U+FFFD): expected of a byte-level model trained this briefly; it fades with training")
 
 
 def main(argv: list[str] | None = None) -> int:
