@@ -666,7 +666,7 @@ def _sample_command(args) -> int:
     with torch.no_grad(), _autocast(device, True):
         out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
     text, note = sample_text(bytes(out[0].tolist()))
-    print(text)
+    print(text, flush=True)  # before the note on stderr
     if note:
         print(f"train.py: note: {note}", file=sys.stderr)
     return 0
