@@ -442,7 +442,7 @@ def section_memory(device: str, out: Path, deadline: float) -> dict:
 def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int) -> list[str]:
     if name == "oracles":
         return [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
-                str(HERE / "test_device.py")]
+                str(HERE / "tests" / "test_device.py")]
     if name == "bench":
         argv = [PY, str(HERE / "bench.py"), "--device", device, "--only", "transformer,classes,scan,conv",
                 "--out", str(out / "bench.json")]
@@ -454,7 +454,7 @@ def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int) 
 def collect(name: str, out: Path, log: str) -> dict:
     """The section's results: its JSON, or for oracles what pytest printed (complete or not)."""
     if name == "oracles":
-        found = re.findall(r"^test_device\.py::(\S+) (PASSED|FAILED|ERROR|SKIPPED)", log, re.M)
+        found = re.findall(r"^(?:tests/)?test_device\.py::(\S+) (PASSED|FAILED|ERROR|SKIPPED)", log, re.M)
         counts = {k: sum(1 for _, s in found if s == k) for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
         final = re.search(r"^=+ (.*?) in ([\d.]+)s", log, re.M)
         return dict(passed=counts["PASSED"], failed=counts["FAILED"], errors=counts["ERROR"], skipped=counts["SKIPPED"],

@@ -4,7 +4,9 @@ a valid, trainable model whose analytic counts are exact, and one whole synthesi
 Tests of the parts live beside them: test_liv.py (the LIVs), test_genome.py (genome, repair, canonical
 form, variation), test_evolve.py (NSGA-II), test_train.py, test_cli.py, test_inputs.py, test_decode.py.
 """
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,19 @@ import genome
 import liv
 import star
 from config import RunConfig
-from test_cli import read_jsonl, run
+
+# a tiny synthesis (seconds): synthetic data, width 32, depth 4
+TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
+        "--batch", "4", "--steps", "3", "--population", "4", "--offspring", "3", "--generations", "2",
+        "--preset", "cpu", "--final-top", "3"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(tmp_path, *extra, name="r"):
+    return star.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,8 @@ import star
 from config import RunConfig, UsageError
 from test_golden import PINNED, assert_golden
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent  # the repository
 TINY = dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3, population=4,
             offspring=3, generations=2, baseline_seeds=2)
 
@@ -67,7 +68,7 @@ def test_workers_from_a_script_without_a_main_guard(tmp_path):
     script = tmp_path / "mine.py"
     script.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(HERE)!r})
+        sys.path.insert(0, {str(ROOT)!r})
         import star
         from config import RunConfig
         result = star.synthesize(RunConfig.make("cpu", **{TINY!r}), run_dir={str(tmp_path / "r")!r},

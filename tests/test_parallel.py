@@ -245,7 +245,7 @@ def test_a_worker_that_cannot_start_is_one_line_exit_1_and_resumes(tmp_path, mon
 DRIVER = ("import functools, signal, sys, parallel; signal.signal(signal.SIGINT, signal.default_int_handler); "
           "parallel.evaluator = functools.partial(parallel.evaluator, "
           "evaluate='test_parallel:slow_evaluate'); import star; sys.exit(star.main(sys.argv[1:]))")
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent  # the repository, where the driver runs
 
 
 def children(pid: int) -> list[int]:
@@ -283,9 +283,9 @@ class Star:
 
     def __init__(self, argv, marks: Path):
         self.marks = marks
-        self.p = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], cwd=HERE, start_new_session=True,
-                                  env={**os.environ, "STAR_TEST_MARKS": str(marks)}, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = {**os.environ, "STAR_TEST_MARKS": str(marks), "PYTHONPATH": str(Path(__file__).resolve().parent)}
+        self.p = subprocess.Popen([sys.executable, "-c", DRIVER, *argv], cwd=HERE, start_new_session=True, env=env,
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def started(self, after: int = 0) -> list[tuple[int, int, str]]:
         """(time, pid, genome) of every candidate started in a worker, after `after` (monotonic ns)."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: tests/ is below it
 MODULES = sorted(p.stem for p in ROOT.glob("*.py") if not p.stem.startswith(("test_", "conftest")))
 REFERENCE = ("liv", "genome", "evolve", "fidelity", "train")  # the core a reader takes beside the paper
 BELOW_REFERENCE = ("corpus",)                        # the data it trains on: imports nothing of ours

@@ -16,17 +16,7 @@ import report
 import star
 from config import RunConfig
 
-TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
-        "--batch", "4", "--steps", "3", "--population", "4", "--offspring", "3", "--generations", "2",
-        "--preset", "cpu", "--final-top", "3"]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def run(tmp_path, *extra, name="r"):
-    return star.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
+from test_star import TINY, read_jsonl, run  # the card's tiny synthesis, at the root
 
 
 @pytest.mark.slow
@@ -97,7 +87,7 @@ def test_explain_prints_picture_params_and_cache(capsys):
 
 def test_command_line_exit_status_is_real():
     p = subprocess.run([sys.executable, "star.py", "--objective", "nope"], capture_output=True, text=True,
-                       cwd=Path(__file__).parent)
+                       cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown --objective" in p.stderr
 
 

@@ -24,7 +24,7 @@ import corpus
 import train
 from train import Data, DataError, TrainConfig
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the repository
 
 
 @pytest.fixture(autouse=True)

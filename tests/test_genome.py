@@ -580,7 +580,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, capsys):
 
 
 def test_cli_bad_genome_exits_2_without_traceback():
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parent.parent  # the repository
     r = subprocess.run([sys.executable, str(here / "genome.py"), "1.1.1.1.1-5.1.2.2.1"], capture_output=True,
                        text=True, cwd=here, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr

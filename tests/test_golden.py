@@ -23,7 +23,7 @@ import star
 # the cpu preset shrunk to seconds; 2 baseline seeds, 4 + 3 x 2 candidates
 TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
         "--batch", "4", "--steps", "3", "--population", "4", "--offspring", "3", "--baseline-seeds", "2"]
-# testdata/golden.json: the archive rows [generation, genome, key, objectives] of
+# tests/testdata/golden.json: the archive rows [generation, genome, key, objectives] of
 # - "golden": TINY with --generations 2, under torch 2.13.0 on CPU (TINY inherits the cpu preset's
 #   held-out set of 8,192 tokens since D33);
 # - "before_d33": the same run as format 1 meant it (1,024 held-out tokens), which the committed
@@ -160,7 +160,8 @@ def test_resume_needs_only_the_name_options_not_given_are_the_runs(tmp_path):
 
 def write_golden(out: Path) -> dict:
     """Run both pinned runs in `out` and return their rows: what testdata/golden.json holds. Results change
-    on purpose only: then `python test_golden.py --write` rewrites the file (and the change says why)."""
+    on purpose only: then `PYTHONPATH=. python tests/test_golden.py --write` rewrites the file (and the change
+    says why)."""
     assert star.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "g"]) == 0
     shutil.copytree(FORMAT1, out / "old")
     assert star.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "old", "--resume"]) == 0
@@ -181,7 +182,8 @@ if __name__ == "__main__":
 
     torch.set_num_threads(1)
     if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: python test_golden.py --write   (rewrites testdata/golden.json from this machine's runs)")
+        sys.exit("usage: PYTHONPATH=. python tests/test_golden.py --write   (rewrites tests/testdata/golden.json from "
+                 "this machine's runs)")
     with tempfile.TemporaryDirectory() as d:
         rows = write_golden(Path(d))
     GOLDEN_FILE.write_text(golden_text(rows))

@@ -34,7 +34,7 @@ import liv
 import star
 import train
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent.parent  # the repository: the scripts and their folder
 
 
 def call(main, argv, capsys):

@@ -64,3 +64,11 @@ def test_extrapolation_scales_the_training_part_by_steps():
     base = 2 * gpu_check.FULL_BASELINE_SEEDS * t_full
     assert e["workers_1_hours"] == pytest.approx((base + n * 12.0 * t_full / 12.0) / 3600)
     assert e["workers_n_hours"] == pytest.approx((base + n * 3.0 * t_full / 12.0) / 3600)
+
+
+def test_the_oracles_section_reads_the_tests_folders_node_ids(tmp_path):
+    """pytest -v names the device tests by their path from the repository (tests/test_device.py::...)."""
+    log = ("tests/test_device.py::test_a PASSED\ntests/test_device.py::test_b FAILED\n"
+           "======= 1 failed, 1 passed in 3.21s =======\n")
+    r = gpu_check.collect("oracles", tmp_path, log)
+    assert (r["passed"], r["failed"], r["failed_tests"], r["complete"]) == (1, 1, ["test_b"], True)
