@@ -104,7 +104,7 @@ class Preset:
 
 
 PRESETS = {
-    # measured on 2 CPU cores: see README "Presets"
+    # measured on 2 CPU cores: see docs/options.md, the presets
     "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_tokens=8192,
                   population=8, offspring=8, generations=5),
     # one GPU: the paper's population and generations at a smaller scale, sized to the default corpus

@@ -435,7 +435,7 @@ def scan_loop(x, log_a, B, C, h0=None):
     return torch.stack(ys, dim=1), state
 
 
-# Which scan `scan="auto"` uses on each device, chosen by measurement (bench.py, README "Benchmarks").
+# Which scan `scan="auto"` uses on each device, chosen by measurement (bench.py, docs/benchmarks-and-gpu-check.md).
 # cpu: `python bench.py --only scan` (2 cores, b 2, h 4, p 64, n 16, fwd+bwd): chunked 17 / 45 / 158 ms vs
 # loop 227 / 907 / 2670 ms at l 256 / 1024 / 4096 -> chunked, 13-20x. cuda: not yet measured (no GPU).
 AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}

@@ -29,7 +29,7 @@ process trains it, or on how many train at once. Everything random is seeded fro
 float reduction split over 2 threads adds in a different order than over 1. So on CPU *every
 candidate, in every mode, runs with ``CANDIDATE_THREADS`` = 1 intra-op thread*; parallelism on CPU
 comes from ``--workers``, one core per worker. (One thread per small model is also the fastest use of
-a shared machine: there is no OpenMP team to wait for busy cores; README, "Threads".) On CUDA the
+a shared machine: there is no OpenMP team to wait for busy cores; docs/workers-and-ray.md, "Threads".) On CUDA the
 thread count only drives the host side, so workers get their share of the cores.
 
 **Sticky CUDA errors.** After an illegal memory access, a device-side assert or a cuFFT failure the
@@ -66,7 +66,7 @@ from liv import fmt_bytes
 CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module docstring)
 # what marks a CUDA error that poisons the whole process (the context cannot be used again)
 # environment of worker processes, read by OpenMP when torch is imported (before any of our code runs):
-# idle OpenMP threads sleep instead of spinning, so a loaded machine does not collapse (README, "Threads")
+# idle OpenMP threads sleep instead of spinning, so a loaded machine does not collapse (docs/workers-and-ray.md, "Threads")
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 DEFAULT_EVALUATE = "candidate:evaluate_genome"  # fn(genome, cfg, tcfg, data, config) -> (info, objectives)
 WATCH_S = 0.5  # a worker whose main process is gone ends within this many seconds

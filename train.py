@@ -283,7 +283,7 @@ def release_memory() -> None:
 
 
 def set_determinism(device: torch.device) -> None:
-    """Deterministic kernels where they cost little (README, "What is reproducible on CUDA"): cuDNN
+    """Deterministic kernels where they cost little (docs/workers-and-ray.md, "Reproducible on CUDA"): cuDNN
     without autotuning, and torch's deterministic algorithms, warning (once) where an operator has no
     deterministic implementation instead of failing. cuBLAS's fixed workspace is set here, before the
     first cuBLAS call of the process creates its handle (the candidates' processes train first)."""

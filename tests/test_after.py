@@ -221,13 +221,13 @@ def test_an_export_runs_in_a_fresh_interpreter_without_this_repository(runs, tmp
 
 
 def test_the_readmes_export_snippet_runs_as_written_outside_the_repository(runs, tmp_path):
-    """Issue 26: README's fresh-interpreter snippet, its W pointed at a weights folder that `after.py export W`
-    wrote into, run by `python -I` from a folder outside the repository."""
+    """Issue 26: the fresh-interpreter snippet of docs/after-the-search.md, its W pointed at a weights folder
+    that `after.py export W` wrote into, run by `python -I` from a folder outside the repository."""
     run_dir, _ = runs
     w = tmp_path / "weights"
     shutil.copytree(run_dir / after.read_run(run_dir).weights[0]["folder"], w)
     assert after.main(["export", str(w)]) == 0
-    readme = (Path(after.__file__).parent / "README.md").read_text()
+    readme = (Path(after.__file__).parent / "docs" / "after-the-search.md").read_text()
     snippet = next(b for b in readme.split("```python\n")[1:] if 'W = "runs/' in b.split("```")[0]).split("```")[0]
     snippet = re.sub(r'^W = "[^"]*"', f"W = {str(w)!r}", snippet, flags=re.M)
     snippet += "print(json.dumps([list(logits.shape), len(cache)]))\n"

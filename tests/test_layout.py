@@ -62,3 +62,16 @@ def test_no_reference_function_is_over_80_lines(module):
 def test_evolve_is_nsga2_and_short_and_the_synthesis_fits_a_screen():
     assert len((ROOT / "evolve.py").read_text().splitlines()) <= 500
     assert dict(functions("star"))["synthesize"] <= 60
+
+
+def test_the_readme_is_short_and_its_links_lead_somewhere():
+    """README is for users (at most 250 lines); the topics live in docs/, and every relative link of README
+    and of the docs pages names a file that exists."""
+    import re
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    pages = [readme] + sorted((ROOT / "docs").glob("*.md"))
+    assert len(pages) >= 7
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), (page.name, target)
