@@ -90,7 +90,8 @@ import train
 from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
-ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity")  # long: only when named in --only
+ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity", "recipe",
+             "recipe_scaled")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -124,6 +125,13 @@ QUICK_ARMS = (("nsga2", []), ("random", ["--algorithm", "random"]),
 EFFICACY = dict(extra=["--no-weights"], arms=EFFICACY_ARMS, top=4, retrain_steps=1000, retrain_seeds=(0, 1, 2), workers=2,
                 probe_steps=(25, 50))
 
+# issue 28's sweep of the peak learning rate (bench_recipe)
+RECIPE = dict(preset="cpu", overrides={}, genomes=None, n_random=8, lr_min=3e-4, lr_max=1.6e-2, lr_factor=1.6,
+              shared=8e-4, budgets=(1, 10), seeds=(0, 1, 2), near=1, workers=2)
+# the scaling shape (README's scaling check): the two baselines and the seed-0 winner at depth 12, width 128
+RECIPE_SCALED = dict(RECIPE, overrides=dict(d_model=128, depth=12), n_random=0,
+                     genomes={"seed-0 winner x2": "9.1.1.1.1-8.2.1.2.1-9.3.1.3.1-16.4.1.4.1-16.5.1.5.1-16.6.1.6.1"})
+
 SIZES = {
     "cpu": dict(
         classes=dict(b=8, l=512, d=256, head_dim=64, repeats=3),
@@ -139,7 +147,7 @@ SIZES = {
         noise=dict(preset="cpu", overrides={}, seeds=3),
         scaling=dict(preset="cpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=2, steps=16, retries=0, stability=3),
-        fidelity=FIDELITY_CHEAP,
+        fidelity=FIDELITY_CHEAP, recipe=RECIPE, recipe_scaled=RECIPE_SCALED,
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -155,7 +163,7 @@ SIZES = {
         noise=dict(preset="gpu", overrides={}, seeds=3),
         scaling=dict(preset="gpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=768, head_dim=64, contexts=(4096, 32768), repeats=5, steps=32, retries=1, stability=3),
-        fidelity=FIDELITY_CHEAP,
+        fidelity=FIDELITY_CHEAP, recipe=dict(RECIPE, preset="gpu"), recipe_scaled=dict(RECIPE_SCALED, preset="gpu"),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -182,6 +190,13 @@ SIZES = {
                                      population=3, generations=1, baseline_seeds=1),
                       arms=[dict(name="nsga2 single", offspring=2), dict(name="nsga2 rungs 2,4 eta 2", offspring=4, rungs=(2, 4), eta=2)],
                       seeds=(0,), top=2, retrain_steps=4, retrain_seeds=(0,)),
+        recipe=dict(RECIPE, overrides=dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4,
+                                           steps=2), n_random=2, lr_min=1e-3, lr_max=4e-3, lr_factor=2.0, shared=2e-3,
+                    budgets=(1, 2), seeds=(0, 1), workers=1),
+        recipe_scaled=dict(RECIPE_SCALED, overrides=dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32,
+                                                         batch=4, steps=2), lr_min=1e-3, lr_max=4e-3, lr_factor=2.0,
+                           shared=2e-3, budgets=(1,), seeds=(0,), workers=1,
+                           genomes={"winner x2": "9.1.1.1.1-8.2.1.2.1"}),
     ),
 }
 
@@ -910,39 +925,48 @@ def _retrain_one(job: tuple) -> dict:
 
 
 def retrain_all(jobs: list[tuple], book: Path, workers: int) -> dict:
-    """Every (run folder, genome, seed, steps, device) job trained once: results already in `book` (a
-    JSON-lines file, one line a training, appended as each finishes) are read, not trained again, so a
-    killed bench loses at most the trainings in progress, and a genome in several runs' top-k trains once."""
+    """Every (run folder, genome, seed, steps, device) job trained once (train_book), keyed by the genome's
+    canonical text, seed and steps: a genome in several runs' top-k trains once."""
+    return train_book(jobs, book, workers, _retrain_one, lambda j: _book_key(*j[1:4]),
+                      lambda r: (r["key"], r["seed"], r["steps"]))
+
+
+def train_book(jobs: list[tuple], book: Path, workers: int, one, job_key, record_key) -> dict:
+    """Every job trained once by `one(job) -> record`: records already in `book` (a JSON-lines file, one
+    line a training, appended as each finishes) are read, not trained again, so a killed bench loses at
+    most the trainings in progress. `job_key(job)` and `record_key(record)` name a training alike."""
     import concurrent.futures
     import multiprocessing
 
     done = {}
     if book.exists():
         for line in book.read_text().splitlines():
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, KeyError):
                 r = json.loads(line)
-                done[(r["key"], r["seed"], r["steps"])] = r
+                done[record_key(r)] = r
     todo, seen = [], set()
     for j in jobs:
-        k = _book_key(*j[1:4])
+        k = job_key(j)
         if k not in done and k not in seen:
             seen.add(k)
             todo.append(j)
-    print(f"  retraining: {len(todo)} trainings to do, {len(done)} already in {book}", flush=True)
+    print(f"  training: {len(todo)} to do, {len(done)} already in {book}", flush=True)
 
     def keep(r):
-        done[(r["key"], r["seed"], r["steps"])] = r
+        done[record_key(r)] = r
         with open(book, "a") as f:
             f.write(json.dumps(r) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        print(f"  retrained {r['genome']} seed {r['seed']}: ppl {r['perplexity']:.3f} ({r['seconds']:.0f} s)", flush=True)
+        lr = f" lr {r['lr']:.3g}" if "lr" in r else ""
+        print(f"  trained {r['genome']} seed {r['seed']}{lr} {r['steps']} steps: ppl {r['perplexity']:.3f} "
+              f"({r['seconds']:.0f} s)", flush=True)
     if workers <= 1:
         for j in todo:
-            keep(_retrain_one(j))
+            keep(one(j))
     else:  # spawned processes, one thread each (D19): each result is kept as soon as it is back
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for f in concurrent.futures.as_completed([pool.submit(_retrain_one, j) for j in todo]):
+            for f in concurrent.futures.as_completed([pool.submit(one, j) for j in todo]):
                 keep(f.result())
     return done
 
@@ -1220,6 +1244,105 @@ def print_scaling(r):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Recipe: the peak learning rate measured per model, where the models live (issue 28)
+# ----------------------------------------------------------------------------------------------------
+
+def lr_grid(lo: float, hi: float, factor: float, extra=()) -> list[float]:
+    """A log grid from lo to hi in steps of `factor` (3 significant digits), with the rates in `extra`."""
+    out, x = set(), lo
+    while x <= hi * (1 + 1e-9):
+        out.add(float(f"{x:.3g}"))
+        x *= factor
+    return sorted(out | {float(e) for e in extra})
+
+
+def recipe_models(rc: RunConfig, n_random: int, genomes=None, seed: int = 0) -> list[tuple[str, str]]:
+    """(name, canonical genome) of Transformer++, StripedMamba, `genomes` (name: text; repeated to the
+    run's depth) and `n_random` distinct genomes drawn as the search draws generation 0."""
+    models = [(name, genome.canonical_str(make(rc.depth))) for name, make in genome.BASELINES.items()]
+    for name, text in (genomes or {}).items():
+        g = genome.Genome.parse(text)
+        models.append((name, genome.canonical_str(genome.repeat(g, rc.depth // g.depth) if rc.depth != g.depth else g)))
+    var, rng, seen, n = rc.variation(), np.random.default_rng(seed), {t for _, t in models}, 0
+    while n < n_random:
+        k = var.key(var.repair(var.sample(rng), rng)[0])
+        if k not in seen:
+            seen.add(k)
+            n += 1
+            models.append((f"random {n}", k))
+    return models
+
+
+def _recipe_one(job: tuple) -> dict:
+    """One training of the sweep (a worker process's job): (preset, overrides, genome, seed, steps, lr, device)."""
+    import parallel
+
+    preset, overrides, text, seed, steps, lr, device = job
+    rc = RunConfig.make(preset, **dict(overrides))
+    data = corpus.load_data(rc.data, rc.vocab_size)
+    tcfg = dataclasses.replace(rc.train_config(device, steps), lr=lr)
+    with parallel.candidate_threads(device):
+        info, _ = candidate.evaluate_genome(genome.Genome.parse(text), rc.model_config(data.vocab_size), tcfg, data, rc,
+                                            seed=seed)
+    return dict(key=text, genome=text, seed=seed, steps=steps, lr=lr, status=info["status"], seconds=info["seconds"],
+                perplexity=info["perplexity"] if info["status"] == "ok" else math.inf)
+
+
+def bench_recipe(device, s, out_dir: str) -> dict:
+    """Issue 28: each model's peak learning rate on a log grid, at the preset's candidate budget and at
+    multiples of it (`budgets`), with the preset's recipe otherwise (AdamW, warm-up, cosine, clipping). Seed 0
+    over the whole grid; the other seeds at each model's seed-0 best and its `near` neighbours; the best rate
+    is the lowest seed mean among those. Every training is kept in OUT_DIR/recipe.jsonl and never repeated."""
+    rc = RunConfig.make(s["preset"], **s["overrides"])
+    grid = lr_grid(s["lr_min"], s["lr_max"], s["lr_factor"], extra=(s["shared"],))
+    models = recipe_models(rc, s["n_random"], s.get("genomes"))
+    book = Path(out_dir).expanduser() / "recipe.jsonl"
+    book.parent.mkdir(parents=True, exist_ok=True)
+    over, seeds, budgets = tuple(sorted(s["overrides"].items())), list(s["seeds"]), [rc.steps * b for b in s["budgets"]]
+    job = lambda text, seed, steps, lr: (s["preset"], over, text, seed, steps, lr, str(device))  # noqa: E731
+    keys = (lambda j: (j[2], j[3], j[4], j[5]), lambda r: (r["key"], r["seed"], r["steps"], r["lr"]))
+    done = train_book([job(t, seeds[0], st, lr) for st in budgets for _, t in models for lr in grid], book,
+                      s["workers"], _recipe_one, *keys)
+    seed0 = lambda t, st: [done[(t, seeds[0], st, lr)]["perplexity"] for lr in grid]  # noqa: E731
+    near = {(t, st): grid[max(0, i - s["near"]): i + s["near"] + 1] for st in budgets for _, t in models
+            for i in [int(np.argmin(seed0(t, st)))]}
+    done = train_book([job(t, sd, st, lr) for (t, st), rates in near.items() for lr in rates for sd in seeds[1:]], book,
+                      s["workers"], _recipe_one, *keys)
+    rows = []
+    for st in budgets:
+        for name, t in models:
+            curve = seed0(t, st)
+            at = {lr: [done[(t, sd, st, lr)]["perplexity"] for sd in seeds] for lr in near[(t, st)]}
+            best = min(at, key=lambda lr: report.mean_std(at[lr])[0])
+            mean, std = report.mean_std(at[best])
+            rows.append(dict(name=name, genome=t, steps=st, grid=grid, seed0=curve, best_lr=best, mean=mean, std=std,
+                             n=len(seeds), at_edge=best in (grid[0], grid[-1]), near={str(k): v for k, v in at.items()}))
+    for st in budgets:  # what a shared rate costs each model, and where its optimum sits from Transformer++'s
+        tpp = next(r for r in rows if r["steps"] == st and r["name"] == "transformer++")
+        for r in (x for x in rows if x["steps"] == st):
+            best0 = r["seed0"][grid.index(r["best_lr"])]
+            r["loss_at_shared"] = r["seed0"][grid.index(s["shared"])] / best0 - 1
+            r["loss_at_tpp_best"] = r["seed0"][grid.index(tpp["best_lr"])] / best0 - 1
+            r["steps_from_tpp"] = math.log(r["best_lr"] / tpp["best_lr"]) / math.log(s["lr_factor"])
+    return dict(preset=s["preset"], overrides=s["overrides"], shared=s["shared"], grid=grid, seeds=seeds,
+                budgets=budgets, book=str(book), rows=rows)
+
+
+def print_recipe(r):
+    print(f"\n## Recipe (issue 28): the peak learning rate per model, {r['preset']} preset {r['overrides'] or ''}; "
+          f"grid {r['grid'][0]:g} .. {r['grid'][-1]:g} ({len(r['grid'])} rates), seed 0 everywhere, seeds "
+          f"{r['seeds']} near each optimum; the book: {r['book']}")
+    for st in r["budgets"]:
+        print(f"\n{st} steps")
+        print(table(["model", "best lr", "perplexity at best (seed mean)", "edge", f"ppl at {r['shared']:g} (seed 0)",
+                     f"loss at {r['shared']:g}", "loss at T++'s best", "optimum / T++'s (grid steps)"],
+                    [[x["name"], f"{x['best_lr']:.3g}", f"{x['mean']:.3f} ± {x['std']:.3f} (n={x['n']})",
+                      "EDGE" if x["at_edge"] else "", f"{x['seed0'][r['grid'].index(r['shared'])]:.3f}",
+                      f"{x['loss_at_shared']:+.1%}", f"{x['loss_at_tpp_best']:+.1%}", f"{x['steps_from_tpp']:+.1f}"]
+                     for x in r["rows"] if x["steps"] == st]))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Proxies: the formulas against the clock (issue 18, DESIGN.md D34)
 # ----------------------------------------------------------------------------------------------------
 
@@ -1340,6 +1463,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench.json", help="where to write the JSON (default bench.json)")
     ap.add_argument("--efficacy-dir", default="runs/efficacy", help="where the efficacy section keeps its runs")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the efficacy section (comma-separated)")
+    ap.add_argument("--recipe-dir", default="runs/recipe", help="where the recipe sections keep their book of trainings")
     args = ap.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     bad = [x for x in only if x not in SECTIONS + ON_DEMAND]
@@ -1377,7 +1501,9 @@ def main(argv=None) -> int:
                memory=(bench_memory, print_memory), parallel=(bench_parallel, print_parallel),
                threads=(bench_threads, print_threads), noise=(bench_noise, print_noise),
                scaling=(bench_scaling, print_scaling), proxies=(bench_proxies, print_proxies),
-               fidelity=(bench_fidelity, print_fidelity))
+               fidelity=(bench_fidelity, print_fidelity),
+               recipe=(lambda d, s: bench_recipe(d, s, args.recipe_dir), print_recipe),
+               recipe_scaled=(lambda d, s: bench_recipe(d, s, os.path.join(args.recipe_dir, "scaled")), print_recipe))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -130,3 +130,36 @@ def test_bench_fidelity_runs_each_arm_and_retrains_its_selection(tmp_path):
     assert len(multi["rung_spearman"]) == 1 and len(single["new_front"]) == len(multi["new_front"]) == 2
     assert 0 < single["train_tokens"] == 5 * 4 * 4 * 32  # 5 candidates x 4 steps x 4 x 32 tokens
     assert single["regret"] >= 0 and single["best"] == min(t["retrained"][0] for t in single["top"])
+
+
+def test_bench_recipe_sweeps_the_rate_and_its_numbers_come_from_its_book(tmp_path, capsys):
+    """Issue 28 item 1, at the quick sizes: seed 0 over the whole grid, the other seeds near each model's
+    seed-0 optimum; the best rate is the lowest seed mean there; the shared rate's loss and the distance
+    from Transformer++'s optimum are recomputed here from the book; a second call trains nothing."""
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--only", "recipe", "--out", str(out), "--recipe-dir", str(tmp_path)]) == 0
+    r = json.loads(out.read_text())["recipe"]
+    book = {}
+    for line in (tmp_path / "recipe.jsonl").read_text().splitlines():
+        x = json.loads(line)
+        book[(x["key"], x["seed"], x["steps"], x["lr"])] = x["perplexity"]
+    grid, s = r["grid"], bench.SIZES["quick"]["recipe"]
+    assert grid == [0.001, 0.002, 0.004] and r["budgets"] == [2, 4]
+    assert [x["name"] for x in r["rows"][:4]] == ["transformer++", "striped-mamba", "random 1", "random 2"]
+    assert len({x["genome"] for x in r["rows"]}) == 4  # distinct models
+    for x in r["rows"]:
+        seed0 = [book[(x["genome"], 0, x["steps"], lr)] for lr in grid]
+        assert x["seed0"] == seed0
+        i = int(np.argmin(seed0))
+        near = grid[max(0, i - 1): i + 2]
+        means = {lr: np.mean([book[(x["genome"], sd, x["steps"], lr)] for sd in (0, 1)]) for lr in near}
+        assert x["best_lr"] == min(means, key=means.get) and math.isclose(x["mean"], means[x["best_lr"]])
+        assert x["at_edge"] == (x["best_lr"] in (grid[0], grid[-1]))
+        tpp = next(t for t in r["rows"] if t["steps"] == x["steps"] and t["name"] == "transformer++")
+        best0 = seed0[grid.index(x["best_lr"])]
+        assert math.isclose(x["loss_at_shared"], seed0[grid.index(s["shared"])] / best0 - 1)
+        assert math.isclose(x["steps_from_tpp"], math.log(x["best_lr"] / tpp["best_lr"]) / math.log(2.0))
+    assert len(book) == 2 * 4 * 3 + sum(len(x["near"]) for x in r["rows"])  # seed 0 everywhere, seed 1 near
+    capsys.readouterr()
+    assert bench.main(["--quick", "--only", "recipe", "--out", str(out), "--recipe-dir", str(tmp_path)]) == 0
+    assert "training: 0 to do" in capsys.readouterr().out
