@@ -24,8 +24,18 @@ import plugins
 import train
 from config import RunConfig, metrics_of
 
-# errors after which a CUDA context is unusable: the worker (or the in-process run) must end
-STICKY_CUDA = ("illegal memory access", "CUDA error", "cuFFT", "device-side assert")
+# Errors after which a CUDA context is unusable, so the worker (or the in-process run) must end: a kernel
+# that faulted or asserted poisons every later call of the process. Allocation failures and refused launches
+# leave the context usable: those candidates fail alone (status oom or error) and the worker goes on. A
+# CUDA, cuFFT or cuBLAS error that is neither is treated as poisoning: a fresh worker costs seconds, a
+# poisoned one would fail every candidate after it.
+STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",
+               "illegal instruction", "launch timed out", "uncorrectable ECC", "hardware stack error",
+               "CUFFT_INTERNAL_ERROR", "CUBLAS_STATUS_EXECUTION_FAILED", "CUBLAS_STATUS_INTERNAL_ERROR")
+RECOVERABLE_CUDA = ("out of memory", "CUFFT_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_SUPPORTED",
+                    "invalid argument", "invalid configuration argument", "too many resources requested for launch",
+                    "no kernel image is available")
+CUDA_LIBRARIES = ("CUDA error", "cuFFT", "CUFFT_", "CUBLAS_", "cuDNN", "CUDNN_")
 
 
 def describe_costs(g, cfg: liv.ModelConfig, cache_len: int) -> dict:
@@ -85,7 +95,10 @@ def objectives_of(info: dict, objective: str) -> tuple[float, ...]:
 
 
 def is_sticky_cuda_error(message: str) -> bool:
-    return any(s in message for s in STICKY_CUDA)
+    """Does this error poison the process's CUDA context (STICKY_CUDA above)?"""
+    if any(s in message for s in STICKY_CUDA):
+        return True
+    return any(s in message for s in CUDA_LIBRARIES) and not any(s in message for s in RECOVERABLE_CUDA)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -165,6 +165,23 @@ def test_evaluate_genome_tells_sticky_cuda_errors_from_other_errors(monkeypatch)
         assert info["status"] == status and message in info["error"] and objectives == (math.inf, math.inf)
 
 
+@pytest.mark.parametrize("message, sticky", [
+    ("CUDA error: an illegal memory access was encountered", True),
+    ("CUDA error: device-side assert triggered", True),
+    ("CUDA error: unspecified launch failure", True),
+    ("cuFFT error: CUFFT_INTERNAL_ERROR", True),
+    ("CUDA error: some message this list does not know", True),  # unknown: a fresh worker, to be safe
+    ("CUDA error: out of memory", False),  # recoverable: the candidate fails alone, the worker goes on
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
+    ("cuFFT error: CUFFT_ALLOC_FAILED", False),
+    ("CUDA error: invalid configuration argument", False),
+    ("CUDA error: too many resources requested for launch", False),
+    ("shapes do not match", False)])
+def test_only_errors_that_poison_a_cuda_context_end_the_worker(message, sticky):
+    """Issue 29 item 6: an allocation failure or a refused launch leaves the context usable."""
+    assert candidate.is_sticky_cuda_error(message) is sticky
+
+
 def test_in_process_candidates_run_with_a_fixed_thread_count():
     seen = []
     before = torch.get_num_threads()
