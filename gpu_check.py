@@ -62,7 +62,7 @@ FULL_BASELINE_SEEDS = 3  # star.py's default --baseline-seeds (the whole preset 
 # one candidate trained twice (repro): FFT convolution, scan and attention in one genome
 REPRO_GENOME = "17.1.1.1.1-9.2.1.2.1-5.3.1.3.1-9.4.1.4.1-1.5.1.5.1-9.6.1.6.1"
 REPRO_SHAPE = {"cuda": dict(d_model=256, head_dim=64, seq_len=1024, batch=8, steps=50),
-               "cpu": dict(d_model=32, head_dim=16, seq_len=32, batch=4, steps=3)}
+               "cpu": dict(d_model=128, head_dim=64, seq_len=256, batch=2, steps=3)}  # several key blocks, head width 64
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -126,11 +126,11 @@ def run_capped(argv: list[str], log_path: Path, cap_s: float, env: dict | None =
 _ACTIVE: set[int] = set()  # process groups a section child has started (killed with it)
 
 
-def run_group(argv: list[str], timeout: float) -> tuple[int | str, str]:
+def run_group(argv: list[str], timeout: float, env: dict | None = None) -> tuple[int | str, str]:
     """Run argv in its own process group, output captured; on timeout kill the group (star.py's workers
     too). Returns (exit status or "timeout", output)."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=HERE,
-                         text=True, start_new_session=True)
+                         text=True, start_new_session=True, env=env)
     _ACTIVE.add(p.pid)
     try:
         text, _ = p.communicate(timeout=max(1.0, timeout))
@@ -205,12 +205,13 @@ class GpuSampler:
 
 
 def section_repro(device: str, out: Path, deadline: float) -> dict:
-    """train.py twice, in two processes, same genome and seed: same losses, bit-identical weights."""
+    """train.py twice, in two processes, same genome and seed, in torch's strict deterministic mode
+    (STAR_DETERMINISM=strict, train.set_determinism): same losses, bit-identical weights."""
     import torch
 
     s = REPRO_SHAPE["cuda" if device.startswith("cuda") else "cpu"]
     data = write_corpus(out / "repro_corpus.txt", 2 << 20)
-    res = dict(genome=REPRO_GENOME, **s, runs=[])
+    res = dict(genome=REPRO_GENOME, **s, determinism="strict", runs=[])
     for k in ("a", "b"):
         ckpt = out / f"repro_{k}.pt"
         argv = [PY, str(HERE / "train.py"), "--genome", REPRO_GENOME, "--steps", str(s["steps"]), "--d-model",
@@ -218,7 +219,7 @@ def section_repro(device: str, out: Path, deadline: float) -> dict:
                 str(s["batch"]), "--data", str(data), "--device", device, "--seed", "0", "--log-every", "0",
                 "--save", str(ckpt)]
         t0 = time.perf_counter()
-        rc, text = run_group(argv, deadline - time.time())
+        rc, text = run_group(argv, deadline - time.time(), env={**os.environ, "STAR_DETERMINISM": "strict"})
         print(text, flush=True)
         done = next((l for l in text.splitlines() if l.startswith("done:")), "")
         losses = re.findall(r"(train loss|val loss) (\S+)", done)

@@ -357,6 +357,22 @@ def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
+# Cumulative sums as products with a lower-triangular matrix of ones: None (auto) where torch's
+# deterministic algorithms are on and the tensor is on CUDA, whose cumsum for floats has no deterministic
+# kernel (strict mode refuses it); True everywhere (tests); False never.
+TRIANGULAR_SUMS: bool | None = None
+
+
+def cumsum(x, dim: int):
+    """torch.cumsum(x, dim), or the same sums as one matrix product (deterministic on CUDA; equal to float32
+    rounding, sums of at most one chunk's length)."""
+    if not (TRIANGULAR_SUMS or (TRIANGULAR_SUMS is None and x.is_cuda and torch.are_deterministic_algorithms_enabled())):
+        return torch.cumsum(x, dim=dim)
+    n = x.shape[dim]
+    ones = torch.tril(torch.ones(n, n, dtype=x.dtype, device=x.device))  # ones[i, j] = 1 for j <= i
+    return (x.movedim(dim, -1) @ ones.T).movedim(-1, dim)
+
+
 def segsum(x):
     """Stable segment sum: out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, -inf above.
 
@@ -367,7 +383,7 @@ def segsum(x):
     q = x.shape[-1]
     x = repeat(x, "... i -> ... i j", j=q)  # x[..., i, j] = x_i
     x = x.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=x.device), -1), 0)
-    xs = torch.cumsum(x, dim=-2)
+    xs = cumsum(x, dim=-2)
     return xs.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=x.device), 0), -torch.inf)
 
 
@@ -399,7 +415,7 @@ def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     B = rearrange(B, "b (c q) n -> b c q n", q=q)
     C = rearrange(C, "b (c q) n -> b c q n", q=q)
     A = rearrange(log_a, "b (c q) h -> b h c q", q=q)
-    A_cum = torch.cumsum(A, dim=-1)  # (b, h, c, q)
+    A_cum = cumsum(A, dim=-1)  # (b, h, c, q)
 
     # 1. within each chunk: y_t = sum_{s<=t} (C_t·B_s) exp(A_{s+1..t}) x_s  — a masked "attention"
     G = torch.einsum("bcln,bcsn->bcls", C, B)  # (b, c, q, q)

@@ -285,13 +285,16 @@ def release_memory() -> None:
 def set_determinism(device: torch.device) -> None:
     """Deterministic kernels where they cost little (docs/workers-and-ray.md, "Reproducible on CUDA"): cuDNN
     without autotuning, and torch's deterministic algorithms, warning (once) where an operator has no
-    deterministic implementation instead of failing. cuBLAS's fixed workspace is set here, before the
-    first cuBLAS call of the process creates its handle (the candidates' processes train first)."""
+    deterministic implementation instead of failing. STAR_DETERMINISM=strict asks for strict mode, in
+    which torch refuses such an operator and SDPA's backward takes its deterministic kernel; the
+    recurrences' cumulative sums then run as matrix products (liv.cumsum). cuBLAS's fixed workspace is set
+    here, before the first cuBLAS call of the process creates its handle (the candidates' processes train
+    first)."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=os.environ.get("STAR_DETERMINISM") != "strict")
 
 
 def _gradients(fwd, params, x, y, micro: int, tcfg: TrainConfig, device) -> tuple[float, float]:

@@ -557,3 +557,78 @@ def test_gmemless_is_an_liv():
     assert isinstance(m, liv.LIV) and m.new_cache(1, 8, torch.float32, "cpu") == {}
     with pytest.raises(ValueError, match="D6"):
         liv.make_liv(small_cfg(), 9, receives=frozenset("BV"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deterministic kernels on CUDA (issue 29 item 1): what strict mode refuses is never dispatched
+# ----------------------------------------------------------------------------------------------------
+
+# The operators torch.use_deterministic_algorithms's documentation (torch 2.13) says throw in strict mode on
+# CUDA, by their aten names (NLLLoss: its alerting CUDA kernel is nll_loss2d's; train._loss flattens the
+# logits, so it calls the 1-D nll_loss, which has none).
+NONDETERMINISTIC_ON_CUDA = {
+    "avg_pool3d_backward", "adaptive_avg_pool2d_backward", "adaptive_avg_pool3d_backward",
+    "adaptive_max_pool2d_backward", "fractional_max_pool2d_backward", "fractional_max_pool3d_backward",
+    "max_unpool1d", "max_unpool2d", "max_unpool3d", "upsample_linear1d_backward", "upsample_bilinear2d_backward",
+    "upsample_bicubic2d_backward", "upsample_trilinear3d_backward", "reflection_pad1d_backward",
+    "reflection_pad2d_backward", "reflection_pad3d_backward", "nll_loss2d_forward", "nll_loss2d_backward",
+    "ctc_loss_backward", "embedding_bag", "put_", "put", "histc", "bincount", "median", "grid_sampler_2d_backward",
+    "grid_sampler_3d_backward", "cumsum", "cumsum_", "scatter_reduce", "scatter_reduce_"}
+
+
+def ops_of_a_training_step(cid: int) -> set[str]:
+    """The aten operators one training step (forward, cross-entropy, backward, AdamW) of class `cid` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, head_dim=16, depth=2, max_len=64)
+    m = seeded(lambda: liv.Backbone(cfg, [LayerPlan(cid, 0, 0), LayerPlan(9, 1, 1)]), seed=cid)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    idx = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(cid))
+    with Log() as log:
+        loss = F.cross_entropy(m(idx[:, :-1]).float().flatten(0, 1), idx[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+    return log.names
+
+
+@pytest.mark.parametrize("cid", ALL)
+def test_no_training_step_dispatches_an_operator_strict_determinism_refuses(cid, monkeypatch):
+    """With the cumulative sums as matrix products (what liv.cumsum does on CUDA in deterministic mode), no
+    class dispatches an operator that has no deterministic CUDA kernel; by default on CPU the recurrences
+    do call cumsum (the log sees it, so the check can fail)."""
+    default = ops_of_a_training_step(cid)
+    if REGISTRY[cid].family == "Rec":
+        assert "cumsum" in default
+    monkeypatch.setattr(liv, "TRIANGULAR_SUMS", True)
+    assert ops_of_a_training_step(cid) & NONDETERMINISTIC_ON_CUDA == set()
+
+
+@pytest.mark.parametrize("shape, dim", [((3, 7), -1), ((2, 5, 4, 4), -2), ((2, 3, 64), -1), ((4, 6, 2), 1)])
+def test_cumsum_as_a_matrix_product_equals_torch_cumsum(shape, dim, monkeypatch):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    want = torch.cumsum(x, dim=dim)
+    monkeypatch.setattr(liv, "TRIANGULAR_SUMS", True)
+    torch.testing.assert_close(liv.cumsum(x, dim), want, rtol=1e-5, atol=1e-5)  # float32 sums of <= 64 terms
+
+
+def test_the_chunked_scan_with_triangular_sums_equals_todays_and_the_loop(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    b, l, h, p, n = 2, 100, 3, 8, 4  # not a multiple of the chunk
+    x, B, C = torch.randn(b, l, h, p, generator=g), torch.randn(b, l, n, generator=g), torch.randn(b, l, n, generator=g)
+    log_a = -torch.rand(b, l, h, generator=g)
+    today = liv.scan_chunked(x, log_a, B, C, chunk=16)
+    monkeypatch.setattr(liv, "TRIANGULAR_SUMS", True)
+    tri = liv.scan_chunked(x, log_a, B, C, chunk=16)
+    loop = liv.scan_loop(x, log_a, B, C)
+    for a, c in ((tri, today), (tri, loop)):
+        torch.testing.assert_close(a[0], c[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[1], c[1], rtol=1e-5, atol=1e-5)
