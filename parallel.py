@@ -368,10 +368,11 @@ def _sigint_ignored():
 
 
 class _Worker:
-    def __init__(self, ctx, rc, device, threads, evaluate):
+    def __init__(self, ctx, rc, device, threads, evaluate, on_device: int = 1):
         self.conn, child = ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in WORKER_ENV}
-        os.environ.update(WORKER_ENV)  # a spawned child copies this environment
+        env = dict(WORKER_ENV, STAR_WORKERS_ON_DEVICE=str(on_device))  # train.device_memory shares the device
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # a spawned child copies this environment
         try:
             self.proc = ctx.Process(target=_worker_process, args=(child, rc, device, threads, evaluate), daemon=True)
             with _main_not_reimported(), _sigint_ignored():
@@ -426,7 +427,8 @@ class LocalPool(Evaluator):
         self._finalizer = weakref.finalize(self, _shutdown, self.workers)
 
     def _start(self, slot: int) -> _Worker:
-        w = _Worker(self._ctx, self.rc, self.devices[slot], self.threads, self.evaluate)
+        w = _Worker(self._ctx, self.rc, self.devices[slot], self.threads, self.evaluate,
+                    on_device=self.devices.count(self.devices[slot]))
         w.slot = slot
         return w
 

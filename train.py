@@ -214,39 +214,67 @@ class TrainResult:
 # 16 P: P parameters in float32 held four times (weights, gradients, AdamW's two moments; the fused
 # optimizer updates in place). A(l): bytes autograd keeps for the backward pass per token, measured by
 # a probe forward of one sequence on the run's own device and precision (bf16 autocast on CUDA): every
-# tensor saved for backward, once per storage, parameters left out. Saved tensors of the chunked scan,
-# FFT convolution and flash attention grow linearly with l, so A is per token; to catch anything that
-# grows faster, A is probed at two lengths and extrapolated linearly in l (an upper bound). The
+# tensor saved for backward, once per storage, parameters and their autocast copies left out. Saved
+# tensors of the chunked scan, FFT convolution and flash attention grow linearly with l: the bytes of a
+# sequence are probed at two lengths and fitted as a fixed term plus a slope; anything that grows faster
+# makes the bytes per token grow, and they are then extrapolated linearly in l (an upper bound). The
 # backward's transients (the gradient of one layer's activations at a time, the logits' gradient) and
 # the allocator's fragmentation live in the headroom.
 MEMORY_HEADROOM = 0.25  # fraction of device memory left free for transients
 PROBE_LEN = 256  # tokens of the longer probe sequence
 
 
-def saved_bytes_per_token(model: nn.Module, seq_len: int, bf16: bool = True) -> float:
-    """A(seq_len): bytes saved for backward per training token (see above), from two probe forwards."""
+def saved_bytes(model: nn.Module, l: int, bf16: bool = True) -> int:
+    """Bytes autograd keeps for the backward of one sequence of `l` tokens, each storage once: every tensor
+    saved for backward but the parameters and their autocast copies (a bf16 cast of a weight, which a
+    linear layer saves under autocast: parameter-shaped and equal to the cast, it does not grow with l)."""
     device = next(model.parameters()).device
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    per_token = []
-    lens = sorted({max(1, min(seq_len, PROBE_LEN) // 2), min(seq_len, PROBE_LEN)})
-    for l in lens:
-        saved: dict[int, int] = {}
+    by_numel: dict[int, list] = {}
+    for prm in model.parameters():
+        by_numel.setdefault(prm.numel(), []).append(prm)
+    saved: dict[int, int] = {}
+    casts: set[int] = set()
 
-        def pack(t: torch.Tensor):
-            s = t.untyped_storage()
-            if s.data_ptr() not in params and t.device.type != "meta":
-                saved[s.data_ptr()] = s.nbytes()
+    def is_cast(t: torch.Tensor) -> bool:  # its whole storage (it may be saved as a transposed view) is a cast weight
+        n = t.untyped_storage().nbytes() // t.element_size()
+        flat = torch.empty(0, dtype=t.dtype, device=t.device).set_(t.untyped_storage(), 0, (n,))
+        return any(torch.equal(flat, q.detach().to(t.dtype).reshape(-1)) for q in by_numel.get(n, ()))
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        ptr = s.data_ptr()
+        if ptr in params or ptr in saved or ptr in casts or t.device.type == "meta":
             return t
+        if t.dtype != torch.float32 and t.is_floating_point() and is_cast(t):
+            casts.add(ptr)  # a weight's autocast copy
+        else:
+            saved[ptr] = s.nbytes()
+        return t
 
-        x = torch.zeros(1, l, dtype=torch.long, device=device)  # (1, l)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, bf16):
-            loss = _loss(model(x), x)
-        del loss
-        per_token.append(sum(saved.values()) / l)
-    if len(lens) == 1 or per_token[1] <= per_token[0]:
-        return per_token[-1]
-    slope = (per_token[1] - per_token[0]) / (lens[1] - lens[0])
-    return per_token[1] + slope * max(0, seq_len - lens[1])
+    x = torch.zeros(1, l, dtype=torch.long, device=device)  # (1, l)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device, bf16):
+        loss = _loss(model(x), x)
+    del loss
+    return sum(saved.values())
+
+
+def saved_bytes_per_token(model: nn.Module, seq_len: int, bf16: bool = True) -> float:
+    """A(seq_len): bytes saved for backward per training token (see above). The bytes of one sequence are
+    probed at two lengths l1 < l2 and taken as fixed + slope · l through both; where the bytes per token
+    grow from l1 to l2 (something kept whole grows faster than l), they are extrapolated linearly in l
+    instead, an upper bound for quadratic growth."""
+    lens = sorted({max(1, min(seq_len, PROBE_LEN) // 2), min(seq_len, PROBE_LEN)})
+    sizes = [saved_bytes(model, l, bf16) for l in lens]
+    if len(lens) == 1:
+        return sizes[0] / lens[0]
+    (l1, l2), (s1, s2) = lens, sizes
+    slope = (s2 - s1) / (l2 - l1)
+    affine = (max(0.0, s1 - slope * l1) + slope * seq_len) / seq_len
+    t1, t2 = s1 / l1, s2 / l2
+    if t2 > t1 * (1 + 1e-3):
+        return max(affine, t2 + (t2 - t1) / (l2 - l1) * max(0, seq_len - l2))
+    return affine
 
 
 def step_memory(model: nn.Module, tcfg: TrainConfig, micro_batch: int) -> int:
@@ -270,8 +298,14 @@ def micro_batch_for(model: nn.Module, tcfg: TrainConfig, memory: int | None) -> 
 
 
 def device_memory(device: torch.device) -> int | None:
-    """Total memory of a CUDA device in bytes; None on CPU."""
-    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    """The bytes a training on this CUDA device may plan for (None on CPU): what is free on it now, plus what
+    this process's allocator holds unused, shared among the worker processes on the device
+    (STAR_WORKERS_ON_DEVICE, set by parallel.py for each worker)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    mine = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return (free + mine) // max(1, int(os.environ.get("STAR_WORKERS_ON_DEVICE", "1")))
 
 
 def release_memory() -> None:

@@ -23,6 +23,7 @@ import genome
 import liv
 import parallel
 import star
+import train
 from config import RunConfig
 import corpus
 from test_cli import TINY, read_jsonl
@@ -57,6 +58,13 @@ def slow_evaluate(g, cfg, tcfg, data, rc):
     (Path(os.environ["STAR_TEST_MARKS"]) / f"{time.monotonic_ns()}-{os.getpid()}-{g}").touch()
     time.sleep(SLOW_S)
     return candidate.evaluate_genome(g, cfg, tcfg, data, rc)
+
+
+def sharing_evaluate(g, cfg, tcfg, data, rc):
+    """Run in a worker process: what the worker was told of the workers sharing its device, no training."""
+    info = dict(candidate.describe_costs(g, cfg, rc.cache_len), status="ok", perplexity=1.0,
+                on_device=os.environ.get("STAR_WORKERS_ON_DEVICE"))
+    return info, (1.0, float(info["cache_bytes"]))
 
 
 def tiny_rc(*extra):
@@ -95,6 +103,25 @@ def test_a_dying_and_a_hanging_candidate_are_recorded_and_the_pool_goes_on():
     finally:
         pool.close()
     assert not any(w.proc.is_alive() for w in pool.workers)
+
+
+def test_each_worker_knows_how_many_share_its_device_and_plans_for_its_share(monkeypatch):
+    """Issue 29 item 2: the memory a worker plans for is the device's free memory (and what its own allocator
+    holds unused) divided among the workers on that device."""
+    pool = parallel.LocalPool(tiny_rc(), "cpu", workers=2, evaluate="test_parallel:sharing_evaluate")
+    try:
+        got = collect(pool, [OK_1, OK_2])
+    finally:
+        pool.close()
+    assert [got[t].info["on_device"] for t in (OK_1, OK_2)] == ["2", "2"]  # both workers on the one CPU device
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (30 * 10**9, 80 * 10**9))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 6 * 10**9)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 2 * 10**9)
+    monkeypatch.setenv("STAR_WORKERS_ON_DEVICE", "4")
+    assert train.device_memory(torch.device("cuda:0")) == (30 + 6 - 2) * 10**9 // 4
+    monkeypatch.delenv("STAR_WORKERS_ON_DEVICE")
+    assert train.device_memory(torch.device("cuda:0")) == 34 * 10**9  # one process: all of it
+    assert train.device_memory(torch.device("cpu")) is None
 
 
 def test_a_worker_ends_itself_after_a_sticky_cuda_error(monkeypatch):

@@ -5,6 +5,7 @@ No test touches the network: the default corpus is exercised with a hand-made sd
 cache folder. The models here are tiny stand-ins (embedding + linear); the tests that need real
 genomes skip until genome.build_model exists.
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -647,6 +648,26 @@ def test_accumulated_micro_batches_give_the_large_batch_update(monkeypatch):
     assert out[None][0] == pytest.approx(out[1][0], rel=1e-6)
     for a, b in zip(out[None][1], out[1][1]):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+@needs_genome
+def test_the_probe_counts_what_grows_with_the_length_not_the_weights_autocast_copies(monkeypatch):
+    """Issue 29 item 2, on CPU under bf16 autocast (as CUDA trains): a linear layer saves the bf16 copy of its
+    weight, which does not grow with the sequence; left out, the bytes per token of a model whose
+    activations grow linearly are the same at two lengths, and the fit has no fixed term to speak of."""
+    import genome
+    import liv
+
+    monkeypatch.setattr(train, "_autocast", lambda device, bf16: torch.autocast("cpu", dtype=torch.bfloat16)
+                        if bf16 else contextlib.nullcontext())
+    cfg = liv.ModelConfig(vocab_size=256, d_model=64, head_dim=16, depth=2, max_len=256)
+    model = genome.build_model(genome.Genome.parse("9.1.1.1.1-7.2.1.2.1"), cfg, seed=0)  # SwiGLU, gated short conv
+    s128, s256 = train.saved_bytes(model, 128), train.saved_bytes(model, 256)
+    assert s256 / 256 == pytest.approx(s128 / 128, rel=0.01)
+    n_weights = sum(p.numel() for p in model.parameters() if p.ndim == 2)
+    assert s256 - 2 * s128 < 0.05 * 2 * n_weights  # what stays fixed is far below the weights' bf16 copies
+    assert train.saved_bytes_per_token(model, 1024) == pytest.approx(s256 / 256, rel=0.01)  # no per-token blow-up
+    assert train.saved_bytes(model, 128, bf16=False) > 0
 
 
 @needs_genome
