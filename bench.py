@@ -126,7 +126,7 @@ EFFICACY = dict(extra=["--no-weights"], arms=EFFICACY_ARMS, top=4, retrain_steps
                 probe_steps=(25, 50))
 
 # issue 28's sweep of the peak learning rate (bench_recipe)
-RECIPE = dict(preset="cpu", overrides={}, genomes=None, n_random=8, lr_min=3e-4, lr_max=1.6e-2, lr_factor=1.6,
+RECIPE = dict(preset="cpu", overrides={}, genomes=None, n_random=8, lr_min=3e-4, lr_max=5.5e-2, lr_factor=1.6,
               shared=8e-4, budgets=(1, 10), seeds=(0, 1, 2), near=1, workers=2)
 # the scaling shape (README's scaling check): the two baselines and the seed-0 winner at depth 12, width 128
 RECIPE_SCALED = dict(RECIPE, overrides=dict(d_model=128, depth=12), n_random=0,
