@@ -91,7 +91,7 @@ from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
 ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity", "recipe",
-             "recipe_scaled")  # long: only when named in --only
+             "recipe_scaled", "ops")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -148,6 +148,7 @@ SIZES = {
         scaling=dict(preset="cpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=2, steps=16, retries=0, stability=3),
         fidelity=FIDELITY_CHEAP, recipe=RECIPE, recipe_scaled=RECIPE_SCALED,
+        ops=dict(preset="cpu", batch=8, classes=tuple(range(1, 18))),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -164,6 +165,7 @@ SIZES = {
         scaling=dict(preset="gpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=768, head_dim=64, contexts=(4096, 32768), repeats=5, steps=32, retries=1, stability=3),
         fidelity=FIDELITY_CHEAP, recipe=dict(RECIPE, preset="gpu"), recipe_scaled=dict(RECIPE_SCALED, preset="gpu"),
+        ops=dict(preset="gpu", batch=8, classes=tuple(range(1, 18))),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -197,6 +199,7 @@ SIZES = {
                                                          batch=4, steps=2), lr_min=1e-3, lr_max=4e-3, lr_factor=2.0,
                            shared=2e-3, budgets=(1,), seeds=(0,), workers=1,
                            genomes={"winner x2": "9.1.1.1.1-8.2.1.2.1"}),
+        ops=dict(preset="cpu", overrides=dict(d_model=32, head_dim=16, seq_len=32), batch=2, classes=(5, 8)),
     ),
 }
 
@@ -1343,6 +1346,69 @@ def print_recipe(r):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Operators per training step (issue 29 item 4): on a GPU every aten operator is a launch from the host
+# ----------------------------------------------------------------------------------------------------
+
+
+def count_ops(fn) -> tuple[int, dict[str, int]]:
+    """The aten operators `fn()` dispatches (every call counted, views included), and the count per name."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as c:
+        fn()
+    return sum(c.names.values()), dict(c.names.most_common())
+
+
+def bench_ops(device, s) -> dict:
+    """Aten operators of one training step at the preset's shape, as train.train runs it (forward, loss and
+    backward through train._gradients with its clipping and syncs; then AdamW as train.train builds it):
+    Transformer++, StripedMamba, and every class as one LIV beside a GMemless. The count does not depend
+    on the sequence length or width."""
+    rc = RunConfig.make(s["preset"], **s.get("overrides", {}))
+    tcfg = rc.train_config(str(device))
+    models = {name: make(rc.depth) for name, make in genome.BASELINES.items()}
+    models.update({f"{liv.REGISTRY[c].name} + GMemless": genome.Genome.parse(f"{c}.1.1.1.1-9.2.1.2.1")
+                   for c in s["classes"]})
+    rows = []
+    for name, g in models.items():
+        cfg = liv.ModelConfig(vocab_size=256, d_model=rc.d_model, head_dim=rc.head_dim, depth=g.depth, max_len=rc.seq_len)
+        model = genome.build_model(g, cfg, seed=0).to(device).train()
+        opt = torch.optim.AdamW(train.param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
+                                fused=device.type == "cuda")
+        params = [p for grp in opt.param_groups for p in grp["params"]]
+        x = torch.randint(0, 256, (s["batch"], rc.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+        y = torch.roll(x, -1, 1)
+        train._gradients(model, params, x, y, s["batch"], tcfg, device)  # warm: lazy state out of the count
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_fb, by_name = count_ops(lambda: train._gradients(model, params, x, y, s["batch"], tcfg, device))
+        n_opt, _ = count_ops(opt.step)
+        opt.zero_grad(set_to_none=True)
+        rows.append(dict(name=name, genome=genome.canonical_str(g), depth=g.depth, forward_backward=n_fb,
+                         optimizer=n_opt, per_liv=n_fb / g.depth, top=dict(list(by_name.items())[:8])))
+    return dict(preset=s["preset"], batch=s["batch"], seq_len=rc.seq_len, rows=rows)
+
+
+def print_ops(r):
+    print(f"\n## Operators per training step (issue 29 item 4): aten operators dispatched, {r['preset']} preset "
+          f"shape, batch {r['batch']} x {r['seq_len']}")
+    print(table(["model", "depth", "forward + backward", "per LIV", "optimizer step", "most frequent"],
+                [[x["name"], x["depth"], f"{x['forward_backward']:,}", f"{x['per_liv']:.0f}", f"{x['optimizer']:,}",
+                  ", ".join(f"{k} {v}" for k, v in list(x["top"].items())[:4])] for x in r["rows"]]))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Proxies: the formulas against the clock (issue 18, DESIGN.md D34)
 # ----------------------------------------------------------------------------------------------------
 
@@ -1503,7 +1569,8 @@ def main(argv=None) -> int:
                scaling=(bench_scaling, print_scaling), proxies=(bench_proxies, print_proxies),
                fidelity=(bench_fidelity, print_fidelity),
                recipe=(lambda d, s: bench_recipe(d, s, args.recipe_dir), print_recipe),
-               recipe_scaled=(lambda d, s: bench_recipe(d, s, os.path.join(args.recipe_dir, "scaled")), print_recipe))
+               recipe_scaled=(lambda d, s: bench_recipe(d, s, os.path.join(args.recipe_dir, "scaled")), print_recipe),
+               ops=(bench_ops, print_ops))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

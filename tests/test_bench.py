@@ -163,3 +163,19 @@ def test_bench_recipe_sweeps_the_rate_and_its_numbers_come_from_its_book(tmp_pat
     capsys.readouterr()
     assert bench.main(["--quick", "--only", "recipe", "--out", str(out), "--recipe-dir", str(tmp_path)]) == 0
     assert "training: 0 to do" in capsys.readouterr().out
+
+
+def test_bench_ops_counts_dispatched_operators_independent_of_the_length():
+    """Issue 29 item 4's measure: aten operators per training step; one op counts one, and the count of a
+    step is the same at two sequence lengths (the launches do not grow with the shape)."""
+    import torch
+
+    x = torch.ones(3)
+    assert bench.count_ops(lambda: x + x) == (1, {"add": 1})
+    s = dict(bench.SIZES["quick"]["ops"])
+    short = bench.bench_ops(torch.device("cpu"), s)
+    longer = bench.bench_ops(torch.device("cpu"), dict(s, overrides=dict(s["overrides"], seq_len=64)))
+    assert [r["name"] for r in short["rows"]] == ["transformer++", "striped-mamba", "Rec-1 + GMemless", "GConv-2 + GMemless"]
+    assert [(r["forward_backward"], r["optimizer"]) for r in short["rows"]] == \
+        [(r["forward_backward"], r["optimizer"]) for r in longer["rows"]]
+    assert all(r["forward_backward"] > 100 and r["optimizer"] > 10 for r in short["rows"])
