@@ -424,7 +424,7 @@ def repeat(g: Genome, times: int, share_across: bool = False) -> Genome:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Variation (D18: legal by construction; replaces D14's uniform re-sampling)
+# Variation (D18: legal by construction)
 # ----------------------------------------------------------------------------------------------------
 #
 # The paper: "mutations respect the constraints of the genome position". Sampling and mutation work

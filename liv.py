@@ -443,17 +443,15 @@ def scan_loop(x, log_a, B, C, h0=None):
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1]) if h0 is None else h0
     ys = []
-    # unbind, not x[:, t]: the backward of an index writes a full-size zero gradient per step, O(l²)
-    # (bench.py: l 1024 fwd+bwd 1.4-7.3 s -> 0.65 s)
+    # unbind, not x[:, t]: the backward of an index writes a full-size zero gradient per step, O(l²) (DESIGN.md §11)
     for x_t, la_t, B_t, C_t in zip(x.unbind(1), log_a.unbind(1), B.unbind(1), C.unbind(1)):
         state = torch.exp(la_t)[:, :, None, None] * state + x_t[:, :, :, None] * B_t[:, None, None, :]
         ys.append(torch.einsum("bhpn,bn->bhp", state, C_t))
     return torch.stack(ys, dim=1), state
 
 
-# Which scan `scan="auto"` uses on each device, chosen by measurement (bench.py, docs/benchmarks-and-gpu-check.md).
-# cpu: `python bench.py --only scan` (2 cores, b 2, h 4, p 64, n 16, fwd+bwd): chunked 17 / 45 / 158 ms vs
-# loop 227 / 907 / 2670 ms at l 256 / 1024 / 4096 -> chunked, 13-20x. cuda: not yet measured (no GPU).
+# Which scan `scan="auto"` uses on each device, chosen by measurement (`python bench.py --only scan`, DESIGN.md
+# §11): the chunked scan on CPU at every length; on CUDA, chosen without a measurement yet.
 AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}
 
 
@@ -923,7 +921,6 @@ class GatedConv(LIV):
                 z = fft_conv(u, fz.filter(n))  # filter (r d, n)
             else:  # the taps depend on the weights alone: computed once per cache, not at every step, and
                 # stored reversed, one row per tap, so that a step is a contiguous multiply-sum over the history
-                # (d 256, 4096 cached tokens, 1 CPU thread: 44-49 ms -> 5 ms per token)
                 T = max(n, cache["u"].shape[1] if "u" in cache else self.cfg.max_len)
                 if "_filter" not in cache or cache["_filter"].shape[0] < n:
                     cache["_filter"] = fz.filter(T).flip(-1).T.contiguous()  # (T, r d): tap T-1 ... tap 0

@@ -38,8 +38,8 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads sleep instead of spinning; on a
-    # shared 2-core machine a 2-thread cpu-preset candidate took 173-235 s spinning, 21-29 s with PASSIVE
+if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads sleep instead of spinning, so that
+    # a loaded machine does not collapse (docs/workers-and-ray.md, "Threads")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
