@@ -354,11 +354,11 @@ class State:
     generation: int = -1
 
 
-# evaluate(children, generation) -> their objectives, (children, m): how generation_step gets its numbers
-Evaluate = Callable[[list[Child], int], np.ndarray]
+# a Scorer: score(children, generation) -> their objectives, (children, m): how generation_step gets its numbers
+Scorer = Callable[[list[Child], int], np.ndarray]
 
 
-def generation_step(population: Population, g: int, var: Variation, evaluate: Evaluate, seen: set[str],
+def generation_step(population: Population, g: int, var: Variation, evaluate: Scorer, seen: set[str],
                     search: Search, initial: Sequence = ()) -> Generation:
     """One generation of NSGA-II: breed, evaluate, (μ+λ) survival.
 
@@ -389,7 +389,7 @@ def generation_step(population: Population, g: int, var: Variation, evaluate: Ev
     return Generation(survivors, children, F_new, breed.duplicates, breed.notes)
 
 
-def nsga2(initial: Sequence, var: Variation, evaluate: Evaluate, search: Search, *,
+def nsga2(initial: Sequence, var: Variation, evaluate: Scorer, search: Search, *,
           start: Optional[State] = None,
           on_generation: Optional[Callable[[Generation, State], None]] = None) -> State:
     """The whole search: ``generation_step`` after ``generation_step`` up to ``search.generations``,
@@ -404,8 +404,8 @@ def nsga2(initial: Sequence, var: Variation, evaluate: Evaluate, search: Search,
     return state
 
 
-def in_memory(evaluator: Evaluator) -> Evaluate:
-    """An ``Evaluator`` (the user's, one report per individual) as an ``Evaluate``: collect the
+def in_memory(evaluator: Evaluator) -> Scorer:
+    """An ``Evaluator`` (the user's, one report per individual) as a ``Scorer``: collect the
     reports into an objectives matrix. A NaN or -inf objective counts as failed: inf."""
     def run(children: list[Child], g: int) -> np.ndarray:
         out: list[Optional[list[float]]] = [None] * len(children)

@@ -270,7 +270,7 @@ class Archive:
 
 
 class ArchivedEvaluate:
-    """The full loop's ``Evaluate``: checks a replayed generation against the archive, takes the
+    """The full loop's ``Scorer``: checks a replayed generation against the archive, takes the
     evaluations the archive already holds, and hands the rest to the user's ``Evaluator``, archiving
     each report the moment it arrives. ``evaluate_s``: seconds inside ``evaluate`` in the last call,
     less the loop's own bookkeeping inside ``report``."""
