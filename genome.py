@@ -73,7 +73,7 @@ Row = tuple[int, int, int, int, int]
 
 def entry_range(entry: int, depth: int) -> tuple[int, int]:
     """Full range (inclusive) of one entry, independent of the class (D11 checks values against it)."""
-    return ((1, liv.N_CLASSES), (1, depth), (1, 2), (1, depth), (1, 4))[entry]
+    return ((1, liv.n_classes()), (1, depth), (1, 2), (1, depth), (1, 4))[entry]
 
 
 def legal_fg_strategies(class_id: int) -> tuple[int, ...]:
@@ -376,8 +376,8 @@ def check_classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:
     if classes is None:
         return None
     out = tuple(sorted({operator.index(c) for c in classes}))
-    if not out or not all(1 <= c <= liv.N_CLASSES for c in out):
-        raise ValueError(f"a class set needs at least one class, each in 1..{liv.N_CLASSES} (got {list(classes)})")
+    if not out or not all(1 <= c <= liv.n_classes() for c in out):
+        raise ValueError(f"a class set needs at least one class, each in 1..{liv.n_classes()} (got {list(classes)})")
     return out
 
 
@@ -395,7 +395,7 @@ def parse_classes(text: str) -> tuple[int, ...]:
         elif part.lower() in names:
             out.append(names[part.lower()])
         else:
-            raise ValueError(f"class {part!r}: expected an id 1..{liv.N_CLASSES}, a range such as 5-8, or a name "
+            raise ValueError(f"class {part!r}: expected an id 1..{liv.n_classes()}, a range such as 5-8, or a name "
                              f"({', '.join(s.name for s in liv.REGISTRY.values())})")
     return check_classes(out)
 
@@ -508,7 +508,7 @@ def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHAR
             strategies = _sharing_strategies(FG_STRATEGY, row[CLASS])
             row[FG_GROUP], row[FG_STRATEGY] = rows[o][FG_GROUP], strategies[rng.integers(len(strategies))]
         if not row[CLASS]:
-            row[CLASS] = int(rng.integers(1, liv.N_CLASSES + 1)) if classes is None else classes[rng.integers(len(classes))]
+            row[CLASS] = int(rng.integers(1, liv.n_classes() + 1)) if classes is None else classes[rng.integers(len(classes))]
         rows.append(row)
     return validate(Genome(tuple(tuple(r) for r in rows)))
 
@@ -537,7 +537,7 @@ def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1, classes: Sequenc
         i, e = int(i), int(e)
         row = rows[i]
         if e == CLASS:
-            options = [c for c in range(1, liv.N_CLASSES + 1) if c != row[CLASS] and (classes is None or c in classes)]
+            options = [c for c in range(1, liv.n_classes() + 1) if c != row[CLASS] and (classes is None or c in classes)]
             if not options:
                 continue  # one class allowed: no other legal value
             new = options[rng.integers(len(options))]

@@ -220,7 +220,13 @@ def _build_registry() -> dict[int, LIVClass]:
 
 
 REGISTRY: dict[int, LIVClass] = _build_registry()
-N_CLASSES = len(REGISTRY)  # 17, and the classes a --plugin registers after them (D37)
+
+
+def n_classes() -> int:
+    """The classes of the option pool: 17, and the classes a --plugin registers after them (D37)."""
+    return len(REGISTRY)
+
+
 FAMILY_GROUPS = {"SA": ("C", "B", "V"), "Rec": ("C", "B", "V", "S"), "GConv": ("C", "B", "V", "S"), "Memless": ("B", "V")}
 
 
@@ -232,8 +238,7 @@ def register_class(name: str, family: str, featurizer: dict, *, shorthand: str |
     counts) with a featurizer genome of its own, `featurizer` = {group: FG} over the family's groups
     (SA: C, B, V; Rec and GConv: C, B, V, S; Memless: B, V); e.g. a recurrence with state 64 is Rec-1's
     featurizer with C and B "64/d". Registering the same class again returns its id; another class
-    under a taken name is refused. The genome's class entry then ranges over 1..N_CLASSES."""
-    global N_CLASSES
+    under a taken name is refused. The genome's class entry then ranges over 1..n_classes()."""
     if family not in FAMILY_GROUPS:
         raise ValueError(f"register_class {name!r}: family must be one of {', '.join(FAMILY_GROUPS)}, got {family!r}")
     feat = {g: fg if isinstance(fg, FG) else FG(*fg) for g, fg in featurizer.items()}
@@ -259,7 +264,6 @@ def register_class(name: str, family: str, featurizer: dict, *, shorthand: str |
             return c.id
     cid = max(REGISTRY) + 1
     REGISTRY[cid] = LIVClass(id=cid, base=cid, **spec)
-    N_CLASSES = len(REGISTRY)
     return cid
 
 # Feature-group sharing strategies (genome entry 5, D10) -> the groups a sharer receives.
@@ -958,7 +962,7 @@ def make_liv(cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: froz
     else this LIV uses that one's weights without owning them (D9, the rule in `LIV`).
     """
     if class_id not in REGISTRY:
-        raise ValueError(f"LIV class must be 1..{N_CLASSES}, got {class_id}")
+        raise ValueError(f"LIV class must be 1..{n_classes()}, got {class_id}")
     return FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
 
 

@@ -36,7 +36,7 @@ def raw_genomes(draw, depth=DEPTHS, wide: bool = False, classes=None, linked: bo
     if linked is None:
         linked = draw(st.booleans())
     if linked and classes is None:
-        classes = draw(st.lists(st.integers(1, liv.N_CLASSES), min_size=1, max_size=3))
+        classes = draw(st.lists(st.integers(1, liv.n_classes()), min_size=1, max_size=3))
     rows = []
     for _ in range(d):
         row = []
@@ -809,7 +809,7 @@ def test_parse_classes_ids_ranges_and_names():
             G.parse_classes(bad)
 
 
-@given(DEPTHS, SEEDS, st.lists(st.integers(1, liv.N_CLASSES), min_size=1, max_size=4))
+@given(DEPTHS, SEEDS, st.lists(st.integers(1, liv.n_classes()), min_size=1, max_size=4))
 def test_a_class_set_bounds_sampling_mutation_and_repair(depth, seed, classes):
     rng = rng_of(seed)
     a = G.random_genome(depth, rng, share_rate=0.5, classes=classes)
@@ -825,7 +825,7 @@ def test_a_class_set_bounds_sampling_mutation_and_repair(depth, seed, classes):
 
 def test_no_class_set_draws_exactly_as_before():
     """classes=None and all 17 classes draw the same genomes: the default search is unchanged."""
-    every = range(1, liv.N_CLASSES + 1)
+    every = range(1, liv.n_classes() + 1)
     for seed in range(20):
         a, b = rng_of(seed), rng_of(seed)
         ga, gb = G.random_genome(8, a), G.random_genome(8, b, classes=every)

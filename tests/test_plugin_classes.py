@@ -31,7 +31,6 @@ plugins.register_liv_class("SA-GQA2-conv", "SA", {g: fg._replace(token_mixing=3,
 def own_registry(monkeypatch):
     """A copy of the option pool for this test: what a plugin registers is gone afterwards."""
     monkeypatch.setattr(liv, "REGISTRY", dict(liv.REGISTRY))
-    monkeypatch.setattr(liv, "N_CLASSES", liv.N_CLASSES)
     yield
 
 
@@ -41,7 +40,7 @@ def plugin_classes(own_registry, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
     monkeypatch.delitem(sys.modules, "myclasses", raising=False)
     plugins.load(["myclasses"])
-    yield liv.N_CLASSES - 1, liv.N_CLASSES
+    yield liv.n_classes() - 1, liv.n_classes()
     monkeypatch.delitem(sys.modules, "myclasses", raising=False)
 
 
@@ -50,7 +49,7 @@ CFG = liv.ModelConfig(vocab_size=64, d_model=32, head_dim=8, depth=4, max_len=64
 
 def test_registered_classes_take_the_next_ids_and_registering_again_is_a_no_op(plugin_classes):
     rec64, gqa = plugin_classes
-    assert (rec64, gqa) == (18, 19) and liv.N_CLASSES == 19
+    assert (rec64, gqa) == (18, 19) and liv.n_classes() == 19
     assert liv.REGISTRY[rec64].state == 64 and liv.REGISTRY[gqa].kv_repeat == 2
     spec = liv.REGISTRY[rec64]
     assert plugins.register_liv_class("Rec-64", "Rec", spec.featurizer, conv_kernel=4) == rec64
@@ -67,7 +66,6 @@ def test_registered_classes_take_the_next_ids_and_registering_again_is_a_no_op(p
 def test_random_genomes_with_plugin_classes_count_cache_and_decode_exactly(seed):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(liv, "REGISTRY", dict(liv.REGISTRY))
-        mp.setattr(liv, "N_CLASSES", liv.N_CLASSES)
         exec(compile(PLUGIN, "myclasses", "exec"), {})
         rng = np.random.default_rng(seed)
         g = genome.random_genome(4, rng, share_rate=0.5, classes=(3, 5, 9, 18, 19))
