@@ -305,13 +305,8 @@ class RunConfig:
                              seed=self.seed, algorithm=self.algorithm)
 
     def variation(self) -> evolve.Variation:
-        classes = self.allow_classes  # D25 (None: the 17, drawn exactly as without a set)
-        return evolve.Variation(
-            sample=lambda rng: genome.random_genome(self.depth, rng, share_rate=self.share_rate, classes=classes),
-            crossover=lambda a, b, rng: genome.crossover(a, b, rng, cut=self.crossover_cut),
-            mutate=genome.mutate if classes is None else lambda g, rng: genome.mutate(g, rng, classes=classes),
-            repair=genome.repair if classes is None else lambda g, rng: genome.repair(g, rng, classes=classes),
-            encode=str, decode=genome.Genome.parse, key=genome.canonical_str)
+        """How this run's genomes breed (genome.variation, D18), in its class set (D25; None: all 17)."""
+        return genome.variation(self.depth, self.share_rate, self.allow_classes, self.crossover_cut)
 
     def initial(self) -> list:
         """D25: the genomes given to open generation 0 (--init), in their order."""

@@ -56,6 +56,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+import evolve
 import liv
 
 # ----------------------------------------------------------------------------------------------------
@@ -625,6 +626,19 @@ def crossover(a: Genome, b: Genome, rng: np.random.Generator, k: int = 2, cut: s
 # ----------------------------------------------------------------------------------------------------
 
 SA1, REC1, GMEMLESS = 1, 5, 9
+
+
+def variation(depth: int, share_rate: float = SHARE_RATE, classes: Sequence[int] | None = None,
+              cut: str = CROSSOVER_CUT) -> evolve.Variation:
+    """How genomes breed in NSGA-II (D18): sampling at `share_rate`, k-point crossover with its `cut` rule,
+    mutation and repair inside the class set `classes` (D25; None: all), the text form and the canonical key
+    (D12) by which the search never trains one architecture twice."""
+    return evolve.Variation(
+        sample=lambda rng: random_genome(depth, rng, share_rate=share_rate, classes=classes),
+        crossover=lambda a, b, rng: crossover(a, b, rng, cut=cut),
+        mutate=mutate if classes is None else lambda g, rng: mutate(g, rng, classes=classes),
+        repair=repair if classes is None else lambda g, rng: repair(g, rng, classes=classes),
+        encode=str, decode=Genome.parse, key=canonical_str)
 
 
 def _unshared(classes: Sequence[int]) -> Genome:
