@@ -150,8 +150,8 @@ def test_bench_recipe_sweeps_the_rate_and_its_numbers_come_from_its_book(tmp_pat
     for x in r["rows"]:
         seed0 = [book[(x["genome"], 0, x["steps"], lr)] for lr in grid]
         assert x["seed0"] == seed0
-        i = int(np.argmin(seed0))
-        near = grid[max(0, i - 1): i + 2]
+        near = sorted({lr for i in np.argsort(seed0, kind="stable")[:2] for lr in grid[max(0, i - 1): i + 2]})
+        assert [float(k) for k in x["near"]] == near  # the two best seed-0 rates and their neighbours
         means = {lr: np.mean([book[(x["genome"], sd, x["steps"], lr)] for sd in (0, 1)]) for lr in near}
         assert x["best_lr"] == min(means, key=means.get) and math.isclose(x["mean"], means[x["best_lr"]])
         assert x["at_edge"] == (x["best_lr"] in (grid[0], grid[-1]))
