@@ -91,7 +91,7 @@ from config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
 ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity", "recipe",
-             "recipe_scaled", "ops")  # long: only when named in --only
+             "recipe_scaled", "ops", "profile")  # long: only when named in --only
 
 # ----------------------------------------------------------------------------------------------------
 # Sizes per mode. "cpu" is the issue's CPU shape; "cuda" the issue's GPU shape; "quick" a smoke test.
@@ -148,7 +148,7 @@ SIZES = {
         scaling=dict(preset="cpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=256, head_dim=64, contexts=(1024, 4096), repeats=2, steps=16, retries=0, stability=3),
         fidelity=FIDELITY_CHEAP, recipe=RECIPE, recipe_scaled=RECIPE_SCALED,
-        ops=dict(preset="cpu", batch=8, classes=tuple(range(1, 18))),
+        ops=dict(preset="cpu", batch=8, classes=tuple(range(1, 18))), profile=dict(preset="cpu", steps=3),
     ),
     "cuda": dict(
         classes=dict(b=8, l=4096, d=768, head_dim=64, repeats=10),
@@ -165,7 +165,7 @@ SIZES = {
         scaling=dict(preset="gpu", times=2, overrides=dict(d_model=128, steps=1000), seeds=(0, 1, 2)),
         proxies=dict(n=100, d=768, head_dim=64, contexts=(4096, 32768), repeats=5, steps=32, retries=1, stability=3),
         fidelity=FIDELITY_CHEAP, recipe=dict(RECIPE, preset="gpu"), recipe_scaled=dict(RECIPE_SCALED, preset="gpu"),
-        ops=dict(preset="gpu", batch=8, classes=tuple(range(1, 18))),
+        ops=dict(preset="gpu", batch=8, classes=tuple(range(1, 18))), profile=dict(preset="gpu", steps=3),
     ),
     "quick": dict(
         classes=dict(b=2, l=32, d=64, head_dim=16, repeats=1),
@@ -200,6 +200,7 @@ SIZES = {
                            shared=2e-3, budgets=(1,), seeds=(0,), workers=1,
                            genomes={"winner x2": "9.1.1.1.1-8.2.1.2.1"}),
         ops=dict(preset="cpu", overrides=dict(d_model=32, head_dim=16, seq_len=32), batch=2, classes=(5, 8)),
+        profile=dict(preset="cpu", overrides=dict(d_model=32, head_dim=16, seq_len=32, batch=2), steps=2),
     ),
 }
 
@@ -1411,6 +1412,61 @@ def print_ops(r):
                   ", ".join(f"{k} {v}" for k, v in list(x["top"].items())[:4])] for x in r["rows"]]))
 
 
+def bench_profile(device, s) -> dict:
+    """Issue 29 item 6: a profiler summary of `steps` training steps of each model at the preset's shape, as
+    train.train runs them (train._gradients, then AdamW): host milliseconds per step, kernels per step (on
+    CUDA the device kernels; on CPU the aten operators the profiler records), and on CUDA the share of the
+    step's wall time the GPU is busy. Launch-bound: many kernels, the GPU idle; memory-bound: the GPU busy."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rc = RunConfig.make(s["preset"], **s.get("overrides", {}))
+    tcfg = rc.train_config(str(device))
+    rows = []
+    for name, make in genome.BASELINES.items():
+        g = make(rc.depth)
+        cfg = liv.ModelConfig(vocab_size=256, d_model=rc.d_model, head_dim=rc.head_dim, depth=g.depth, max_len=rc.seq_len)
+        model = genome.build_model(g, cfg, seed=0).to(device).train()
+        opt = torch.optim.AdamW(train.param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
+                                fused=device.type == "cuda")
+        params = [p for grp in opt.param_groups for p in grp["params"]]
+        x = torch.randint(0, 256, (rc.batch, rc.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+        y = torch.roll(x, -1, 1)
+
+        def step():
+            train._gradients(model, params, x, y, rc.batch, tcfg, device)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step()  # warm-up: lazy state and kernels out of the measurement
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for _ in range(s["steps"]):
+                step()
+            sync(device)
+        wall = (time.perf_counter() - t0) / s["steps"]
+        events = prof.events()
+        if device.type == "cuda":
+            kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            busy = sum(e.device_time for e in kernels) / 1e6 / s["steps"]  # device_time in microseconds
+        else:
+            kernels = [e for e in events if e.name.startswith("aten::")]
+            busy = None
+        rows.append(dict(name=name, host_ms_per_step=1000 * wall, kernels_per_step=len(kernels) / s["steps"],
+                         gpu_busy_share=None if busy is None else busy / wall))
+    return dict(preset=s["preset"], steps=s["steps"], shape=dict(batch=rc.batch, seq_len=rc.seq_len, d_model=rc.d_model,
+                                                                  depth=rc.depth), rows=rows)
+
+
+def print_profile(r):
+    sh = r["shape"]
+    print(f"\n## Profile (issue 29 item 6): {r['steps']} training steps at the {r['preset']} preset's shape "
+          f"(batch {sh['batch']} x {sh['seq_len']}, d {sh['d_model']}, depth {sh['depth']})")
+    print(table(["model", "host ms / step", "kernels / step", "GPU busy"],
+                [[x["name"], f"{x['host_ms_per_step']:.1f}", f"{x['kernels_per_step']:.0f}",
+                  "-" if x["gpu_busy_share"] is None else f"{x['gpu_busy_share']:.0%}"] for x in r["rows"]]))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Proxies: the formulas against the clock (issue 18, DESIGN.md D34)
 # ----------------------------------------------------------------------------------------------------
@@ -1573,7 +1629,7 @@ def main(argv=None) -> int:
                fidelity=(bench_fidelity, print_fidelity),
                recipe=(lambda d, s: bench_recipe(d, s, args.recipe_dir), print_recipe),
                recipe_scaled=(lambda d, s: bench_recipe(d, s, os.path.join(args.recipe_dir, "scaled")), print_recipe),
-               ops=(bench_ops, print_ops))
+               ops=(bench_ops, print_ops), profile=(bench_profile, print_profile))
     res, t_all = dict(meta=meta), time.perf_counter()
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -452,7 +452,7 @@ def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int, 
         return [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
                 str(HERE / "tests" / "test_device.py")]
     if name == "bench":
-        argv = [PY, str(HERE / "bench.py"), "--device", device, "--only", "transformer,classes,scan,conv",
+        argv = [PY, str(HERE / "bench.py"), "--device", device, "--only", "transformer,profile,classes,scan,conv",
                 "--out", str(out / "bench.json")]
         return argv + (["--quick"] if device == "cpu" else [])
     return [PY, str(HERE / "gpu_check.py"), "--section", name, "--device", device, "--out", str(out),
@@ -485,6 +485,8 @@ def collect(name: str, out: Path, log: str) -> dict:
             r["transformer"] = {k: t.get(k) for k in ("shape", "ratio", "model_tflops", "mfu", "decoded_s")}
             t_sh = t["shape"]
             r["transformer"]["tokens_per_s"] = t_sh["b"] * t_sh["l"] / t["decoded_s"]
+        if "profile" in b:  # launch-bound or memory-bound: kernels, host ms and GPU busy share per step
+            r["profile"] = b["profile"]["rows"]
         r["flop_formula"] = "6 x weight-matrix parameters x tokens + causal attention 6 x l x (heads x head width) x tokens"
         return r
     return read_json(out / f"{name}.json") or {}

@@ -179,3 +179,16 @@ def test_bench_ops_counts_dispatched_operators_independent_of_the_length():
     assert [(r["forward_backward"], r["optimizer"]) for r in short["rows"]] == \
         [(r["forward_backward"], r["optimizer"]) for r in longer["rows"]]
     assert all(r["forward_backward"] > 100 and r["optimizer"] > 10 for r in short["rows"])
+
+
+def test_bench_profile_summarises_steps_per_step():
+    """Issue 29 item 6: host ms and kernels per training step from the profiler; on CPU the kernels are the
+    aten operators it records, the same per step over 2 steps as over 3, and there is no GPU share."""
+    import torch
+
+    s = dict(bench.SIZES["quick"]["profile"])
+    two, three = (bench.bench_profile(torch.device("cpu"), dict(s, steps=n)) for n in (2, 3))
+    assert [r["name"] for r in two["rows"]] == ["transformer++", "striped-mamba"]
+    assert [r["kernels_per_step"] for r in two["rows"]] == [r["kernels_per_step"] for r in three["rows"]]
+    assert all(r["kernels_per_step"] > 100 and r["host_ms_per_step"] > 0 and r["gpu_busy_share"] is None
+               for r in two["rows"])
