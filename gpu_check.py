@@ -155,6 +155,25 @@ def _on_sigterm(signum, frame):
     sys.exit(128 + signum)
 
 
+# what a warm-up process runs: torch loaded from disk into the page cache, a CUDA context, and a first matrix
+# product, attention, FFT and cumulative sum, whose kernels load lazily
+WARM = ("import sys, torch; d = sys.argv[1]; x = torch.randn(256, 256, device=d); (x @ x).sum().item(); "
+        "q = torch.randn(1, 2, 64, 64, device=d); torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True); "
+        "torch.fft.rfft(x, n=512).abs().sum().item(); torch.cumsum(x, 0).sum().item()")
+WARM_CAP_S = 120
+
+
+def warm_up(device: str, env: dict) -> float:
+    """Run WARM once, outside every section's cap (cold imports and CUDA's lazy loading can take most of a
+    30 s cap, issue 29's review); its seconds, or -1 when it failed or passed WARM_CAP_S."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([PY, "-c", WARM, device], env=env, capture_output=True, text=True, timeout=WARM_CAP_S)
+    except subprocess.TimeoutExpired:
+        return -1.0
+    return time.perf_counter() - t0 if p.returncode == 0 else -1.0
+
+
 def child_env(device: str) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", STAR_TEST_DEVICE=device)
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(HERE), env.get("PYTHONPATH")) if x)
@@ -661,8 +680,11 @@ def main(argv=None) -> int:
                                        cuda=torch.version.cuda, python=sys.version.split()[0], cpus=os.cpu_count(),
                                        budget_s=budget, started=time.strftime("%Y-%m-%d %H:%M:%S"), wall_s=0.0),
                sections={})
-    t_all = time.perf_counter()
     env = child_env(args.device)
+    res["meta"]["warm_s"] = warm_up(args.device, env)  # before the budget's clock: not any section's cost
+    print(f"[gpu_check] warmed up in {res['meta']['warm_s']:.1f} s (torch loaded, the device's first kernels run)",
+          flush=True)
+    t_all = time.perf_counter()
     for sec in only:
         left = budget - (time.perf_counter() - t_all)
         cap = min(caps[sec], left)

@@ -86,3 +86,10 @@ def test_the_preset_section_can_run_the_users_command_on_prepared_data(tmp_path,
     with pytest.raises(SystemExit) as e:
         gpu_check.main(["--out", str(tmp_path / "o"), "--device", "cpu", "--data-cache", str(tmp_path)])
     assert e.value.code == 2 and "--prepare-data" in capsys.readouterr().err
+
+
+def test_the_warm_up_runs_before_the_caps_and_says_when_it_fails():
+    """Issue 29 item 6: torch's cold import and the device's first kernels are paid once, outside the caps."""
+    env = gpu_check.child_env("cpu")
+    assert gpu_check.warm_up("cpu", env) > 0
+    assert gpu_check.warm_up("no-such-device", env) == -1.0
