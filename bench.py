@@ -914,19 +914,26 @@ def _book_key(text: str, seed: int, steps: int) -> tuple:
     return genome.canonical_str(genome.Genome.parse(text)), seed, steps
 
 
-def _retrain_one(job: tuple) -> dict:
-    """One retraining (a worker process's job): (run folder for the settings, genome text, seed, steps)."""
+def _train_record(rc: RunConfig, text: str, seed: int, steps: int, device: str, lr: float | None = None) -> dict:
+    """One training of a book (a worker process's job): the genome trained as the search trains it, at
+    `steps` and, given, the peak rate `lr`; the book's record."""
     import parallel
 
-    run_dir, text, seed, steps, device = job
-    rc = report.load_run(run_dir)[0]
     data = corpus.load_data(rc.data, rc.vocab_size)
-    cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(device, steps)
+    tcfg = rc.train_config(device, steps)
+    tcfg = tcfg if lr is None else dataclasses.replace(tcfg, lr=lr)
     with parallel.candidate_threads(device):
-        info, _ = candidate.evaluate_genome(genome.Genome.parse(text), cfg, tcfg, data, rc, seed=seed)
+        info, _ = candidate.evaluate_genome(genome.Genome.parse(text), rc.model_config(data.vocab_size), tcfg, data, rc,
+                                            seed=seed)
     return dict(key=_book_key(text, seed, steps)[0], genome=text, seed=seed, steps=steps,
                 perplexity=info["perplexity"] if info["status"] == "ok" else math.inf, status=info["status"],
-                cache_bytes=info["cache_bytes"], seconds=info["seconds"])
+                cache_bytes=info["cache_bytes"], seconds=info["seconds"], **({} if lr is None else {"lr": lr}))
+
+
+def _retrain_one(job: tuple) -> dict:
+    """One retraining: (run folder for the settings, genome text, seed, steps, device)."""
+    run_dir, text, seed, steps, device = job
+    return _train_record(report.load_run(run_dir)[0], text, seed, steps, device)
 
 
 def retrain_all(jobs: list[tuple], book: Path, workers: int) -> dict:
@@ -1267,7 +1274,7 @@ def recipe_models(rc: RunConfig, n_random: int, genomes=None, seed: int = 0) -> 
     models = [(name, genome.canonical_str(make(rc.depth))) for name, make in genome.BASELINES.items()]
     for name, text in (genomes or {}).items():
         g = genome.Genome.parse(text)
-        models.append((name, genome.canonical_str(genome.repeat(g, rc.depth // g.depth) if rc.depth != g.depth else g)))
+        models.append((name, genome.canonical_str(genome.repeat(g, rc.depth // g.depth))))
     var, rng, seen, n = rc.variation(), np.random.default_rng(seed), {t for _, t in models}, 0
     while n < n_random:
         k = var.key(var.repair(var.sample(rng), rng)[0])
@@ -1279,18 +1286,9 @@ def recipe_models(rc: RunConfig, n_random: int, genomes=None, seed: int = 0) -> 
 
 
 def _recipe_one(job: tuple) -> dict:
-    """One training of the sweep (a worker process's job): (preset, overrides, genome, seed, steps, lr, device)."""
-    import parallel
-
+    """One training of the sweep: (preset, overrides, canonical genome, seed, steps, lr, device)."""
     preset, overrides, text, seed, steps, lr, device = job
-    rc = RunConfig.make(preset, **dict(overrides))
-    data = corpus.load_data(rc.data, rc.vocab_size)
-    tcfg = dataclasses.replace(rc.train_config(device, steps), lr=lr)
-    with parallel.candidate_threads(device):
-        info, _ = candidate.evaluate_genome(genome.Genome.parse(text), rc.model_config(data.vocab_size), tcfg, data, rc,
-                                            seed=seed)
-    return dict(key=text, genome=text, seed=seed, steps=steps, lr=lr, status=info["status"], seconds=info["seconds"],
-                perplexity=info["perplexity"] if info["status"] == "ok" else math.inf)
+    return _train_record(RunConfig.make(preset, **dict(overrides)), text, seed, steps, device, lr)
 
 
 def bench_recipe(device, s, out_dir: str) -> dict:
@@ -1374,31 +1372,38 @@ def count_ops(fn) -> tuple[int, dict[str, int]]:
     return sum(c.names.values()), dict(c.names.most_common())
 
 
+def _training_step(g, rc: RunConfig, device, batch: int):
+    """One training step of `g` at the run's shape as train.train takes it (train._gradients with its clipping
+    and syncs, then AdamW as train.train builds it), warmed once: the gradients' closure and the optimizer."""
+    tcfg = rc.train_config(str(device))
+    cfg = liv.ModelConfig(vocab_size=256, d_model=rc.d_model, head_dim=rc.head_dim, depth=g.depth, max_len=rc.seq_len)
+    model = genome.build_model(g, cfg, seed=0).to(device).train()
+    opt = torch.optim.AdamW(train.param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
+                            fused=device.type == "cuda")
+    params = [p for grp in opt.param_groups for p in grp["params"]]
+    x = torch.randint(0, 256, (batch, rc.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.roll(x, -1, 1)
+    gradients = lambda: train._gradients(model, params, x, y, batch, tcfg, device)  # noqa: E731
+    gradients()  # warm: lazy state and first kernels out of any measurement
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return gradients, opt
+
+
 def bench_ops(device, s) -> dict:
     """Aten operators of one training step at the preset's shape, as train.train runs it (forward, loss and
     backward through train._gradients with its clipping and syncs; then AdamW as train.train builds it):
     Transformer++, StripedMamba, and every class as one LIV beside a GMemless. The count does not depend
     on the sequence length or width."""
     rc = RunConfig.make(s["preset"], **s.get("overrides", {}))
-    tcfg = rc.train_config(str(device))
     models = {name: make(rc.depth) for name, make in genome.BASELINES.items()}
     models.update({f"{liv.REGISTRY[c].name} + GMemless": genome.Genome.parse(f"{c}.1.1.1.1-9.2.1.2.1")
                    for c in s["classes"]})
     rows = []
     for name, g in models.items():
-        cfg = liv.ModelConfig(vocab_size=256, d_model=rc.d_model, head_dim=rc.head_dim, depth=g.depth, max_len=rc.seq_len)
-        model = genome.build_model(g, cfg, seed=0).to(device).train()
-        opt = torch.optim.AdamW(train.param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
-                                fused=device.type == "cuda")
-        params = [p for grp in opt.param_groups for p in grp["params"]]
-        x = torch.randint(0, 256, (s["batch"], rc.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-        y = torch.roll(x, -1, 1)
-        train._gradients(model, params, x, y, s["batch"], tcfg, device)  # warm: lazy state out of the count
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        n_fb, by_name = count_ops(lambda: train._gradients(model, params, x, y, s["batch"], tcfg, device))
+        gradients, opt = _training_step(g, rc, device, s["batch"])
+        n_fb, by_name = count_ops(gradients)
         n_opt, _ = count_ops(opt.step)
-        opt.zero_grad(set_to_none=True)
         rows.append(dict(name=name, genome=genome.canonical_str(g), depth=g.depth, forward_backward=n_fb,
                          optimizer=n_opt, per_liv=n_fb / g.depth, top=dict(list(by_name.items())[:8])))
     return dict(preset=s["preset"], batch=s["batch"], seq_len=rc.seq_len, rows=rows)
@@ -1420,23 +1425,14 @@ def bench_profile(device, s) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     rc = RunConfig.make(s["preset"], **s.get("overrides", {}))
-    tcfg = rc.train_config(str(device))
     rows = []
     for name, make in genome.BASELINES.items():
-        g = make(rc.depth)
-        cfg = liv.ModelConfig(vocab_size=256, d_model=rc.d_model, head_dim=rc.head_dim, depth=g.depth, max_len=rc.seq_len)
-        model = genome.build_model(g, cfg, seed=0).to(device).train()
-        opt = torch.optim.AdamW(train.param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
-                                fused=device.type == "cuda")
-        params = [p for grp in opt.param_groups for p in grp["params"]]
-        x = torch.randint(0, 256, (rc.batch, rc.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-        y = torch.roll(x, -1, 1)
+        gradients, opt = _training_step(make(rc.depth), rc, device, rc.batch)
 
         def step():
-            train._gradients(model, params, x, y, rc.batch, tcfg, device)
+            gradients()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        step()  # warm-up: lazy state and kernels out of the measurement
         sync(device)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         t0 = time.perf_counter()
