@@ -562,14 +562,15 @@ class Progress:
         self.log, self.generations, self.n_offspring, self.format_info = log, generations, n_offspring, format_info
         self.after_search = after_search
         self.n_evaluated, self.eval_seconds = 0, 0.0  # evaluations done by this process, their time
-        self.train_seconds = []  # each evaluated candidate's own training time (its record's seconds)
+        self.records: list[dict] = []  # what this process evaluated: their training times
         self.t_batch = self.t_last = time.perf_counter()
 
     def per_eval(self) -> float:
         return self.eval_seconds / self.n_evaluated if self.n_evaluated else math.nan
 
     def eta(self, evaluations_left: float) -> float:
-        per_training = sum(self.train_seconds) / len(self.train_seconds) if self.train_seconds else self.per_eval()
+        per_training = training_seconds(self.records)
+        per_training = self.per_eval() if math.isnan(per_training) else per_training
         return self.per_eval() * evaluations_left + (per_training * self.after_search if self.after_search else 0.0)
 
     def batch_started(self, t: float) -> None:
@@ -579,8 +580,7 @@ class Progress:
         self.n_evaluated += 1
         self.eval_seconds += t - self.t_last
         self.t_last = t
-        if isinstance(record.get("seconds"), (int, float)) and record.get("status") == "ok":
-            self.train_seconds.append(float(record["seconds"]))
+        self.records.append(record)
         left = (n_total - done) + self.n_offspring * (self.generations - g)
         if self.format_info is not None:  # the caller's words for what it measured
             status = " " + self.format_info(record)
@@ -598,6 +598,12 @@ class Progress:
                  f"({100 * stat['repair_share']:.0f}%), duplicates {stat['duplicates']}, failed "
                  f"{stat['failed']}/{stat['offspring']}{all_failed}, {_new_front_words(stat)}, {fmt_time(stat['wall_s'])} "
                  f"(bookkeeping {1000 * stat['bookkeeping_s']:.1f} ms), ETA {fmt_time(eta)}")
+
+
+def training_seconds(records: list[dict]) -> float:
+    """A candidate's mean training time, as its records measured it (the finished ones); NaN without one."""
+    secs = [r["seconds"] for r in records if r.get("status") == "ok" and isinstance(r.get("seconds"), (int, float))]
+    return sum(secs) / len(secs) if secs else math.nan
 
 
 def _new_front_words(stat: dict) -> str:
@@ -1068,8 +1074,7 @@ class RunFolder:
     def _eta_after(self, units_done: float) -> str:
         """' ETA ...' of the trainings left after this one: at the search's mean training time."""
         self._after_left = max(self._after_left - units_done, 0.0)
-        secs = [r["seconds"] for r in self._records if r.get("status") == "ok" and isinstance(r.get("seconds"), (int, float))]
-        return f" ETA {fmt_time(sum(secs) / len(secs) * self._after_left)}" if secs else ""
+        return f" ETA {fmt_time(training_seconds(self._records) * self._after_left)}"  # '?' before any training
 
     def _timed_out_shorter(self, record: dict) -> bool:
         """A timed-out candidate is evaluated again by a resume that gives it more time (D23): its record
