@@ -656,7 +656,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
     shares = "" if not rc.budgets() else "\nbudgets " + ", ".join(f"{m} ≤ {fmt_value(m, v)}" for m, v in rc.budgets().items()) \
         + "; within them per generation: " + " ".join(f"{k / n:.0%}" for _, n, k in feasible_shares(rc, records))
     fig.suptitle(f"STAR {rc.objective}: {rc.preset} preset, {rc.algorithm}, "
-                 f"{len(records)} candidates over {n_gen} generations"
+                 f"{len(records)} candidates: generation 0 and {n_gen - 1} more"
                  + (f" ({failed} failed, not shown)" if failed else "") + shares)
     handles = axes[0].get_legend_handles_labels()
     fig.legend(*handles, loc="outside lower center", ncol=min(len(handles[0]), 3), frameon=False)
