@@ -389,18 +389,25 @@ def generation_step(population: Population, g: int, var: Variation, evaluate: Sc
     return Generation(survivors, children, F_new, breed.duplicates, breed.notes)
 
 
+class StopSearch(Exception):
+    """Raised by ``on_generation`` to end the search after that generation (e.g. a patience rule)."""
+
+
 def nsga2(initial: Sequence, var: Variation, evaluate: Scorer, search: Search, *,
           start: Optional[State] = None,
           on_generation: Optional[Callable[[Generation, State], None]] = None) -> State:
     """The whole search: ``generation_step`` after ``generation_step`` up to ``search.generations``,
     from ``start`` (default: nothing evaluated yet). ``on_generation(step, state)`` runs after each
-    generation (the place to archive, snapshot, report, or stop by raising)."""
+    generation (the place to archive, snapshot, report, or end the search by raising ``StopSearch``)."""
     state = start or State(Population.empty(), set())
     for g in range(state.generation + 1, search.generations + 1):
         step = generation_step(state.population, g, var, evaluate, state.seen, search, initial)
         state = State(step.population, state.seen | {c.key for c in step.children}, g)
         if on_generation is not None:
-            on_generation(step, state)
+            try:
+                on_generation(step, state)
+            except StopSearch:
+                break
     return state
 
 

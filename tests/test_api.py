@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import star
-from config import RunConfig, UsageError
+from workshop import cli, run
+from workshop.config import RunConfig, UsageError
 from test_golden import PINNED, assert_golden
 
 HERE = Path(__file__).resolve().parent
@@ -23,8 +24,8 @@ TINY = dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batc
 def test_synthesize_in_memory_equals_the_run_folder(tmp_path):
     config = RunConfig.make("cpu", **TINY)
     lines = []
-    mem = star.synthesize(config, log=lines.append)
-    disk = star.synthesize(config, run_dir=tmp_path / "r", log=lambda s: None)
+    mem = run.synthesize(config, log=lines.append)
+    disk = run.synthesize(config, run_dir=tmp_path / "r", log=lambda s: None)
     assert mem.run_dir is None and disk.run_dir == tmp_path / "r" and not list(Path.cwd().glob("runs/*tiny*"))
     strip = lambda rs: [(r["generation"], r["genome"], r["key"], r["objectives"]) for r in rs]  # noqa: E731
     assert strip(mem.records) == strip(disk.records) and len(mem.records) == 10
@@ -44,13 +45,13 @@ def test_api_errors_speak_the_apis_words(tmp_path, capsys):
     --name; star.py's line for the same keeps the command line's words."""
     shutil.copytree(HERE / "testdata" / "format1-run", tmp_path / "r")
     with pytest.raises(UsageError) as e:
-        star.synthesize(RunConfig.make("cpu", **TINY), run_dir=tmp_path / "r", log=lambda s: None)
+        run.synthesize(RunConfig.make("cpu", **TINY), run_dir=tmp_path / "r", log=lambda s: None)
     assert "continue it with resume=True or choose another run_dir" in str(e.value) and "--" not in str(e.value)
     with pytest.raises(UsageError) as e:
-        star.synthesize(RunConfig.make("cpu", **{**TINY, "generations": 1, "steps": 4}), run_dir=tmp_path / "r",
+        run.synthesize(RunConfig.make("cpu", **{**TINY, "generations": 1, "steps": 4}), run_dir=tmp_path / "r",
                         resume=True, given={"steps"}, log=lambda s: None)
     assert "resume=True:" in str(e.value) and "steps = 3" in str(e.value) and "--" not in str(e.value)
-    assert star.main(["--data", "synthetic", "--out", str(tmp_path), "--name", "r"]) == 2
+    assert cli.main(["--data", "synthetic", "--out", str(tmp_path), "--name", "r"]) == 2
     assert "continue it with --resume or choose another --name" in capsys.readouterr().err
 
 
@@ -69,16 +70,16 @@ def test_workers_from_a_script_without_a_main_guard(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        import star
-        from config import RunConfig
-        result = star.synthesize(RunConfig.make("cpu", **{TINY!r}), run_dir={str(tmp_path / "r")!r},
+        from workshop import run
+        from workshop.config import RunConfig
+        result = run.synthesize(RunConfig.make("cpu", **{TINY!r}), run_dir={str(tmp_path / "r")!r},
                                  workers=2, log=lambda s: None)
         print("best", len(result.records))
     """))
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["best", "10"]  # once: the workers did not run the script again
-    one = star.synthesize(RunConfig.make("cpu", **TINY), log=lambda s: None)
+    one = run.synthesize(RunConfig.make("cpu", **TINY), log=lambda s: None)
     strip = lambda rs: sorted((r["generation"], r["genome"], r["objectives"]) for r in rs)  # noqa: E731
     assert strip(json.loads(line) for line in (tmp_path / "r" / "archive.jsonl").read_text().splitlines()) \
         == strip(one.records)  # workers report in any order, with the same results

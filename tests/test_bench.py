@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-import bench
+from workshop import bench
 
 
 def test_bench_quick_writes_every_section(tmp_path):
@@ -35,8 +35,8 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
     retrained under 2 seeds; the numbers it reports are recomputed here from the run folders and the
     retraining book, and a second call trains nothing again."""
     import evolve
-    import report
-    import runlog
+    from workshop import report
+    from workshop import fidelity, runlog
 
     out, runs = tmp_path / "e.json", tmp_path / "runs"
     assert bench.main(["--quick", "--only", "efficacy", "--seeds", "0", "--efficacy-dir", str(runs), "--out", str(out)]) == 0
@@ -63,7 +63,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         assert x["top_spearman"] == report.spearman([t["score"] for t in x["top"]], means) or len(means) < 2
         laddered = [r for r in records if len(r.get("rungs") or []) == 2]
         assert x["rung_spearman"]["n"] == len(laddered) and (not laddered) == (not rc.rungs)
-        top_rung = [r for r in runlog.top_rung(records) if math.isfinite(r["perplexity"])]
+        top_rung = [r for r in fidelity.top_rung(records) if math.isfinite(r["perplexity"])]
         if rc.rungs:  # the probe: promoted candidates again at each rung, reproducing their archived scores
             assert set(x["probe"]) == {"1", "2"} and all(v["n"] == len(top_rung) for v in x["probe"].values())
             assert x["probe"]["1"]["reproduced"] == 0 and x["probe"]["2"]["reproduced"] == 0
@@ -73,7 +73,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         else:
             assert x["probe"] == {}
         assert x["hv_search"] == pytest.approx(evolve.hypervolume(
-            np.array([r["objectives"] for r in runlog.top_rung(records)], dtype=float), x["ref_search"]))
+            np.array([r["objectives"] for r in fidelity.top_rung(records)], dtype=float), x["ref_search"]))
     assert e["runs"][0]["welch_mf_below"] is not None and e["runs"][2]["welch_mf_below"] is None
     before = (runs / "retrained.jsonl").read_text()
     assert bench.main(["--quick", "--only", "efficacy", "--seeds", "0", "--efficacy-dir", str(runs), "--out", str(out)]) == 0
@@ -83,7 +83,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
 def test_welch_and_the_t_distribution_against_textbook_values_and_an_integral():
     """report.student_t_sf at the two-sided 5% points of t tables, and at fractional df against a
     trapezoid integral of the density; bench.welch against the formula by hand."""
-    import report
+    from workshop import report
 
     for t, df in [(12.706, 1), (4.303, 2), (2.776, 4), (2.228, 10)]:
         assert report.student_t_sf(t, df) == pytest.approx(0.025, abs=2e-5)

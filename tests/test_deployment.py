@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import config
 import evolve
 import genome
-import runlog
 import star
-from config import RunConfig, UsageError
+import workshop.run
+from workshop import cli, config, report, runlog
+from workshop.config import RunConfig, UsageError
 
 TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32", "--batch", "4",
         "--steps", "2", "--population", "3", "--offspring", "2", "--generations", "1", "--preset", "cpu",
@@ -26,7 +26,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def run(tmp_path, *extra, name="r"):
-    return star.main(TINY + METER + ["--out", str(tmp_path), "--name", name, *extra])
+    return cli.main(TINY + METER + ["--out", str(tmp_path), "--name", name, *extra])
 
 
 def strip(records):
@@ -53,7 +53,7 @@ def test_a_measured_objective_run_measures_each_genome_once_before_it_is_used(tm
     assert "decode_ms" in summary and "Measured (D34)" in summary and (d / "pareto.png").exists()
     # --compare of any metric; a second seed
     assert run(tmp_path, "--objective", "quality_latency", "--seed", "1", name="s1") == 0
-    text, rows = star.report.compare_runs([str(d), str(tmp_path / "s1")])
+    text, rows = report.compare_runs([str(d), str(tmp_path / "s1")])
     assert "decode_ms" in text and len(rows) == 2
 
 
@@ -115,7 +115,7 @@ def test_killed_while_measuring_or_training_resumes_without_measuring_again(tmp_
 
 
 def test_a_format_2_config_written_before_these_fields_still_resumes(tmp_path):
-    plain = lambda *a: star.main(TINY + ["--out", str(tmp_path), "--name", "r", *a])  # noqa: E731
+    plain = lambda *a: cli.main(TINY + ["--out", str(tmp_path), "--name", "r", *a])  # noqa: E731
     assert plain() == 0
     path = tmp_path / "r" / "config.json"
     stored = json.loads(path.read_text())
@@ -187,7 +187,7 @@ def test_a_cache_budget_that_excludes_transformer_pp_trains_no_genome_over_it(tm
     lines = []
     rc = RunConfig.make("cpu", data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=2,
                         population=4, offspring=4, generations=2, baseline_seeds=1, seed_baselines=True, max_cache=cap)
-    res = star.synthesize(rc, run_dir=tmp_path / "b", log=lines.append)
+    res = workshop.run.synthesize(rc, run_dir=tmp_path / "b", log=lines.append)
     assert res.records and all(r["cache_bytes"] <= cap for r in res.records)  # no infeasible genome trained
     assert any(b["cache_bytes"] > cap for b in res.baselines)  # the baselines are still reference points
     assert any("initial individual" in s and "over a budget" in s for s in lines)
@@ -203,7 +203,7 @@ def test_a_params_budget_holds_for_every_bred_child_brute_force():
     sample = [genome.random_genome(6, rng) for _ in range(60)]
     cap = float(np.median([counts(g) for g in sample]))
     rc = RunConfig.make("cpu", d_model=32, head_dim=16, depth=6, max_params=int(cap))
-    import deployment
+    from workshop import deployment
     var = deployment.Costs(rc, None, cfg).variation(rc.variation())
     assert all(var.feasible(g) == (counts(g) <= cap) for g in sample)  # the predicate is the formula
     pop_texts, keys = [], []
@@ -220,7 +220,7 @@ def test_a_params_budget_holds_for_every_bred_child_brute_force():
 # Plugins (D37): a metric of one's own, end to end with workers
 # ----------------------------------------------------------------------------------------------------
 
-PLUGIN = '''import plugins
+PLUGIN = '''from workshop import plugins
 
 
 def embedding_share(genome, model, result):  # the genome, the built model, train.TrainResult
@@ -236,7 +236,7 @@ def test_a_plugin_metric_is_an_objective_in_workers_on_resume_and_in_compare(tmp
     import subprocess
     import sys
 
-    import plugins
+    from workshop import plugins
     (tmp_path / "myplug.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
     monkeypatch.setattr(plugins, "METRICS", {})

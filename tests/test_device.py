@@ -1,5 +1,5 @@
 """The oracles of test_liv.py, test_decode.py and test_train.py again, on the device that STAR_TEST_DEVICE
-names (conftest.py; cpu by default, so CI runs this file too). `python gpu_check.py` runs it with cuda
+names (conftest.py; cpu by default, so CI runs this file too). `python -m workshop.gpu_check` runs it with cuda
 (DESIGN.md D30):
 
 - fp32: float32 with TF32 off (conftest.py), at the CPU tests' own tolerances;
@@ -19,9 +19,9 @@ import contextlib
 import pytest
 import torch
 
+import corpus
 import genome
 import liv
-import corpus
 import train
 from liv import REGISTRY, LayerPlan
 from test_decode import SHARED_GENOMES

@@ -11,10 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import evolve
-import fidelity
-import report
-import runlog
 import star
+from workshop import cli, fidelity, report, runlog
 from test_cli import TINY, read_jsonl
 
 
@@ -170,13 +168,13 @@ def test_a_lower_rung_never_enters_the_front_the_hypervolume_or_the_selection():
     rec = lambda k, ppl, cache, steps: dict(key=k, genome=k, generation=0, status="ok", perplexity=ppl,  # noqa: E731
                                             cache_bytes=cache, objectives=[ppl, cache], rung_steps=steps)
     recs = [rec("a", 10.0, 10, 1), rec("b", 20.0, 20, 3), rec("c", 30.0, 5, 3)]
-    assert runlog.top_rung(recs) == recs[1:] and runlog.top_rung(recs[1:]) == recs[1:]
+    assert fidelity.top_rung(recs) == recs[1:] and fidelity.top_rung(recs[1:]) == recs[1:]
     assert [r["key"] for r in report.front_of(recs, "quality_cache")] == ["b", "c"]
-    assert [r["key"] for r in star.select_top_k(recs, None, "quality_cache", 3)] == ["b", "c"]
+    assert [r["key"] for r in report.select(recs, None, "quality_cache", 3)] == ["b", "c"]
     ref = (40.0, 40.0)
     assert report.archive_hypervolume_curve(recs, ref) == [(0, 3, evolve.hypervolume(np.array([[20, 20], [30, 5]]), ref))]
     single = [{k: v for k, v in r.items() if k != "rung_steps"} for r in recs]  # no rungs: every record counts
-    assert runlog.top_rung(single) == single
+    assert fidelity.top_rung(single) == single
 
 
 @pytest.mark.parametrize("steps,eta", [((5,), 4), ((5, 5), 4), ((9, 3), 4), ((3, 9), 1)])
@@ -192,7 +190,7 @@ RUNGS = ["--rungs", "1,3", "--eta", "2", "--offspring", "4"]
 
 @pytest.mark.slow
 def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_same_archive(tmp_path, monkeypatch):
-    assert star.main(TINY + RUNGS + ["--out", str(tmp_path), "--name", "whole", "--no-weights"]) == 0
+    assert cli.main(TINY + RUNGS + ["--out", str(tmp_path), "--name", "whole", "--no-weights"]) == 0
     d = tmp_path / "whole"
     recs = read_jsonl(d / "archive.jsonl")
     assert {r["rung_steps"] for r in recs} == {1, 3} and all(r["rungs"][-1]["steps"] == r["rung_steps"] for r in recs)
@@ -205,7 +203,7 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
     assert "Spearman with the next rung" in summary
     assert f"| 0 | 1 | {len(recs)} | " in summary  # every candidate trained at the lowest rung ...
     assert f"| 1 | 3 | {sum(r['rung'] == 1 for r in recs)} | - | - |" in summary  # ... the promoted at the top
-    top = star.select_top_k(recs, None, "quality_cache", 3)
+    top = report.select(recs, None, "quality_cache", 3)
     assert top and all(r["rung_steps"] == 3 for r in top)
     front = report.front_of(recs, "quality_cache")  # the front and the hypervolume: the top rung's records only
     assert front and all(r["rung_steps"] == 3 for r in front)
@@ -217,7 +215,7 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
     assert sum("promoted" in r for r in book) == 3  # one decision per generation (0, 1, 2) at rung 0
     assert json.loads((d / "config.json").read_text())["rungs"] == [1, 3]
 
-    import candidate
+    from workshop import candidate
     real, n = candidate.evaluate_genome, {"n": 0}
 
     def dies(*a, **k):
@@ -226,23 +224,23 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(candidate, "evaluate_genome", dies)
-    assert star.main(TINY + RUNGS + ["--out", str(tmp_path), "--name", "killed", "--no-weights"]) == 130
+    assert cli.main(TINY + RUNGS + ["--out", str(tmp_path), "--name", "killed", "--no-weights"]) == 130
     kept = [json.loads(line) for line in (tmp_path / "killed" / "rungs.jsonl").read_text().splitlines()]
     assert len(kept) == 2 and not (tmp_path / "killed" / "archive.jsonl").read_text()  # two rung-0 trainings
     n["n"] = 0
     monkeypatch.setattr(candidate, "evaluate_genome", lambda *a, **k: (n.__setitem__("n", n["n"] + 1), real(*a, **k))[1])
-    assert star.main(["--out", str(tmp_path), "--name", "killed", "--resume"]) == 0  # the run's options, rungs too
+    assert cli.main(["--out", str(tmp_path), "--name", "killed", "--resume"]) == 0  # the run's options, rungs too
     assert n["n"] == sum("promoted" not in r for r in book) - 2  # nothing trained twice
     strip = lambda rs: [(r["genome"], r["generation"], r["objectives"], r["rung"]) for r in rs]  # noqa: E731
     assert strip(read_jsonl(tmp_path / "killed" / "archive.jsonl")) == strip(recs)
 
 
 def test_rungs_must_end_at_the_steps_and_alone_they_set_them(tmp_path, capsys):
-    assert star.main(TINY + ["--rungs", "1,2", "--out", str(tmp_path), "--name", "x"]) == 2
+    assert cli.main(TINY + ["--rungs", "1,2", "--out", str(tmp_path), "--name", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "end --rungs with it" in err[0]
-    args = star.build_parser().parse_args(["--rungs", "10,40"])
-    config, given = star.config_of(args)
+    args = cli.build_parser().parse_args(["--rungs", "10,40"])
+    config, given = cli.config_of(args)
     assert config.steps == 40 and config.rungs == (10, 40) and {"rungs", "steps"} <= given
 
 
@@ -250,8 +248,8 @@ def test_rungs_must_end_at_the_steps_and_alone_they_set_them(tmp_path, capsys):
 def test_two_workers_train_the_rungs_to_the_same_archive(tmp_path):
     """The worker protocol carries each rung's steps: two worker processes give the one-process archive."""
     argv = TINY + RUNGS + ["--generations", "1", "--no-weights", "--out", str(tmp_path)]
-    assert star.main(argv + ["--name", "one"]) == 0
-    assert star.main(argv + ["--name", "two", "--workers", "2"]) == 0
+    assert cli.main(argv + ["--name", "one"]) == 0
+    assert cli.main(argv + ["--name", "two", "--workers", "2"]) == 0
     strip = lambda d: sorted((r["key"], r["generation"], r["objectives"], r["rung"],  # noqa: E731
                               [x["perplexity"] for x in r["rungs"]]) for r in read_jsonl(tmp_path / d / "archive.jsonl"))
     assert strip("one") == strip("two")

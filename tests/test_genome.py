@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import genome as G
 import liv
 from genome import Genome
+from workshop import describe, space
 
 DEPTHS = st.integers(1, 12)
 SEEDS = st.integers(0, 2**32 - 1)
@@ -191,7 +192,7 @@ def test_every_class(cid):
                     with pytest.raises(ValueError, match="LIV 2, entry 4"):
                         G.validate(bad)
                     assert G.plans(G.repair(bad, rng_of(0))[0])[1].share_owner == 1
-    assert "\n" in G.describe(Genome(((cid, 1, 1, 1, 1), (cid, 1, 2, 1, 1 if memless else 4))))
+    assert "\n" in describe.describe(Genome(((cid, 1, 1, 1, 1), (cid, 1, 2, 1, 1 if memless else 4))))
 
 
 def test_out_of_range_group_is_resampled_then_checked():
@@ -542,11 +543,11 @@ def test_striped_mamba():
 
 
 def test_tables_and_picture():
-    t = G.explain_classes()
+    t = describe.explain_classes()
     for c in liv.REGISTRY.values():
         assert c.name in t and c.operator in t
     g = Genome.parse("1.1.1.1.1-9.2.1.2.1-1.1.2.1.2-9.4.1.4.1-1.5.1.1.4-5.6.1.6.1-5.6.2.6.3")
-    pic = G.describe(g)
+    pic = describe.describe(g)
     lines = pic.splitlines()
     assert len(lines) == 2 + g.depth
     assert "weights of 1" in lines[4] and "B,V from 1" in lines[4]
@@ -556,14 +557,14 @@ def test_tables_and_picture():
 
 
 def test_cli_in_process(capsys):
-    assert G.main(["--random", "6", "--seed", "1", "--no-params"]) == 0
+    assert describe.genome_main(["--random", "6", "--seed", "1", "--no-params"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("genome ") and len(out.splitlines()) == 2 + 6
-    assert G.main(["--baseline", "striped-mamba", "--depth", "8", "--no-params"]) == 0
+    assert describe.genome_main(["--baseline", "striped-mamba", "--depth", "8", "--no-params"]) == 0
     assert "Rec-1" in capsys.readouterr().out
-    assert G.main(["--classes"]) == 0
+    assert describe.genome_main(["--classes"]) == 0
     assert "GConv-2-Diff" in capsys.readouterr().out
-    assert G.main(["1.1.1.1.1-9.2.1.2.2", "--no-params"]) == 2
+    assert describe.genome_main(["1.1.1.1.1-9.2.1.2.2", "--no-params"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "LIV 2, entry 5" in err
 
@@ -572,7 +573,7 @@ def test_cli_in_process(capsys):
                                   ["--baseline", "gpt"], ["1.1.1.1.1", "--d-model", "30"]])
 def test_cli_bad_arguments_exit_2_with_one_line(args, capsys):
     try:
-        rc = G.main(args)
+        rc = describe.genome_main(args)
     except SystemExit as e:  # argparse's own errors go through _Parser.error
         rc = e.code
     err = capsys.readouterr().err
@@ -772,7 +773,7 @@ def test_repeated_genome_has_exactly_the_expected_counts(g, times):
     """Independent copies: every LIV of a copy counted anew, the final norm and the embedding once, and
     `times` x the cache; as built (parameters of the real model) and by formula."""
     cfg = liv.ModelConfig(depth=g.depth, **CFG_SMALL)
-    r = G.repeat(g, times)
+    r = space.repeat(g, times)
     big = liv.ModelConfig(depth=times * g.depth, **CFG_SMALL)
     one, many = G.count_params(g, cfg), G.count_params(r, big)
     emb, final_norm = cfg.vocab_size * cfg.d_model, cfg.d_model
@@ -783,10 +784,10 @@ def test_repeated_genome_has_exactly_the_expected_counts(g, times):
     model = G.build_model(r, big)
     assert sum(p.numel() for p in model.parameters()) == many["total"]
     assert liv.measure_cache_bytes(model, 4096) == times * G.cache_bytes(g, cfg)
-    shared = G.repeat(g, times, share_across=True)  # featurizers tied across copies, feature groups not
+    shared = space.repeat(g, times, share_across=True)  # featurizers tied across copies, feature groups not
     assert G.count_params(shared, big)["total"] <= many["total"]
     assert G.cache_bytes(shared, big) == times * G.cache_bytes(g, cfg)
-    assert G.repeat(g, 1) == G.canonical(g) == G.repeat(g, 1, share_across=True)
+    assert space.repeat(g, 1) == G.canonical(g) == space.repeat(g, 1, share_across=True)
 
 
 def test_repeat_example_from_the_issue():
@@ -796,17 +797,17 @@ def test_repeat_example_from_the_issue():
     g = Genome.parse("15.3.1.1.1-15.2.1.1.3-9.1.2.3.1-15.4.2.1.4-16.5.1.5.1-16.6.1.6.3")
     cfg = liv.ModelConfig(vocab_size=256, d_model=64, head_dim=16, depth=12)
     assert G.count_params(Genome.parse(f"{g}-{g}"), cfg)["total"] == 218_760
-    assert G.count_params(G.repeat(g, 2), cfg)["total"] == 264_344 == 2 * (124_012 - 64) + 64 + 256 * 64
-    assert G.count_params(G.repeat(g, 2, share_across=True), cfg)["total"] < 218_760
+    assert G.count_params(space.repeat(g, 2), cfg)["total"] == 264_344 == 2 * (124_012 - 64) + 64 + 256 * 64
+    assert G.count_params(space.repeat(g, 2, share_across=True), cfg)["total"] < 218_760
     with pytest.raises(ValueError, match="times"):
-        G.repeat(g, 0)
+        space.repeat(g, 0)
 
 
 def test_parse_classes_ids_ranges_and_names():
-    assert G.parse_classes("5,7-9, gconv-2 ,SA-1") == (1, 5, 7, 8, 9)
+    assert space.parse_classes("5,7-9, gconv-2 ,SA-1") == (1, 5, 7, 8, 9)
     for bad in ("", "0", "18", "9-5", "Attention"):
         with pytest.raises(ValueError):
-            G.parse_classes(bad)
+            space.parse_classes(bad)
 
 
 @given(DEPTHS, SEEDS, st.lists(st.integers(1, liv.n_classes()), min_size=1, max_size=4))
@@ -814,13 +815,13 @@ def test_a_class_set_bounds_sampling_mutation_and_repair(depth, seed, classes):
     rng = rng_of(seed)
     a = G.random_genome(depth, rng, share_rate=0.5, classes=classes)
     b = G.random_genome(depth, rng, share_rate=0.5, classes=classes)
-    assert G.uses_only(a, classes) and G.uses_only(b, classes)
+    assert space.uses_only(a, classes) and space.uses_only(b, classes)
     m = G.mutate(a, rng, p=1.0, classes=classes)
-    assert G.is_valid(m) and G.uses_only(m, classes)
+    assert G.is_valid(m) and space.uses_only(m, classes)
     child, _ = G.repair(G.mutate(G.crossover(a, b, rng), rng, classes=classes), rng, classes=classes)
-    assert G.is_valid(child) and G.uses_only(child, classes)
+    assert G.is_valid(child) and space.uses_only(child, classes)
     wild = Genome(tuple((c, 1, 1, 1, 1) for c in range(1, depth + 1)))
-    assert G.uses_only(G.repair(wild, rng, classes=classes)[0], classes)
+    assert space.uses_only(G.repair(wild, rng, classes=classes)[0], classes)
 
 
 def test_no_class_set_draws_exactly_as_before():
@@ -833,7 +834,7 @@ def test_no_class_set_draws_exactly_as_before():
 
 
 def test_cli_repeat_prints_the_scaled_counts(capsys):
-    assert G.main(["15.3.1.1.1-15.2.1.1.3-9.1.2.3.1-15.4.2.1.4-16.5.1.5.1-16.6.1.6.3", "--repeat", "2",
+    assert describe.genome_main(["15.3.1.1.1-15.2.1.1.3-9.1.2.3.1-15.4.2.1.4-16.5.1.5.1-16.6.1.6.3", "--repeat", "2",
                    "--d-model", "64", "--head-dim", "16"]) == 0
     out = capsys.readouterr().out
     assert "repeated 2 times" in out and "parameters: 264,344" in out and "cache: 6,752 bytes" in out

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import config
 import star
+from workshop import cli, config
 
 # the cpu preset shrunk to seconds; 2 baseline seeds, 4 + 3 x 2 candidates
 TINY = ["--data", "synthetic", "--d-model", "32", "--head-dim", "16", "--depth", "4", "--seq-len", "32",
@@ -64,7 +64,7 @@ def assert_golden(source, which: str = "golden") -> None:
 @pytest.fixture(scope="module")
 def golden_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("golden")
-    assert star.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "g"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "g"]) == 0
     return out / "g"
 
 
@@ -76,7 +76,7 @@ def test_the_golden_run_is_unchanged(golden_run):
 
 @pytest.mark.pinned
 def test_the_same_machine_gives_a_bit_identical_archive_twice(golden_run, tmp_path):
-    assert star.main(TINY + ["--generations", "2", "--no-weights", "--out", str(tmp_path), "--name", "g"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--no-weights", "--out", str(tmp_path), "--name", "g"]) == 0
     assert archive_hash(tmp_path / "g") == archive_hash(golden_run)
 
 
@@ -107,7 +107,7 @@ def test_a_run_of_the_previous_format_resumes_and_extends(tmp_path, capsys):
     shutil.copytree(FORMAT1, run)
     before = (run / "archive.jsonl").read_text()
     assert "format" not in json.loads((run / "config.json").read_text())
-    assert star.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
     assert (run / "archive.jsonl").read_text().startswith(before)
     assert json.loads((run / "config.json").read_text())["format"] == config.FORMAT
     assert json.loads((run / "config.json").read_text())["generations"] == 2
@@ -125,7 +125,7 @@ def test_a_format_2_run_resumes_its_data_unchecked_once_then_recorded(tmp_path, 
     before = (run / "archive.jsonl").read_text()
     stored = json.loads((run / "config.json").read_text())
     assert stored["format"] == 2 and "data_fingerprint" not in stored
-    assert star.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "data_fingerprint" in line]
     assert len(notes) == 1 and "not checked on this resume" in notes[0], notes
     now = json.loads((run / "config.json").read_text())
@@ -134,14 +134,14 @@ def test_a_format_2_run_resumes_its_data_unchecked_once_then_recorded(tmp_path, 
     assert now["eval_tokens"] == 1024  # format 2 before D33 counted 8 eval batches of 4 x 32
     if PINNED:  # as the uninterrupted run of the code that wrote it
         assert_golden(run, "before_d33")
-    assert star.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--out", str(tmp_path), "--name", "old", "--resume"]) == 0
     assert "data_fingerprint" not in capsys.readouterr().out  # recorded now: checked, nothing to say
 
 
 def test_an_identity_key_cannot_change_on_resume_and_its_line_names_it(tmp_path, capsys):
     shutil.copytree(FORMAT1, tmp_path / "old")
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
-    assert star.main(TINY + ["--steps", "4", "--out", str(tmp_path), "--name", "old", "--resume"]) == 2
+    assert cli.main(TINY + ["--steps", "4", "--out", str(tmp_path), "--name", "old", "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "steps = 3" in err[0] and "4" in err[0]
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir() if p.name != "lock"} == before
@@ -150,7 +150,7 @@ def test_an_identity_key_cannot_change_on_resume_and_its_line_names_it(tmp_path,
 @pytest.mark.pinned
 def test_resume_needs_only_the_name_options_not_given_are_the_runs(tmp_path):
     shutil.copytree(FORMAT1, tmp_path / "old")
-    assert star.main(["--out", str(tmp_path), "--name", "old", "--resume", "--generations", "2"]) == 0
+    assert cli.main(["--out", str(tmp_path), "--name", "old", "--resume", "--generations", "2"]) == 0
     c = json.loads((tmp_path / "old" / "config.json").read_text())
     assert (c["data"], c["d_model"], c["steps"], c["baseline_seeds"], c["eval_tokens"], c["generations"]) == \
         ("synthetic", 32, 3, 2, 1024, 2)
@@ -162,9 +162,9 @@ def write_golden(out: Path) -> dict:
     """Run both pinned runs in `out` and return their rows: what testdata/golden.json holds. Results change
     on purpose only: then `PYTHONPATH=. python tests/test_golden.py --write` rewrites the file (and the change
     says why)."""
-    assert star.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "g"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "g"]) == 0
     shutil.copytree(FORMAT1, out / "old")
-    assert star.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "old", "--resume"]) == 0
+    assert cli.main(TINY + ["--generations", "2", "--no-weights", "--out", str(out), "--name", "old", "--resume"]) == 0
     return dict(torch=torch.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 golden=archive_rows(out / "g"), before_d33=archive_rows(out / "old"))
 

@@ -1,12 +1,12 @@
 """gpu_check.py's own machinery, with fake sections (seconds): a section past its cap is killed and
 recorded, every section's JSON and log are kept, the report is written after each section and the table
-comes last. The real sections run in `python gpu_check.py --device cpu` (README, DESIGN.md D30)."""
+comes last. The real sections run in `python -m workshop.gpu_check --device cpu` (README, DESIGN.md D30)."""
 import json
 import sys
 
 import pytest
 
-import gpu_check
+from workshop import gpu_check
 
 
 def fake_argv(name, device, out, cap_s, workers, data_cache=None):

@@ -26,13 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-import bench
-import candidate
-import runlog
 import genome
 import liv
+import corpus
 import star
 import train
+from workshop import bench, candidate, cli, describe, runlog, training
 
 HERE = Path(__file__).resolve().parent.parent  # the repository: the scripts and their folder
 
@@ -111,7 +110,7 @@ def configured(d, bad_line=None, config_text=None, argv=None, file="baselines.js
     """A run folder with the tiny run's config.json and, optionally, a baselines.jsonl (or `file`) whose
     first line is `bad_line`, followed by a whole record."""
     (d / "x").mkdir()
-    rc = star.config_of(star.build_parser().parse_args([str(a) for a in (argv or STAR)]))[0]
+    rc = cli.config_of(cli.build_parser().parse_args([str(a) for a in (argv or STAR)]))[0]
     (d / "x" / "config.json").write_text(config_text if config_text is not None else rc.to_json())
     if bad_line is not None:
         g = str(genome.striped_mamba(4))
@@ -143,7 +142,7 @@ def nul_file(d, share):
 def runs_to_compare(d, **other):
     """Two finished-looking run folders, d/cmp/a and d/cmp/b; `other` changes b's configuration (none:
     b has no evaluation)."""
-    from config import RunConfig
+    from workshop.config import RunConfig
     g = str(genome.transformer_pp(4))
     rec = json.dumps(dict(generation=0, genome=g, key=g, objectives=[10.0, 100.0], status="ok")) + "\n"
     for name, over, archive in (("a", {}, rec), ("b", other, rec if other else "")):
@@ -247,12 +246,12 @@ def test_star_bad_input(tmp_path, capsys, extra, needle, make):
         extra += ["--out", tmp_path]
     if not any(a == "--name" for a in extra):
         extra += ["--name", "x"]
-    assert_refused(star.main, STAR + extra, needle, tmp_path, capsys)
+    assert_refused(cli.main, STAR + extra, needle, tmp_path, capsys)
 
 
 def test_star_device_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert_refused(star.main, STAR + ["--device", "cuda", "--out", tmp_path], "--device cuda", tmp_path, capsys)
+    assert_refused(cli.main, STAR + ["--device", "cuda", "--out", tmp_path], "--device cuda", tmp_path, capsys)
 
 
 def test_star_read_only_out_folder(tmp_path, capsys, monkeypatch):
@@ -260,7 +259,7 @@ def test_star_read_only_out_folder(tmp_path, capsys, monkeypatch):
     def read_only(self, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(self))
     monkeypatch.setattr(Path, "mkdir", read_only)
-    assert_refused(star.main, STAR + ["--out", tmp_path / "ro"], "Read-only file system", tmp_path, capsys)
+    assert_refused(cli.main, STAR + ["--out", tmp_path / "ro"], "Read-only file system", tmp_path, capsys)
 
 
 # ------------------------------------------------------------------------------------- train.py
@@ -274,7 +273,7 @@ def checkpoint(d, vocab_size=256, name="ok.pt", damage=None):
     """A real STAR checkpoint of an untrained tiny model (max_len 64); `damage` edits its dict."""
     g = genome.transformer_pp(2)
     cfg = liv.ModelConfig(vocab_size=vocab_size, d_model=32, head_dim=16, depth=2, max_len=64)
-    train.save_checkpoint(d / name, genome.build_model(g, cfg), str(g), cfg)
+    training.save_checkpoint(d / name, genome.build_model(g, cfg), str(g), cfg)
     if damage:
         ck = torch.load(d / name, weights_only=True)
         damage(ck)
@@ -374,7 +373,7 @@ def test_train_bad_input(tmp_path, capsys, extra, needle, make):
     if "--genome" in extra and base:  # the row's genome replaces the default one
         i = base.index("--genome")
         base = base[:i] + base[i + 2:]
-    assert_refused(train.main, base + extra, needle, tmp_path, capsys)
+    assert_refused(training.main, base + extra, needle, tmp_path, capsys)
 
 
 # ---------------------------------------------------------------------------- liv, bench, genome
@@ -398,8 +397,8 @@ GENOME_BAD = [(["١.١.١.١.١"], "LIV 1"), (["1.1.1.1." + "9" * 5000], "entry 
               (["1.1.1.1.1-9.2.1.2.1", "--d-model", "100"], "d_model")]
 
 
-@pytest.mark.parametrize("main,extra,needle", [(liv.main, *r) for r in LIV_BAD] + [(bench.main, *r) for r in BENCH_BAD]
-                         + [(genome.main, *r) for r in GENOME_BAD],
+@pytest.mark.parametrize("main,extra,needle", [(describe.liv_main, *r) for r in LIV_BAD] + [(bench.main, *r) for r in BENCH_BAD]
+                         + [(describe.genome_main, *r) for r in GENOME_BAD],
                          ids=[f"liv {' '.join(r[0])}" for r in LIV_BAD] + [f"bench {' '.join(r[0])}" for r in BENCH_BAD]
                          + [f"genome {' '.join(r[0])[:60]}" for r in GENOME_BAD])
 def test_liv_bench_genome_bad_input(tmp_path, capsys, main, extra, needle):
@@ -433,7 +432,7 @@ class Killed(BaseException):
 
 
 def run_star(folder, name, *extra):
-    return star.main(KP + ["--out", str(folder), "--name", name, *extra])
+    return cli.main(KP + ["--out", str(folder), "--name", name, *extra])
 
 
 def records(d: Path) -> dict:
@@ -520,8 +519,8 @@ def test_interrupted_before_the_run_folder_exists_suggests_no_resume(tmp_path, c
     """Ctrl-C while the data loads (a download, a slow disk): there is no run to continue."""
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(star.corpus, "load_data", interrupted)
-    code, out, err = call(star.main, STAR + ["--out", tmp_path, "--name", "x"], capsys)
+    monkeypatch.setattr(corpus, "load_data", interrupted)
+    code, out, err = call(cli.main, STAR + ["--out", tmp_path, "--name", "x"], capsys)
     assert code == 130 and len(err) == 1 and "--resume" not in err[0] and "nothing was written" in err[0], err
     assert list(tmp_path.iterdir()) == []
 
@@ -572,20 +571,20 @@ def test_resume_of_a_damaged_run_is_one_line_exit_2(tmp_path, capsys, reference,
     (d / "population_001.json").unlink()  # the replay of generation 1 reads the archive
     damage(d)
     archive = (d / "archive.jsonl").read_bytes()
-    code, out, err = call(star.main, KP + ["--out", tmp_path, "--name", "whole", "--resume"], capsys)
+    code, out, err = call(cli.main, KP + ["--out", tmp_path, "--name", "whole", "--resume"], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("star.py: error: --resume: "), err
     assert (d / "archive.jsonl").read_bytes() == archive
 
 
 def test_a_second_process_on_a_live_run_is_refused(tmp_path, capsys):
     d = configured(tmp_path)
-    child = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time, runlog; held = runlog.lock(pathlib.Path(sys.argv[1])); "
+    child = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time; from workshop import runlog; held = runlog.lock(pathlib.Path(sys.argv[1])); "
                               "print('locked', flush=True); time.sleep(120)", str(d)],
                              cwd=HERE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "locked"
         before = {p.name: p.read_bytes() for p in d.iterdir()}
-        code, out, err = call(star.main, STAR + ["--out", tmp_path, "--name", "x", "--resume"], capsys)
+        code, out, err = call(cli.main, STAR + ["--out", tmp_path, "--name", "x", "--resume"], capsys)
         assert code == 2 and len(err) == 1 and "in use by another star.py process" in err[0]
         assert f"pid {child.pid}" in err[0]
         assert {p.name: p.read_bytes() for p in d.iterdir()} == before
@@ -622,7 +621,7 @@ def test_failed_baselines_are_null_in_strict_json_and_read_back_as_inf(tmp_path,
 
 def test_a_generation_0_where_everything_fails_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(candidate, "evaluate_genome", fake_evaluate(lambda g: True))
-    code, out, err = call(star.main, KP + ["--out", tmp_path, "--name", "r"], capsys)
+    code, out, err = call(cli.main, KP + ["--out", tmp_path, "--name", "r"], capsys)
     assert code == 1 and len(err) == 1
     assert len((tmp_path / "r" / "archive.jsonl").read_text().splitlines()) == 2  # kept
 
@@ -642,15 +641,15 @@ def test_resume_refuses_data_that_changed_and_takes_it_back(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(candidate, "evaluate_genome", interrupted_in_generation_1)
-    assert call(star.main, argv, capsys)[0] == 130
+    assert call(cli.main, argv, capsys)[0] == 130
     stored = json.loads((tmp_path / "r" / "config.json").read_text())["data_fingerprint"]
     assert stored.startswith("text file: 1,640 bytes, sha256 ")
     original = text.read_bytes()
     text.write_text("TO BE OR NOT TO BE, THAT IS THE QUESTION\n" * 40)  # other text: same name, same size
-    assert_refused(star.main, argv + ["--resume"], "the data changed since", tmp_path, capsys)
+    assert_refused(cli.main, argv + ["--resume"], "the data changed since", tmp_path, capsys)
     text.write_bytes(original)
     monkeypatch.setattr(candidate, "evaluate_genome", real)
-    assert call(star.main, argv + ["--resume"], capsys)[0] == 0
+    assert call(cli.main, argv + ["--resume"], capsys)[0] == 0
 
 
 @pytest.mark.slow
@@ -659,7 +658,7 @@ def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path,
     """Issue 20 item 8 (D23): every candidate of generation 0 stopped by --timeout: exit 1, one line that
     says to resume with a larger --timeout; that resume trains no baseline again, evaluates the timed-out
     candidates anew, and ends with the golden run's archive (the timed-out lines stay in the file)."""
-    import parallel
+    from workshop import parallel
     from test_golden import PINNED, TINY, assert_golden
 
     trained, real = [], candidate.evaluate_genome
@@ -675,11 +674,11 @@ def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path,
                                           timeout=self.timeout) if self.timeout < 1 else self.one(g, generation))
     monkeypatch.setattr(parallel, "evaluator", ClockedPool)
     argv = TINY + ["--baseline-seeds", "1", "--generations", "2", "--no-weights", "--out", tmp_path, "--name", "r"]
-    code, out, err = call(star.main, argv + ["--timeout", "0.001"], capsys)
+    code, out, err = call(cli.main, argv + ["--timeout", "0.001"], capsys)
     assert code == 1 and len(err) == 1 and "all 4/4 candidates timed out" in err[0], err
     assert "--resume and a larger --timeout" in err[0]
     assert len(trained) == 2  # the baselines
-    code, out, err = call(star.main, argv + ["--resume", "--timeout", "600"], capsys)
+    code, out, err = call(cli.main, argv + ["--resume", "--timeout", "600"], capsys)
     assert code == 0, err
     assert len(trained) == 2 + 4 + 3 + 3  # no baseline again: generation 0 anew, then generations 1 and 2
     lines = [json.loads(x) for x in (tmp_path / "r" / "archive.jsonl").read_text().splitlines()]
@@ -718,5 +717,5 @@ def test_an_unreadable_data_file_is_one_line(tmp_path, capsys, monkeypatch):
         return read
     monkeypatch.setattr(Path, "read_bytes", denied(read_bytes))
     monkeypatch.setattr(Path, "open", denied(path_open))
-    assert_refused(train.main, TRAIN[:2] + ["--data", f], "Permission denied", tmp_path, capsys)
-    assert_refused(star.main, STAR + ["--data", f, "--out", tmp_path], "locked.txt", tmp_path, capsys)
+    assert_refused(training.main, TRAIN[:2] + ["--data", f], "Permission denied", tmp_path, capsys)
+    assert_refused(cli.main, STAR + ["--data", f, "--out", tmp_path], "locked.txt", tmp_path, capsys)

@@ -14,6 +14,7 @@ from einops import rearrange
 
 import genome
 import liv
+from workshop import describe
 from liv import REGISTRY, LayerPlan, ModelConfig
 
 ALL = list(REGISTRY)
@@ -423,7 +424,7 @@ def test_no_decay_tags():
 def printed_featurizer_genomes() -> dict[tuple[int, str], list[str]]:
     """(class id, group) -> [token mixing, sparsity, nonlinearity, channel mixing, expansion, repeat], read
     back from the text `python genome.py --classes` prints."""
-    text = genome.explain_classes().split("Featurizer genome")[1].split("Backbone genome")[0]
+    text = describe.explain_classes().split("Featurizer genome")[1].split("Backbone genome")[0]
     rows, cid = {}, None
     for line in text.splitlines()[2:]:
         tok = line.split()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import genome
-import meter
+from workshop import meter
 
 ATTENTION = genome.Genome.parse("1.1.1.1.1-9.2.1.2.1")   # SA-1 + SwiGLU: a KV cache that grows
 RECURRENCE = genome.Genome.parse("5.1.1.1.1-9.2.1.2.1")  # Rec-1 + SwiGLU: a fixed state

@@ -16,16 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import candidate
-import config
+import corpus
 import evolve
 import genome
 import liv
-import parallel
 import star
 import train
-from config import RunConfig
-import corpus
+from workshop import candidate, cli, config, parallel, training
+from workshop.config import RunConfig
 from test_cli import TINY, read_jsonl
 
 # genomes of the injected misbehaviour (depth 4, as TINY)
@@ -68,7 +66,7 @@ def sharing_evaluate(g, cfg, tcfg, data, rc):
 
 
 def tiny_rc(*extra):
-    return star.config_of(star.build_parser().parse_args(TINY + list(extra)))[0]
+    return cli.config_of(cli.build_parser().parse_args(TINY + list(extra)))[0]
 
 
 def collect(evaluate, texts, generation=0):
@@ -118,10 +116,10 @@ def test_each_worker_knows_how_many_share_its_device_and_plans_for_its_share(mon
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d: 6 * 10**9)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: 2 * 10**9)
     monkeypatch.setenv("STAR_WORKERS_ON_DEVICE", "4")
-    assert train.device_memory(torch.device("cuda:0")) == (30 + 6 - 2) * 10**9 // 4
+    assert training.device_memory(torch.device("cuda:0")) == (30 + 6 - 2) * 10**9 // 4
     monkeypatch.delenv("STAR_WORKERS_ON_DEVICE")
-    assert train.device_memory(torch.device("cuda:0")) == 34 * 10**9  # one process: all of it
-    assert train.device_memory(torch.device("cpu")) is None
+    assert training.device_memory(torch.device("cuda:0")) == 34 * 10**9  # one process: all of it
+    assert training.device_memory(torch.device("cpu")) is None
 
 
 def test_a_worker_ends_itself_after_a_sticky_cuda_error(monkeypatch):
@@ -148,7 +146,7 @@ def test_a_worker_ends_itself_after_a_sticky_cuda_error(monkeypatch):
 def test_two_workers_resume_a_one_process_run_to_the_same_archive(tmp_path, monkeypatch):
     """--workers does not change results and is not part of the configuration: a run killed in one
     process and resumed with 2 workers ends with the archive of an uninterrupted one-process run."""
-    assert star.main(TINY + ["--out", str(tmp_path), "--name", "whole"]) == 0
+    assert cli.main(TINY + ["--out", str(tmp_path), "--name", "whole"]) == 0
     whole = read_jsonl(tmp_path / "whole" / "archive.jsonl")
     real, calls = candidate.evaluate_genome, {"n": 0}
 
@@ -159,9 +157,9 @@ def test_two_workers_resume_a_one_process_run_to_the_same_archive(tmp_path, monk
         return real(*a, **k)
 
     monkeypatch.setattr(candidate, "evaluate_genome", dies_in_generation_1)
-    assert star.main(TINY + ["--out", str(tmp_path), "--name", "killed"]) == 130
+    assert cli.main(TINY + ["--out", str(tmp_path), "--name", "killed"]) == 130
     monkeypatch.setattr(candidate, "evaluate_genome", real)
-    assert star.main(TINY + ["--out", str(tmp_path), "--name", "killed", "--resume", "--workers", "2"]) == 0
+    assert cli.main(TINY + ["--out", str(tmp_path), "--name", "killed", "--resume", "--workers", "2"]) == 0
     resumed = read_jsonl(tmp_path / "killed" / "archive.jsonl")
     strip = lambda rs: [(r["genome"], r["key"], r["generation"], r["objectives"], r["status"]) for r in rs]
     assert sorted(strip(resumed)) == sorted(strip(whole))  # workers report in any order
@@ -272,12 +270,12 @@ def test_a_worker_that_cannot_start_is_one_line_exit_1_and_resumes(tmp_path, mon
             text.rename(tmp_path / "moved.txt")
         return real(g, *a, **k)
     monkeypatch.setattr(candidate, "evaluate_genome", renames_the_data)
-    assert star.main(argv + ["--workers", "2"]) == 1
+    assert cli.main(argv + ["--workers", "2"]) == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not start" in err[0] and "does not exist" in err[0] and "--resume" in err[0], err
     assert len(trained) == 2  # the two baselines, in this process
     (tmp_path / "moved.txt").rename(text)
-    assert star.main(argv + ["--resume"]) == 0
+    assert cli.main(argv + ["--resume"]) == 0
     baselines = {str(genome.transformer_pp(4)), str(genome.striped_mamba(4))}
     assert sum(t in baselines for t in trained) == 2  # not retrained
     assert [r["status"] for r in read_jsonl(tmp_path / "r" / "baselines.jsonl")] == ["ok", "ok"]
@@ -286,9 +284,9 @@ def test_a_worker_that_cannot_start_is_one_line_exit_1_and_resumes(tmp_path, mon
 # the command line in a process of its own, with slow_evaluate in its workers
 # star.py as started from a terminal: Python's own SIGINT handler, even when the tests themselves run where
 # SIGINT is ignored (a background job of a non-interactive shell inherits SIG_IGN, and Python then keeps it)
-DRIVER = ("import functools, signal, sys, parallel; signal.signal(signal.SIGINT, signal.default_int_handler); "
+DRIVER = ("import functools, signal, sys; from workshop import parallel; signal.signal(signal.SIGINT, signal.default_int_handler); "
           "parallel.evaluator = functools.partial(parallel.evaluator, "
-          "evaluate='test_parallel:slow_evaluate'); import star; sys.exit(star.main(sys.argv[1:]))")
+          "evaluate='test_parallel:slow_evaluate'); from workshop import cli; sys.exit(cli.main(sys.argv[1:]))")
 HERE = Path(__file__).resolve().parent.parent  # the repository, where the driver runs
 
 
@@ -353,7 +351,7 @@ def test_kill_points_with_workers_resume_to_the_uninterrupted_archive(tmp_path):
     worker behind. No worker prints anything, none outlives the run, and the resumed run ends with the
     archive of an uninterrupted one-process run."""
     argv = TINY + ["--baseline-seeds", "1", "--out", str(tmp_path), "--name"]
-    assert star.main(argv + ["whole"]) == 0
+    assert cli.main(argv + ["whole"]) == 0
     strip = lambda rs: sorted((r["genome"], r["key"], r["generation"], r["objectives"], r["status"]) for r in rs)
     archive = tmp_path / "k" / "archive.jsonl"
     n_archived = lambda: len(read_jsonl(archive)) if archive.exists() else 0
@@ -388,7 +386,7 @@ def test_kill_points_with_workers_resume_to_the_uninterrupted_archive(tmp_path):
     wait_until(lambda: gone(workers), "the orphaned workers to end", timeout=5)
 
     # 4. resumed to the end, in one process: the archive of the uninterrupted run
-    assert star.main(argv + ["k", "--resume"]) == 0
+    assert cli.main(argv + ["k", "--resume"]) == 0
     assert strip(read_jsonl(archive)) == strip(read_jsonl(tmp_path / "whole" / "archive.jsonl"))
 
 
@@ -407,7 +405,7 @@ def test_workers_round_robin_over_gpus(monkeypatch):
     (["--ray", "--workers", "2"], "exclude"),
 ])
 def test_bad_parallel_options_exit_2_with_one_line(tmp_path, capsys, argv, needle):
-    assert star.main(TINY + ["--out", str(tmp_path), "--name", "x"] + argv) == 2
+    assert cli.main(TINY + ["--out", str(tmp_path), "--name", "x"] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
     assert not (tmp_path / "x").exists()
@@ -415,7 +413,7 @@ def test_bad_parallel_options_exit_2_with_one_line(tmp_path, capsys, argv, needl
 
 def test_ray_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None)
-    assert star.main(TINY + ["--out", str(tmp_path), "--name", "x", "--ray"]) == 2
+    assert cli.main(TINY + ["--out", str(tmp_path), "--name", "x", "--ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install ray" in err[0]
     assert not (tmp_path / "x").exists()

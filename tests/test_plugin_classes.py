@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 import genome
 import liv
-import plugins
 import star
+from workshop import cli, plugins, space
 from test_cli import TINY, read_jsonl
 from test_liv import decode_matches_forward
 
-PLUGIN = '''import liv, plugins
+PLUGIN = '''import liv
+from workshop import plugins
 
 rec = liv.REGISTRY[5].featurizer  # Rec-1: state size 16
 plugins.register_liv_class("Rec-64", "Rec", {**rec, "C": rec["C"]._replace(expansion="64/d"),
@@ -59,7 +60,7 @@ def test_registered_classes_take_the_next_ids_and_registering_again_is_a_no_op(p
         plugins.register_liv_class("Bad", "SA", liv.REGISTRY[5].featurizer)
     with pytest.raises(ValueError, match="family"):
         plugins.register_liv_class("Bad", "MoE", {})
-    assert genome.parse_classes("9,Rec-64") == (9, rec64)
+    assert space.parse_classes("9,Rec-64") == (9, rec64)
 
 
 @given(st.integers(0, 2 ** 32 - 1))
@@ -89,23 +90,23 @@ def test_plugin_classes_share_as_the_rules_say_and_count_exactly(plugin_classes,
 @pytest.mark.slow
 def test_a_run_samples_plugin_classes_in_workers_and_resumes(plugin_classes, tmp_path, capsys):
     argv = TINY + ["--plugin", "myclasses", "--allow-classes", "9,18,19", "--out", str(tmp_path)]
-    assert star.main(argv + ["--name", "w2", "--workers", "2", "--no-weights"]) == 0
-    assert star.main(argv + ["--name", "w1"]) == 0  # with the top-k's weights
+    assert cli.main(argv + ["--name", "w2", "--workers", "2", "--no-weights"]) == 0
+    assert cli.main(argv + ["--name", "w1"]) == 0  # with the top-k's weights
     w1, w2 = (read_jsonl(tmp_path / n / "archive.jsonl") for n in ("w1", "w2"))
     strip = lambda rs: sorted((r["key"], r["objectives"]) for r in rs)  # noqa: E731
     assert strip(w1) == strip(w2)
     used = {int(liv_.split(".")[0]) for r in w1 for liv_ in r["genome"].split("-")}
     assert used <= {9, 18, 19} and {18, 19} & used
     assert json.loads((tmp_path / "w1" / "config.json").read_text())["plugins"] == ["myclasses"]
-    assert star.main(["--out", str(tmp_path), "--name", "w1", "--resume", "--generations", "3"]) == 0
+    assert cli.main(["--out", str(tmp_path), "--name", "w1", "--resume", "--generations", "3"]) == 0
     assert max(r["generation"] for r in read_jsonl(tmp_path / "w1" / "archive.jsonl")) == 3
     capsys.readouterr()
-    assert star.main(["--plugin", "myclasses", "--explain", "18.1.1.1.1-9.2.1.2.1"]) == 0
+    assert cli.main(["--plugin", "myclasses", "--explain", "18.1.1.1.1-9.2.1.2.1"]) == 0
     assert "Rec-64" in capsys.readouterr().out
     # the weights load in two lines in a fresh interpreter, which imports the plugin the weights name
     import subprocess
     from pathlib import Path
-    code = ("import after, liv; m = after.load(%r); "
+    code = ("import liv; from workshop import after; m = after.load(%r); "
             "print(max(l.class_id for l in m.plans), sum(p.numel() for p in m.parameters()))" % str(tmp_path / "w1"))
     env = dict(__import__("os").environ, PYTHONPATH=f"{tmp_path}:{Path(star.__file__).parent}")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)

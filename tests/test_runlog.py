@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import evolve
-import runlog
 from evolve import Evaluation, Search, Variation, hypervolume, non_dominated_sort, sequential
-from runlog import TIMING_FIELDS, ResumeError, SearchError
+from workshop import runlog
+from workshop.runlog import TIMING_FIELDS, ResumeError, SearchError
 
 VARIATION = ("sample", "crossover", "mutate", "repair", "encode", "decode", "key", "p_crossover", "p_mutation",
              "max_retries")
@@ -574,7 +574,7 @@ def test_the_eta_counts_every_training_still_to_come():
 
 
 def test_the_trainings_after_the_search_are_counted_from_the_config():
-    from config import RunConfig
+    from workshop.config import RunConfig
     folder = runlog.RunFolder(Path("/nonexistent"), RunConfig.make("cpu", final_steps=1000), False, None, print, None)
     assert folder.trainings_after_search() == 8 + (8 + 2) * 3 * 1000 / 100  # top-8 weights; 10 genomes x 3 seeds x 10
     folder = runlog.RunFolder(Path("/nonexistent"), RunConfig.make("cpu", weights=False), False, None, print, None)

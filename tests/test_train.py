@@ -23,7 +23,9 @@ import torch.nn as nn
 
 import corpus
 import train
-from train import Data, DataError, TrainConfig
+from workshop import training
+from corpus import Data, DataError
+from train import TrainConfig
 
 HERE = Path(__file__).resolve().parent.parent  # the repository
 
@@ -427,9 +429,9 @@ def test_checkpoint_round_trips_weights_config_and_genome(tmp_path):
     opt = torch.optim.AdamW(train.param_groups(model, 0.1))
     cfg = liv.ModelConfig(vocab_size=256, d_model=64, depth=2, head_dim=32)
     path = tmp_path / "sub" / "ckpt.pt"
-    train.save_checkpoint(path, model, "1.1.1.1.1-9.2.1.2.1", cfg, tcfg, step=5, optimizer=opt)
+    training.save_checkpoint(path, model, "1.1.1.1.1-9.2.1.2.1", cfg, tcfg, step=5, optimizer=opt)
     assert path.exists() and not path.with_name("ckpt.pt.tmp").exists()
-    ckpt = train.read_checkpoint(path)
+    ckpt = training.read_checkpoint(path)
     assert ckpt["genome"] == "1.1.1.1.1-9.2.1.2.1" and ckpt["step"] == 5
     assert liv.ModelConfig(**ckpt["model_config"]) == cfg
     assert TrainConfig(**ckpt["train_config"]) == tcfg
@@ -442,10 +444,10 @@ def test_checkpoint_round_trips_weights_config_and_genome(tmp_path):
 
 def test_read_checkpoint_refuses_missing_and_foreign_files(tmp_path):
     with pytest.raises(FileNotFoundError):
-        train.read_checkpoint(tmp_path / "none.pt")
+        training.read_checkpoint(tmp_path / "none.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a STAR checkpoint"):
-        train.read_checkpoint(tmp_path / "other.pt")
+        training.read_checkpoint(tmp_path / "other.pt")
 
 
 @needs_genome
@@ -459,8 +461,8 @@ def test_real_genome_trains_saves_and_loads_identically(tmp_path):
     tcfg = TrainConfig(steps=3, batch=4, seq_len=32, eval_batches=1, log_every=0, device="cpu")
     r = train.train(model, corpus.synthetic(n_bytes=1 << 14), tcfg, log=None)
     assert r.status == "ok" and math.isfinite(r.val_loss)
-    train.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg, tcfg, step=r.steps)
-    loaded, g_str, cfg2 = train.load_checkpoint(tmp_path / "c.pt")
+    training.save_checkpoint(tmp_path / "c.pt", model, str(g), cfg, tcfg, step=r.steps)
+    loaded, g_str, cfg2 = training.load_checkpoint(tmp_path / "c.pt")
     assert g_str == str(g) and cfg2 == cfg
     x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
     model.eval()
@@ -491,14 +493,14 @@ def test_an_interrupted_training_resumed_equals_the_uninterrupted_one_bit_for_bi
     r_whole = train.train(whole, data, tcfg, log=None)
 
     def save_then_stop(state):
-        train.save_checkpoint(tmp_path / "c.pt", part, str(g), cfg, tcfg, state=state)
+        training.save_checkpoint(tmp_path / "c.pt", part, str(g), cfg, tcfg, state=state)
         raise Interrupted
     part = genome.build_model(g, cfg, seed=3)
     with pytest.raises(Interrupted):
         train.train(part, data, tcfg, log=None, checkpoint=save_then_stop, checkpoint_every=4)
-    ckpt = train.read_checkpoint(tmp_path / "c.pt")
+    ckpt = training.read_checkpoint(tmp_path / "c.pt")
     assert ckpt["step"] == 4 and ckpt["generator"] is not None and len(ckpt["recent"]) == 3
-    resumed, _, _ = train.load_checkpoint(tmp_path / "c.pt")
+    resumed, _, _ = training.load_checkpoint(tmp_path / "c.pt")
     state = {k: ckpt[k] for k in ("step", "optimizer", "generator", "rng", "recent")}
     r_resumed = train.train(resumed, data, tcfg, log=None, start=state)
     assert (r_resumed.steps, r_resumed.train_loss, r_resumed.val_loss) == (10, r_whole.train_loss, r_whole.val_loss)
@@ -510,30 +512,30 @@ def test_an_interrupted_training_resumed_equals_the_uninterrupted_one_bit_for_bi
 def test_cli_resume_to_the_planned_length_and_extend_under_a_new_schedule(tmp_path, capsys, monkeypatch):
     argv = ["--genome", "transformer++", "--depth", "2", "--d-model", "32", "--head-dim", "16", "--seq-len", "32",
             "--batch", "4", "--steps", "6", "--log-every", "0", "--data", "synthetic", "--device", "cpu"]
-    assert train.main(argv + ["--save", str(tmp_path / "whole.pt")]) == 0
-    real, writes = train.save_checkpoint, []
+    assert training.main(argv + ["--save", str(tmp_path / "whole.pt")]) == 0
+    real, writes = training.save_checkpoint, []
 
     def save_then_die(*a, **k):  # the process dies right after the step-3 checkpoint
         real(*a, **k)
         writes.append(k["state"]["step"])
         raise Interrupted
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupted):
-        train.main(argv + ["--save", str(tmp_path / "cut.pt"), "--save-every", "3"])
-    monkeypatch.setattr(train, "save_checkpoint", real)
-    assert writes == [3] and train.read_checkpoint(tmp_path / "cut.pt")["step"] == 3
+        training.main(argv + ["--save", str(tmp_path / "cut.pt"), "--save-every", "3"])
+    monkeypatch.setattr(training, "save_checkpoint", real)
+    assert writes == [3] and training.read_checkpoint(tmp_path / "cut.pt")["step"] == 3
     capsys.readouterr()
-    assert train.main(["--resume", str(tmp_path / "cut.pt")]) == 0
+    assert training.main(["--resume", str(tmp_path / "cut.pt")]) == 0
     assert "resuming" in capsys.readouterr().out
-    whole, cut = train.read_checkpoint(tmp_path / "whole.pt"), train.read_checkpoint(tmp_path / "cut.pt")
+    whole, cut = training.read_checkpoint(tmp_path / "whole.pt"), training.read_checkpoint(tmp_path / "cut.pt")
     assert cut["step"] == 6 and all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
     # finished: resuming is refused, extending is a new schedule, labelled in the output and the file
-    assert train.main(["--resume", str(tmp_path / "cut.pt")]) == 2
+    assert training.main(["--resume", str(tmp_path / "cut.pt")]) == 2
     assert "finished its 6 planned steps" in capsys.readouterr().err
-    assert train.main(["--resume", str(tmp_path / "cut.pt"), "--extend", "4", "--save", str(tmp_path / "more.pt")]) == 0
+    assert training.main(["--resume", str(tmp_path / "cut.pt"), "--extend", "4", "--save", str(tmp_path / "more.pt")]) == 0
     out = capsys.readouterr().out
     assert "a NEW schedule of 4 steps" in out and "not the same as one 10-step training" in out
-    more = train.read_checkpoint(tmp_path / "more.pt")
+    more = training.read_checkpoint(tmp_path / "more.pt")
     assert more["step"] == 4 and more["train_config"]["steps"] == 4
     assert [h["steps_done"] for h in more["history"]] == [6] and more["history"][0]["steps"] == 6
     assert not torch.equal(more["model"]["embed.weight"], cut["model"]["embed.weight"])
@@ -541,7 +543,7 @@ def test_cli_resume_to_the_planned_length_and_extend_under_a_new_schedule(tmp_pa
                      (["--lr", "1e-3"], "--lr with --resume")):
         code = None
         try:
-            code = train.main(["--resume", str(tmp_path / "more.pt")] + bad)
+            code = training.main(["--resume", str(tmp_path / "more.pt")] + bad)
         except SystemExit as e:
             code = e.code
         assert code == 2 and why in capsys.readouterr().err
@@ -552,15 +554,15 @@ def test_cli_resume_to_the_planned_length_and_extend_under_a_new_schedule(tmp_pa
 
 def test_cli_needs_exactly_one_mode(capsys):
     with pytest.raises(SystemExit) as e:
-        train.main([])
+        training.main([])
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        train.main(["--genome", "transformer++", "--sample", "x.pt"])
+        training.main(["--genome", "transformer++", "--sample", "x.pt"])
     assert e.value.code == 2
 
 
 def test_cli_sample_missing_checkpoint_exits_2(capsys, tmp_path):
-    assert train.main(["--sample", str(tmp_path / "none.pt"), "--prompt", "hi"]) == 2
+    assert training.main(["--sample", str(tmp_path / "none.pt"), "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err and "Traceback" not in err
 
@@ -575,7 +577,7 @@ def test_cli_sample_missing_checkpoint_exits_2(capsys, tmp_path):
 ] + ([] if torch.cuda.is_available() else
       [(["--genome", "transformer++", "--device", "cuda"], "CUDA is not available")]))
 def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
-    assert train.main(argv + ["--steps", "1"]) == 2
+    assert training.main(argv + ["--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("train.py: error: ") and err.count("\n") == 1 and message in err
 
@@ -586,13 +588,13 @@ def test_cli_trains_saves_and_samples(tmp_path, capsys):
     argv = ["--genome", "transformer++", "--depth", "2", "--d-model", "64", "--head-dim", "32", "--seq-len", "32",
             "--batch", "4", "--steps", "4", "--log-every", "2", "--data", "synthetic", "--device", "cpu",
             "--save", str(ckpt)]
-    assert train.main(argv) == 0
+    assert training.main(argv) == 0
     out = capsys.readouterr().out
     assert "step 2/4" in out and "done: status ok" in out and ckpt.exists()
     import genome
 
-    if hasattr(genome.build_model(genome.transformer_pp(2), train.load_checkpoint(ckpt)[2]), "generate"):
-        assert train.main(["--sample", str(ckpt), "--prompt", "k?", "--max-new-tokens", "40", "--device", "cpu"]) == 0
+    if hasattr(genome.build_model(genome.transformer_pp(2), training.load_checkpoint(ckpt)[2]), "generate"):
+        assert training.main(["--sample", str(ckpt), "--prompt", "k?", "--max-new-tokens", "40", "--device", "cpu"]) == 0
         got = capsys.readouterr()
         assert got.out.startswith("k?")
         assert ("\ufffd" in got.out) == ("is not valid UTF-8" in got.err)  # a note exactly when the text is invalid
@@ -600,10 +602,10 @@ def test_cli_trains_saves_and_samples(tmp_path, capsys):
 
 def test_a_sample_that_is_not_valid_text_says_so():
     """Issue 26: a briefly trained byte-level model emits partial characters; the sample says it is expected."""
-    assert train.sample_text("ROMEO: é".encode()) == ("ROMEO: é", None)
-    text, note = train.sample_text(b"ROMEO:\xc3 x\xff")
+    assert training.sample_text("ROMEO: é".encode()) == ("ROMEO: é", None)
+    text, note = training.sample_text(b"ROMEO:\xc3 x\xff")
     assert text == "ROMEO:\ufffd x\ufffd" and "not valid UTF-8 (2 invalid byte sequences" in note and "expected" in note
-    text, note = train.sample_text("a\ufffdb".encode() + b"\xe2\x82")  # a real U+FFFD is not counted as invalid
+    text, note = training.sample_text("a\ufffdb".encode() + b"\xe2\x82")  # a real U+FFFD is not counted as invalid
     assert "(1 invalid byte sequence shown" in note
 
 
@@ -662,12 +664,12 @@ def test_the_probe_counts_what_grows_with_the_length_not_the_weights_autocast_co
                         if bf16 else contextlib.nullcontext())
     cfg = liv.ModelConfig(vocab_size=256, d_model=64, head_dim=16, depth=2, max_len=256)
     model = genome.build_model(genome.Genome.parse("9.1.1.1.1-7.2.1.2.1"), cfg, seed=0)  # SwiGLU, gated short conv
-    s128, s256 = train.saved_bytes(model, 128), train.saved_bytes(model, 256)
+    s128, s256 = training.saved_bytes(model, 128), training.saved_bytes(model, 256)
     assert s256 / 256 == pytest.approx(s128 / 128, rel=0.01)
     n_weights = sum(p.numel() for p in model.parameters() if p.ndim == 2)
     assert s256 - 2 * s128 < 0.05 * 2 * n_weights  # what stays fixed is far below the weights' bf16 copies
-    assert train.saved_bytes_per_token(model, 1024) == pytest.approx(s256 / 256, rel=0.01)  # no per-token blow-up
-    assert train.saved_bytes(model, 128, bf16=False) > 0
+    assert training.saved_bytes_per_token(model, 1024) == pytest.approx(s256 / 256, rel=0.01)  # no per-token blow-up
+    assert training.saved_bytes(model, 128, bf16=False) > 0
 
 
 @needs_genome
@@ -678,16 +680,16 @@ def test_memory_estimate_counts_activations_and_picks_micro_batches():
     cfg = liv.ModelConfig(vocab_size=256, d_model=32, head_dim=16, depth=2, max_len=64)
     model = genome.build_model(genome.Genome.parse("1.1.1.1.1-9.2.1.2.1"), cfg, seed=0)
     tcfg = TrainConfig(steps=1, batch=8, seq_len=64, device="cpu")
-    per_token = train.saved_bytes_per_token(model, 64)
+    per_token = training.saved_bytes_per_token(model, 64)
     assert per_token >= 4 * 256  # at least the float32 log-probabilities the loss keeps per token
     n = sum(p.numel() for p in model.parameters())
-    one, two = train.step_memory(model, tcfg, 1), train.step_memory(model, tcfg, 2)
+    one, two = training.step_memory(model, tcfg, 1), training.step_memory(model, tcfg, 2)
     assert one > 16 * n and two - one == pytest.approx(one - 16 * n, rel=1e-6)  # linear in the micro-batch
-    assert train.micro_batch_for(model, tcfg, None) == 8  # CPU: the whole batch
-    assert train.micro_batch_for(model, tcfg, 10**12) == 8
-    fits_two = int((16 * n + 2.5 * 64 * per_token) / (1 - train.MEMORY_HEADROOM))
-    assert train.micro_batch_for(model, tcfg, fits_two) == 2  # the largest divisor of 8 that fits
-    assert train.micro_batch_for(model, tcfg, 1) == 1
-    assert train.micro_batch_for(model, TrainConfig(batch=8, micro_batch=4), 1) == 4  # set by hand
+    assert training.micro_batch_for(model, tcfg, None) == 8  # CPU: the whole batch
+    assert training.micro_batch_for(model, tcfg, 10**12) == 8
+    fits_two = int((16 * n + 2.5 * 64 * per_token) / (1 - training.MEMORY_HEADROOM))
+    assert training.micro_batch_for(model, tcfg, fits_two) == 2  # the largest divisor of 8 that fits
+    assert training.micro_batch_for(model, tcfg, 1) == 1
+    assert training.micro_batch_for(model, TrainConfig(batch=8, micro_batch=4), 1) == 4  # set by hand
     with pytest.raises(ValueError, match="micro_batch"):
         TrainConfig(batch=8, micro_batch=3)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 import evolve
 import genome
 import liv
-import runlog
-import meter
-import plugins
-from config import VERSION, RunConfig, UsageError, metrics_of
-from runlog import fmt_ppl
+import star
+from star import mean_std, seed_groups  # noqa: F401  (the reference's, D21)
+from workshop import describe, fidelity, meter, plugins, runlog, words
+from workshop.config import VERSION, RunConfig, UsageError, metrics_of
+from workshop.runlog import fmt_ppl
 
 
 def fmt_value(m: str, v) -> str:
@@ -31,7 +31,7 @@ def fmt_value(m: str, v) -> str:
         return "-" if v is None else "inf"
     kind = m.partition("@")[0]
     if kind.endswith("bytes"):
-        return liv.fmt_bytes(v)
+        return words.fmt_bytes(v)
     if kind.endswith("params"):
         return f"{v:,.0f}"
     return f"{v:.3g} ms" if kind.endswith("_ms") else f"{v:.4g}"
@@ -56,15 +56,19 @@ def _cells(r: dict, extra) -> str:
 def front_of(records: list[dict], objective: str) -> list[dict]:
     """The Pareto front of the candidates that trained, among those scored at the highest rung the run
     measured (D38: a lower rung's perplexity is not comparable; a single-fidelity run: all of them)."""
-    ok = [r for r in runlog.top_rung(records) if r.get("status") == "ok"]
-    if not ok:
-        return []
-    F = np.array([[r.get(m, math.inf) for m in metrics_of(objective)] for r in ok], dtype=float)
-    return sorted((ok[i] for i in evolve.non_dominated_sort(F)[0]), key=lambda r: r["perplexity"])
+    return star.pareto_front(fidelity.top_rung(records), metrics_of(objective))
 
 
-def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.SearchResult, final: list[dict],
-              select) -> None:
+def select(records: list[dict], baseline: Optional[dict], objective: str, k: int,
+           budget: Optional[Callable[[dict], bool]] = None) -> list[dict]:
+    """The paper's selection (star.select_top_k) among the records scored at the highest rung (D38) and
+    within the run's budgets (D35): the k lowest-perplexity candidates smaller than Transformer++ in the
+    efficiency objectives searched (any metric of a comma list that Transformer++ has; none for quality)."""
+    return star.select_top_k([r for r in fidelity.top_rung(records) if budget is None or budget(r)], baseline,
+                             metrics_of(objective), k)
+
+
+def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.SearchResult, final: list[dict]) -> None:
     """summary.md and pareto.png of a run folder, from the search's state (runlog.RunFolder's hook)."""
     tpp = seed_groups(baselines, "name").get("transformer++")
     c = folder.config
@@ -75,7 +79,7 @@ def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.Se
 def _row(r: dict, label: str = "", extra=(), cursed: frozenset = frozenset()) -> str:
     mark = f" {CURSE}" if r["key"] in cursed else ""
     return (f"| {label or r.get('origin', '')} | `{r['key']}` | {fmt_ppl(r.get('perplexity'))}{mark} | "
-            f"{r['params']:,} | {liv.fmt_bytes(r['cache_bytes'])} |{_cells(r, extra)} {r.get('status', '')} |")
+            f"{r['params']:,} | {words.fmt_bytes(r['cache_bytes'])} |{_cells(r, extra)} {r.get('status', '')} |")
 
 
 def measured_words(rc: RunConfig) -> str:
@@ -103,14 +107,6 @@ def budget_section(rc: RunConfig, records: list[dict], baselines: list[dict]) ->
     lines += ["", "| generation | evaluated | within the budgets | share |", "|---|---|---|---|"]
     lines += [f"| {g} | {n} | {k} | {k / n:.0%} |" for g, n, k in feasible_shares(rc, records)]
     return lines
-
-
-def mean_std(xs) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value) of the finite values; (inf, 0) when none is."""
-    v = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return math.inf, 0.0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def spearman(x, y) -> float:
@@ -238,20 +234,6 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
-    """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
-    perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
-    out: dict[str, dict] = {}
-    for r in records:
-        row = out.setdefault(r[field], dict(r, seeds=[], ppls=[]))
-        row["seeds"].append(r.get("seed"))
-        row["ppls"].append(r.get("perplexity") if r.get("status") == "ok" else math.inf)
-    for row in out.values():
-        row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
-        row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
-    return out
-
-
 def _fmt_mean_std(row: dict) -> str:
     if not math.isfinite(row["perplexity"]):
         return "inf"
@@ -371,7 +353,7 @@ def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, 
     """(generation, evaluations so far, hypervolume of everything evaluated so far) per generation; with
     rungs (D38) every candidate counts as an evaluation and the top rung's make the hypervolume."""
     out, F, n = [], [], 0
-    top = {id(r) for r in runlog.top_rung(records)}
+    top = {id(r) for r in fidelity.top_rung(records)}
     gens = sorted({r["generation"] for r in records})
     for g in gens:
         n += sum(r["generation"] == g for r in records)
@@ -411,7 +393,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
              *verdicts(records, base, rc.objective), "",
              f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
              head.replace("perplexity", "perplexity (mean ± std)")]
-    lines += [f"| {name} | `{b['key']}` | {_fmt_mean_std(b)} | {b['params']:,} | {liv.fmt_bytes(b['cache_bytes'])} |"
+    lines += [f"| {name} | `{b['key']}` | {_fmt_mean_std(b)} | {b['params']:,} | {words.fmt_bytes(b['cache_bytes'])} |"
               f"{_cells(b, extra)} {b['status']} |" for name, b in base.items()]
     if rc.measures:
         pairs = [(r["cache_bytes"], r["decode_ms"]) for r in records if r.get("decode_ms") is not None]
@@ -442,7 +424,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
         lines += [cols + vs_head, rule_ + "---|" * len(names)]
         lines += [_row(r, f"#{i + 1}", extra, cursed) + "".join(f" {versus(r, base[n])} |" for n in names)
                   for i, r in enumerate(top)]
-        lines += ["", "The best selected backbone:", "", "```", genome.describe(genome.Genome.parse(top[0]["key"])), "```"]
+        lines += ["", "The best selected backbone:", "", "```", describe.describe(genome.Genome.parse(top[0]["key"])), "```"]
     else:
         lines += ["No candidate beats Transformer++ on the efficiency objectives with a finite perplexity."]
     if rc.budgets():
@@ -501,7 +483,7 @@ def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselin
     for row in rows.values():
         s_ = search_score.get(row["key"])
         lines.append(f"| {row.get('name') or 'candidate'} | `{row['key']}` | {fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
-                     f"{row['params']:,} | {liv.fmt_bytes(row['cache_bytes'])} |")
+                     f"{row['params']:,} | {words.fmt_bytes(row['cache_bytes'])} |")
         if s_ is not None and math.isfinite(s_) and math.isfinite(row["perplexity"]):
             pairs.append((s_, row["perplexity"]))
     rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
@@ -586,7 +568,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
         return False  # optional; the summary says everything the plot does
     trained = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
                and math.isfinite(r["perplexity"])]
-    top = {id(r) for r in runlog.top_rung(records)}  # D38: the front is the top rung's; the others drawn apart
+    top = {id(r) for r in fidelity.top_rung(records)}  # D38: the front is the top rung's; the others drawn apart
     ok, low = [r for r in trained if id(r) in top], [r for r in trained if id(r) not in top]
     if not ok:
         return False
@@ -730,7 +712,7 @@ def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple
     if differ:
         warning = [f"NOT COMPARABLE (--allow-incomparable): {'; '.join(differ)}", ""]
     F = np.array([[math.inf if v is None else v for v in r["objectives"]] for _, _, recs, _ in runs
-                  for r in runlog.top_rung(recs)], dtype=float)  # D38: a lower rung's scores are not comparable
+                  for r in fidelity.top_rung(recs)], dtype=float)  # D38: a lower rung's scores are not comparable
     if not np.isfinite(F).all(axis=1).any():
         raise UsageError("--compare: no run has a finished candidate")
     ref = evolve.default_ref_point(F)
@@ -744,7 +726,7 @@ def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple
         for g, n, hv in archive_hypervolume_curve(recs, ref):
             lines.append(f"{d} | {rc.algorithm} | {rc.seed} | {g} | {n} | {hv:.6g}")
         head = recs[:n_common]
-        F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in runlog.top_rung(head)],
+        F_head = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in fidelity.top_rung(head)],
                           dtype=float).reshape(-1, len(ref))
         offspring = [r for r in head if r["generation"] > 0]  # everything below over the same evaluations
         rows.append(dict(run=d, algorithm=rc.algorithm, seed=rc.seed, evaluations=n_common,

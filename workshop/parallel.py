@@ -55,20 +55,19 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Callable
 
-import candidate
 import corpus
 import evolve
 import genome
-import plugins
-from config import RunConfig, RunFailed
-from liv import fmt_bytes
+from workshop.words import fmt_bytes
+from workshop import candidate, plugins, training
+from workshop.config import RunConfig, RunFailed
 
 CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module docstring)
 # what marks a CUDA error that poisons the whole process (the context cannot be used again)
 # environment of worker processes, read by OpenMP when torch is imported (before any of our code runs):
 # idle OpenMP threads sleep instead of spinning, so a loaded machine does not collapse (docs/workers-and-ray.md, "Threads")
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-DEFAULT_EVALUATE = "candidate:evaluate_genome"  # fn(genome, cfg, tcfg, data, config) -> (info, objectives)
+DEFAULT_EVALUATE = "workshop.candidate:evaluate_genome"  # fn(genome, cfg, tcfg, data, config) -> (info, objectives)
 WATCH_S = 0.5  # a worker whose main process is gone ends within this many seconds
 
 
@@ -370,7 +369,7 @@ def _sigint_ignored():
 class _Worker:
     def __init__(self, ctx, rc, device, threads, evaluate, on_device: int = 1):
         self.conn, child = ctx.Pipe()
-        env = dict(WORKER_ENV, STAR_WORKERS_ON_DEVICE=str(on_device))  # train.device_memory shares the device
+        env = dict(WORKER_ENV, STAR_WORKERS_ON_DEVICE=str(on_device))  # training.device_memory shares the device
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)  # a spawned child copies this environment
         try:

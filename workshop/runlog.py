@@ -21,6 +21,7 @@ Below those, the run folder of star.py: its lock, ``config.json`` (written once,
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -35,12 +36,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 import evolve
-import fidelity
 from evolve import (Child, Evaluation, Evaluator, Generation, Population, Search, State, Variation,
                     clean_objectives, default_ref_point, hypervolume, shorten)
-import candidate
-from config import RECORDED_LATE, RunConfig, RunFailed, UsageError
-from liv import fmt_bytes, fmt_time
+from workshop.words import fmt_bytes, fmt_time
+from workshop import candidate, fidelity
+from workshop.config import RECORDED_LATE, RunConfig, RunFailed, UsageError
 
 # ----------------------------------------------------------------------------------------------------
 # The search with its log book
@@ -109,91 +109,110 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
     evaluated again on a resume with a larger one). The archive stays append-only; ``records`` hold the
     newest record of each key. Only a record whose ``status`` is "timeout" may be superseded.
     """
-    if resume and run_dir is None:
-        raise ValueError("resume=True needs a run_dir")
-    params = {"seed": settings.seed, "pop_size": settings.pop_size, "n_offspring": settings.n_offspring,
-              "p_crossover": var.p_crossover, "p_mutation": var.p_mutation,
-              "algorithm": settings.algorithm}  # a resume must agree with these
-    ref = None if ref_point is None else tuple(float(x) for x in ref_point)
-    run_dir = None if run_dir is None else Path(run_dir)
-    state = Checkpoint(records=[], population=Population.empty(), stats=[], ref=ref, start=0)
-    if run_dir is not None:
-        if resume:
-            state = load_checkpoint(run_dir, params, ref, var)  # checks everything, writes nothing
-        elif (run_dir / "archive.jsonl").exists() or list(run_dir.glob("population_*.json")):
-            raise FileExistsError(f"{run_dir} already holds a search; pass resume=True "
-                                  "or choose another directory")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for path, text in state.repairs:
-            write_atomic(path, text)
-        for note in state.notes:
-            log(note)
+    book = LogBook(var, evaluate, settings, run_dir=run_dir, resume=resume, ref_point=ref_point, log=log,
+                   on_generation=on_generation, format_info=format_info, patience=patience, redo=redo,
+                   after_search=after_search)
+    with book:
+        evolve.nsga2(initial, var, book.evaluate, settings, start=book.start, on_generation=book.after)
+    return book.result()
 
-    archive = Archive(None if run_dir is None else run_dir / "archive.jsonl", state.records,
-                      n_obj=len(state.ref) if state.ref is not None else state.n_obj)
-    progress = Progress(log, settings.generations, settings.n_offspring, format_info, after_search)
-    evaluations = ArchivedEvaluate(archive, evaluate, progress, redo)
-    book = dict(population=state.population, stats=state.stats, ref=state.ref, done=state.start - 1,
-                t_start=time.perf_counter())
 
-    def result() -> SearchResult:
-        pop = book["population"]
-        return SearchResult(population=[var.decode(t) for t in pop.texts], objectives=pop.F.copy(),
-                            records=archive.records, stats=book["stats"], ref_point=book["ref"],
-                            generation=book["done"])
+class LogBook:
+    """``search``'s log book, as the seams of evolve.nsga2 (and of star.synthesize): ``start`` the state to
+    continue from (checked against the run folder, which nothing has touched yet), ``evaluate`` the Scorer
+    that archives every evaluation (``evaluate.records``: the archive), ``after`` the per-generation hook
+    (snapshot, statistics, progress, patience). A context manager: leaving it closes the archive."""
 
-    def after(step: Generation, now: State) -> None:  # evolve.nsga2's per-generation seam
+    def __init__(self, var: Variation, evaluate: Evaluator, settings: Search, *, run_dir=None, resume=False,
+                 ref_point=None, log=print, on_generation=None, format_info=None, patience=None, redo=None,
+                 after_search: float = 0.0):
+        if resume and run_dir is None:
+            raise ValueError("resume=True needs a run_dir")
+        self.var, self.settings, self.log, self.patience = var, settings, log, patience
+        self.on_generation = on_generation
+        self.params = {"seed": settings.seed, "pop_size": settings.pop_size, "n_offspring": settings.n_offspring,
+                       "p_crossover": var.p_crossover, "p_mutation": var.p_mutation,
+                       "algorithm": settings.algorithm}  # a resume must agree with these
+        ref = None if ref_point is None else tuple(float(x) for x in ref_point)
+        self.run_dir = run_dir = None if run_dir is None else Path(run_dir)
+        state = Checkpoint(records=[], population=Population.empty(), stats=[], ref=ref, start=0)
+        if run_dir is not None:
+            if resume:
+                state = load_checkpoint(run_dir, self.params, ref, var)  # checks everything, writes nothing
+            elif (run_dir / "archive.jsonl").exists() or list(run_dir.glob("population_*.json")):
+                raise FileExistsError(f"{run_dir} already holds a search; pass resume=True "
+                                      "or choose another directory")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for path, text in state.repairs:
+                write_atomic(path, text)
+            for note in state.notes:
+                log(note)
+        self.archive = Archive(None if run_dir is None else run_dir / "archive.jsonl", state.records,
+                               n_obj=len(state.ref) if state.ref is not None else state.n_obj)
+        self.progress = Progress(log, settings.generations, settings.n_offspring, format_info, after_search)
+        self.evaluate = ArchivedEvaluate(self.archive, evaluate, self.progress, redo)
+        self.population, self.stats, self.ref, self.done = state.population, state.stats, state.ref, state.start - 1
+        self.t_start = time.perf_counter()
+        seen = {r["key"] for r in self.archive.records if r["generation"] < state.start}
+        last = state.start - 1
+        if self._stagnant():  # a resumed run that had already stopped stays stopped: no generation is left
+            last = settings.generations
+        self.start = State(state.population, seen, last)
+
+    def __enter__(self) -> "LogBook":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.archive.close()
+
+    @property
+    def records(self) -> list[dict]:
+        return self.archive.records
+
+    def result(self) -> SearchResult:
+        pop = self.population
+        return SearchResult(population=[self.var.decode(t) for t in pop.texts], objectives=pop.F.copy(),
+                            records=self.archive.records, stats=self.stats, ref_point=self.ref,
+                            generation=self.done)
+
+    def after(self, step: Generation, now: State) -> None:
+        """evolve.nsga2's per-generation seam: the snapshot, the statistics, the progress line."""
         g = now.generation
         for note in step.notes:
-            log(f"gen {g}: {note}")
+            self.log(f"gen {g}: {note}")
         if g == 0:
-            _check_generation_zero(step, archive)
-            book["ref"] = book["ref"] if book["ref"] is not None else default_ref_point(step.F)
-            log(f"hypervolume reference point, fixed for this run: ({', '.join(f'{x:.6g}' for x in book['ref'])})")
-        book.update(population=now.population, done=g)
-        stat = generation_stats(g, step, archive, book["ref"])
-        wall = time.perf_counter() - book["t_start"]
-        stat.update(wall_s=wall, evaluate_s=evaluations.evaluate_s, bookkeeping_s=wall - evaluations.evaluate_s)
-        book["stats"].append(stat)
-        if run_dir is not None:
-            save_generation(run_dir, g, params, book["ref"], now.population, book["stats"])
-        progress.generation(g, stat)
-        if on_generation is not None:
-            on_generation(result())
-        _check_patience(book["stats"], patience, log)
-        book["t_start"] = time.perf_counter()
+            _check_generation_zero(step, self.archive)
+            self.ref = self.ref if self.ref is not None else default_ref_point(step.F)
+            self.log(f"hypervolume reference point, fixed for this run: ({', '.join(f'{x:.6g}' for x in self.ref)})")
+        self.population, self.done = now.population, g
+        stat = generation_stats(g, step, self.archive, self.ref)
+        wall = time.perf_counter() - self.t_start
+        stat.update(wall_s=wall, evaluate_s=self.evaluate.evaluate_s, bookkeeping_s=wall - self.evaluate.evaluate_s)
+        self.stats.append(stat)
+        if self.run_dir is not None:
+            save_generation(self.run_dir, g, self.params, self.ref, now.population, self.stats)
+        self.progress.generation(g, stat)
+        if self.on_generation is not None:
+            self.on_generation(self.result())
+        if self._stagnant():
+            raise evolve.StopSearch
+        self.t_start = time.perf_counter()
 
-    seen = {r["key"] for r in archive.records if r["generation"] < state.start}
-    try:
-        _check_patience(book["stats"], patience, log)  # a resumed run that had already stopped stays stopped
-        evolve.nsga2(initial, var, evaluations, settings, start=State(state.population, seen, state.start - 1),
-                     on_generation=after)
-    except _Stagnated:
-        pass
-    finally:
-        archive.close()
-    return result()
-
-
-def _check_patience(stats: list[dict], patience: Optional[int], log: Callable[[str], None]) -> None:
-    if patience and stats and stagnant_for(stats) >= patience:
-        log(f"stopping after generation {stats[-1]['generation']}: the hypervolume of everything evaluated has not "
-            f"grown for {stagnant_for(stats)} generations (--patience {patience})")
-        raise _Stagnated
-
-
-def top_rung(records: list[dict]) -> list[dict]:
-    """The records scored at the highest rung the run measured (D38): all of them in a single-fidelity
-    run, whose records have no rung. A lower rung's perplexity is not comparable with the top's."""
-    high = max((r.get("rung_steps", 0) for r in records), default=0)
-    return [r for r in records if r.get("rung_steps", high) == high]
+    def _stagnant(self) -> bool:
+        """The patience rule: the hypervolume of everything evaluated has not grown for `patience` generations."""
+        stats, patience = self.stats, self.patience
+        if patience and stats and stagnant_for(stats) >= patience:
+            self.log(f"stopping after generation {stats[-1]['generation']}: the hypervolume of everything evaluated "
+                     f"has not grown for {stagnant_for(stats)} generations (--patience {patience})")
+            return True
+        return False
 
 
 def generation_stats(g: int, step: Generation, archive: "Archive", ref: tuple[float, ...]) -> dict:
     """The statistics line of one generation (generations.jsonl), timings left to the caller. The
     hypervolume and the front of everything evaluated count the top rung's records only (D38)."""
     pop, children = step.population, step.children
-    top = top_rung(archive.records)
+    top = fidelity.top_rung(archive.records)
     archive_F = np.array([_objectives_from_json(r["objectives"]) for r in top], dtype=float)
     archive_F = archive_F.reshape(-1, len(ref))
     front_keys = {top[i]["key"] for i in evolve.finite_front(archive_F)}
@@ -280,6 +299,11 @@ class ArchivedEvaluate:
         self.archive, self.evaluate, self.progress = archive, evaluate, progress
         self.redo = redo or (lambda record: False)
         self.evaluate_s = 0.0
+
+    @property
+    def records(self) -> list[dict]:
+        """The archive: the newest record of each key evaluated, in archive order."""
+        return self.archive.records
 
     def __call__(self, children: list[Child], g: int) -> np.ndarray:
         _check_replay(self.archive, children, g)
@@ -618,10 +642,6 @@ def stagnant_for(stats: list[dict]) -> int:
     return len(hv) - 1 - best_at
 
 
-class _Stagnated(Exception):
-    """Raised from the per-generation hook to end a search early (--patience)."""
-
-
 # ----------------------------------------------------------------------------------------------------
 # Small helpers: JSON, text, files
 # ----------------------------------------------------------------------------------------------------
@@ -879,7 +899,7 @@ def _check_extents(run_dir: Path, stored: RunConfig, config: RunConfig) -> None:
     retrained = {r["key"] for r in final if not r.get("name")}
     if final and config.final_steps != stored.final_steps:
         raise UsageError(f"{where} holds its retraining for --final-steps {stored.final_steps}; --final-steps "
-                         f"{config.final_steps} cannot replace it: retrain for other budgets with `python after.py "
+                         f"{config.final_steps} cannot replace it: retrain for other budgets with `python -m workshop.after "
                          f"retrain {run_dir} --genome top --steps N`")
     if len(retrained) > config.final_top:
         raise UsageError(f"{where} has retrained its top {len(retrained)}; --final-top {config.final_top} would "
@@ -951,10 +971,9 @@ def progress_words(r: dict) -> str:
 
 
 class RunFolder:
-    """A synthesis's log book, star.synthesize's one handle on the workshop: the run folder with its
-    lock, or memory when ``path`` is None. The baselines and the retraining are kept one record per
-    (genome, seed), so a resumed run trains none twice; the search goes through ``search`` above, with
-    the summary (``write_summary(folder, baselines, result, final)``, report.py's) after every
+    """A synthesis's run folder with its lock, or memory when ``path`` is None (workshop/run.py's handle).
+    The baselines and the retraining are kept one record per (genome, seed), so a resumed run trains none
+    twice; the search's seams come from ``log_book`` (``LogBook`` above), with the summary (``write_summary(folder, baselines, result, final)``, report.py's) after every
     generation. A context manager: leaving it releases the lock."""
 
     def __init__(self, path: Optional[Path], config: RunConfig, resume: bool, lock_fh, log: Callable[[str], None],
@@ -1040,17 +1059,23 @@ class RunFolder:
                                     log=self.log)
         return mf, dataclasses.replace(var, violation=mf.violation())
 
-    def search(self, initial, var: Variation, evaluate: Evaluator, settings: Search,
-               on_generation: Optional[Callable[[SearchResult], None]] = None) -> SearchResult:
-        """runlog.search in this folder; its errors as the command line words them: a search that
-        cannot go on is RunFailed (exit 1), a stored run that does not fit its replay is UsageError."""
+    def log_book(self, var: Variation, evaluate: Evaluator, settings: Search,
+                 on_generation: Optional[Callable[[SearchResult], None]] = None) -> LogBook:
+        """The search's log book in this folder (runlog.LogBook), checked before anything is written."""
         self._after_left = self.trainings_after_search()
+        with self.words():
+            book = LogBook(var, evaluate, settings, run_dir=self.path, resume=self.resume, log=self.log,
+                           on_generation=on_generation, format_info=progress_words, patience=self.config.patience,
+                           redo=self._timed_out_shorter, after_search=self._after_left)
+        self._records = book.records
+        return book
+
+    @contextlib.contextmanager
+    def words(self):
+        """The search's errors as the command line words them: a search that cannot go on is RunFailed
+        (exit 1), a stored run that does not fit its replay is UsageError."""
         try:
-            result = search(initial, var, evaluate, settings, run_dir=self.path, resume=self.resume, log=self.log,
-                            on_generation=on_generation, format_info=progress_words, patience=self.config.patience,
-                            redo=self._timed_out_shorter, after_search=self._after_left)
-            self._records = result.records
-            return result
+            yield
         except SearchError as e:
             where = f"; what was evaluated is in {self.path}" if self.path else ""
             raise RunFailed(f"{e}{where}") from None

@@ -188,3 +188,10 @@ class MultiFidelity:
         ev = self.book.results[(g, key, self.rungs.steps[rung])]
         info = dict(ev.info, rung=rung, rung_steps=self.rungs.steps[rung], rungs=ladder)
         return evolve.Evaluation(objectives=tuple(ev.objectives), info=info)
+
+
+def top_rung(records: list[dict]) -> list[dict]:
+    """The records scored at the highest rung the run measured (D38): all of them in a single-fidelity
+    run, whose records have no rung. A lower rung's perplexity is not comparable with the top's."""
+    high = max((r.get("rung_steps", 0) for r in records), default=0)
+    return [r for r in records if r.get("rung_steps", high) == high]

@@ -28,23 +28,20 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 import evolve
-import fidelity
 import genome
 import liv
-import meter
-import plugins
+import star
 import train
+from star import PRESETS, Preset  # noqa: F401  (the presets are the reference's)
+from workshop import fidelity, meter, plugins, space, words
 
 VERSION = "0.23"  # the project's version where git cannot say (summary.md); its minor number is DESIGN.md's D23
 FORMAT = 4  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
 #            3: and the data's fingerprint (D23); 4: and the rungs of a multi-fidelity search (D38). Formats 1 and 2 counted eval_batches of `batch` windows: read
 #            as eval_tokens = eval_batches x batch x seq_len, what they meant (D33)
 
-OBJECTIVES = {  # name -> the metrics it minimises, in order
-    "quality": ("perplexity",),
-    "quality_size": ("perplexity", "params"),
-    "quality_cache": ("perplexity", "cache_bytes"),
-    "quality_size_cache": ("perplexity", "params", "cache_bytes"),
+OBJECTIVES = {  # name -> the metrics it minimises, in order: the paper's four (star.py) and two measured ones
+    **star.OBJECTIVES,
     "quality_latency": ("perplexity", "decode_ms"),      # measured (D34): decode p50 at the longest context
     "quality_memory": ("perplexity", "memory_bytes"),    # measured (D34): peak memory at the longest context
 }
@@ -87,36 +84,6 @@ def in_python(e: Exception) -> Exception:
     return out
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Model width and depth, training budget per candidate, search size."""
-
-    d_model: int
-    head_dim: int
-    depth: int
-    seq_len: int
-    batch: int
-    steps: int
-    eval_tokens: int      # the held-out set: eval_tokens // seq_len fixed windows (D33)
-    population: int
-    offspring: int
-    generations: int
-
-
-PRESETS = {
-    # measured on 2 CPU cores: see docs/options.md, the presets
-    "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_tokens=8192,
-                  population=8, offspring=8, generations=5),
-    # one GPU: the paper's population and generations at a smaller scale, sized to the default corpus
-    # (D31): 500 x 8 x 1024 = 4.1M tokens per candidate, 0.91 passes over its 4.6M training bytes; the
-    # held-out set 131,072 tokens, under its 457,250 validation bytes
-    "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=8, steps=500, eval_tokens=131_072,
-                  population=16, offspring=16, generations=18),
-    # the paper's 125M setting: 64 x 4096 = 0.25M tokens per step
-    "paper": Preset(d_model=768, head_dim=64, depth=24, seq_len=4096, batch=64, steps=5000, eval_tokens=8_388_608,
-                    population=16, offspring=16, generations=18),
-}
-
 EXTENT = ("generations", "final_steps", "final_top", "timeout", "patience", "weights")  # may change on --resume
 
 # what a key missing from an older config.json meant: the defaults of the code that wrote it. Format 2
@@ -139,32 +106,12 @@ RECORDED_LATE = ("data_fingerprint",)
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides a synthesis; validated when made (UsageError, one line)."""
+class RunConfig(star.Config):
+    """Everything that decides a synthesis: the reference's settings (star.Config) and the workshop's;
+    validated when made (UsageError, one line)."""
 
-    objective: str = "quality_cache"
-    preset: str = "cpu"
-    d_model: int = PRESETS["cpu"].d_model
-    head_dim: int = PRESETS["cpu"].head_dim
-    depth: int = PRESETS["cpu"].depth
-    seq_len: int = PRESETS["cpu"].seq_len
-    batch: int = PRESETS["cpu"].batch
-    steps: int = PRESETS["cpu"].steps
-    eval_tokens: int = PRESETS["cpu"].eval_tokens
-    population: int = PRESETS["cpu"].population
-    offspring: int = PRESETS["cpu"].offspring
-    generations: int = PRESETS["cpu"].generations
-    data: Optional[str] = None          # None: the default corpus (corpus.py)
-    vocab_size: Optional[int] = None    # of train.bin/val.bin token files
-    cache_len: int = 4096               # context T of the cache objective (D7)
-    seed: int = 0
     seed_baselines: bool = False        # the baselines open generation 0
-    final_top: int = 8                  # k of the paper's selection rule
     final_steps: int = 0                # retrain the top-k and the baselines this long (0: not)
-    algorithm: str = "nsga2"            # or "random", the control (D21)
-    baseline_seeds: int = 3             # training seeds of the baselines and the retraining (D21)
-    share_rate: float = genome.SHARE_RATE
-    crossover_cut: str = genome.CROSSOVER_CUT
     timeout: Optional[float] = None     # seconds per candidate (runs candidates in workers)
     micro_batch: Optional[int] = None   # gradient accumulation (None: chosen on CUDA, whole batch on CPU)
     patience: Optional[int] = None      # stop once the hypervolume has not grown for this many generations
@@ -250,16 +197,12 @@ class RunConfig:
 
     def model_config(self, vocab_size: int) -> liv.ModelConfig:
         try:
-            # max_len as train.py's: the GConv-2 filter's decay is measured in units of max_len
-            return liv.ModelConfig(vocab_size=vocab_size, d_model=self.d_model, depth=self.depth,
-                                   head_dim=self.head_dim, max_len=max(self.seq_len, self.cache_len))
+            return super().model_config(vocab_size)
         except ValueError as e:
             raise UsageError(str(e)) from None
 
     def train_config(self, device: str, steps: Optional[int] = None) -> train.TrainConfig:
-        return train.TrainConfig(steps=steps or self.steps, batch=self.batch, seq_len=self.seq_len,
-                                 eval_windows=self.eval_windows, seed=self.seed, device=device, log_every=0,
-                                 micro_batch=self.micro_batch)
+        return dataclasses.replace(super().train_config(device, steps), micro_batch=self.micro_batch)
 
     @property
     def tokens_per_candidate(self) -> int:
@@ -290,27 +233,25 @@ class RunConfig:
         most = max(1, (len(data.val) - 1) // self.seq_len)
         return self if self.eval_windows <= most else dataclasses.replace(self, eval_tokens=most * self.seq_len)
 
-    def training_seeds(self) -> list[int]:
-        """D21: the seeds the baselines (and a --final-steps retraining) are trained under; the first is
-        the search's own, so a candidate's single score and a baseline's first seed saw the same batches."""
-        return [self.seed + i for i in range(self.baseline_seeds)]
-
     @property
     def multi_fidelity(self) -> Optional[fidelity.Rungs]:
         """D38: the rungs of a multi-fidelity search (None: the paper's single fidelity)."""
         return fidelity.Rungs(self.rungs, self.eta) if self.rungs else None
 
-    def search(self) -> evolve.Search:
-        return evolve.Search(pop_size=self.population, n_offspring=self.offspring, generations=self.generations,
-                             seed=self.seed, algorithm=self.algorithm)
-
     def variation(self) -> evolve.Variation:
         """How this run's genomes breed (genome.variation, D18), in its class set (D25; None: all 17)."""
         return genome.variation(self.depth, self.share_rate, self.allow_classes, self.crossover_cut)
 
-    def initial(self) -> list:
-        """D25: the genomes given to open generation 0 (--init), in their order."""
-        return [genome.Genome.parse(text) for text in self.init or ()]
+    def initial(self, baselines: list[dict] = ()) -> list:
+        """Generation 0's given genomes: with seed_baselines, the baselines trained under the search's seed
+        (their records are reused, D15), then --init's (D25), in their order."""
+        reused = [genome.Genome.parse(b["genome"]) for b in baselines if b["seed"] == self.seed] \
+            if self.seed_baselines else []
+        return reused + [genome.Genome.parse(text) for text in self.init or ()]
+
+    def eligible(self, records: list[dict]) -> list[dict]:
+        """The records the selection may pick: scored at the highest rung (D38), within the budgets (D35)."""
+        return [r for r in fidelity.top_rung(records) if self.within_budgets(r)]
 
     # --- config.json ---
 
@@ -378,7 +319,7 @@ def _validate_space(c: RunConfig) -> None:
         raise UsageError(f"--allow-classes: {e}") from None
     if classes is not None and c.allow_classes != classes:
         object.__setattr__(c, "allow_classes", classes)
-    if classes is not None and c.seed_baselines and not all(genome.uses_only(make(c.depth), classes)
+    if classes is not None and c.seed_baselines and not all(space.uses_only(make(c.depth), classes)
                                                            for make in genome.BASELINES.values()):
         raise UsageError(f"--seed-baselines puts Transformer++ and StripedMamba (classes 1, 5, 9) into generation 0, "
                          f"but --allow-classes allows only {', '.join(map(str, classes))}")
@@ -394,7 +335,7 @@ def _validate_space(c: RunConfig) -> None:
         if g is None or g.depth != c.depth:
             raise UsageError(f"--init genome {i + 1}: {'not a genome string' if g is None else f'{g.depth} LIVs'}, "
                              f"the run's --depth is {c.depth}")
-        if not genome.uses_only(g, classes):
+        if not space.uses_only(g, classes):
             raise UsageError(f"--init genome {i + 1} ({text}) uses a class outside --allow-classes")
 
 
@@ -422,7 +363,7 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--share-rate must be between 0 and 1 (got {c.share_rate})")
     if c.crossover_cut not in ("liv", "anywhere"):
         raise UsageError(f"unknown --crossover-cut {c.crossover_cut!r}; choose liv or anywhere")
-    if type(c.seed) is not int or not 0 <= c.seed < liv.SEED_LIMIT:
+    if type(c.seed) is not int or not 0 <= c.seed < words.SEED_LIMIT:
         raise UsageError(f"--seed must be in 0 .. 2**63 - 1 (got {c.seed})")
     if c.timeout is not None and not (0 < c.timeout < 1e9 and math.isfinite(c.timeout)):
         raise UsageError(f"--timeout must be a number of seconds > 0 and < 1e9 (got {c.timeout})")

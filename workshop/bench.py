@@ -1,9 +1,9 @@
 """Speed benchmarks of the LIV library and the search loop: a table on stdout, JSON on disk.
 
-    python bench.py                      # CPU, all sections, < 5 minutes on 2 cores
-    python bench.py --device cuda        # the GPU shapes, bf16 autocast
-    python bench.py --quick              # tiny sizes, seconds (the smoke test uses it)
-    python bench.py --only classes,scan  # some sections
+    python -m workshop.bench                      # CPU, all sections, < 5 minutes on 2 cores
+    python -m workshop.bench --device cuda        # the GPU shapes, bf16 autocast
+    python -m workshop.bench --quick              # tiny sizes, seconds (the smoke test uses it)
+    python -m workshop.bench --only classes,scan  # some sections
 
 Sections (the JSON keys):
 
@@ -26,13 +26,13 @@ Sections (the JSON keys):
                  fidelity NSGA-II and random search at about equal training steps per generation, seeds 0-2,
                  each run's top-4 retrained 4x longer under 2 seeds: best retrained perplexity, regret, Spearman; and 32 offspring bought with a 5-step rung (new front members per generation)
     scaling      (only with --only scaling; about an hour on 2 cores, estimated) README's seed-0 winner
-                 and Transformer++, both scaled to depth 12 (genome.repeat: two independent copies of
+                 and Transformer++, both scaled to depth 12 (space.repeat: two independent copies of
                  the depth-6 genomes) and width 128, trained 1000 steps under seeds 0, 1, 2 (D26)
 
 On demand only (`--only memory,parallel,threads`; they build full-size models or start processes):
 
     memory       the paper preset's training step (width 768, depth 24, 64 x 4096 tokens): estimated peak
-                 memory per LIV class (train.step_memory) and the micro-batch train.py picks for an 80 GB
+                 memory per LIV class (training.step_memory) and the micro-batch train.py picks for an 80 GB
                  GPU; with --device cuda, also the measured peak of one step of the largest class
     parallel     one generation (the population) of the cpu preset on the default corpus, evaluated in
                  this process and by 2 worker processes (parallel.py): wall time of each, same results?
@@ -77,17 +77,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-import candidate
-import config
 import corpus
 import evolve
 import genome
 import liv
-import meter
-import report
-import runlog
 import train
-from config import RunConfig
+from workshop import candidate, config, fidelity, meter, report, runlog, space, training, words
+from workshop.config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
 ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity", "recipe",
@@ -261,7 +257,7 @@ def interleaved(fns: dict, device, repeats: int, warmup: int = 1) -> dict[str, f
 peak_bytes = meter.peak_bytes  # the CPU profiler replay (module doc), shared with the deployment meter
 
 
-fmt_bytes = liv.fmt_bytes  # decimal units (1 MB = 10^6 bytes), as everywhere in the project
+fmt_bytes = words.fmt_bytes  # decimal units (1 MB = 10^6 bytes), as everywhere in the project
 
 
 def fmt_s(s: float) -> str:
@@ -563,7 +559,7 @@ def bench_search(device, s, quick: bool) -> dict:
     try:
         import evolve
         import genome as gn
-        import runlog
+        from workshop import runlog
         runlog.search, evolve.Evaluation, evolve.sequential  # noqa: B018 — the API this section needs
     except (ImportError, AttributeError) as e:
         return dict(skipped=f"runlog.search / genome not available ({e})")
@@ -655,7 +651,7 @@ def bench_memory(device, s) -> dict:
     import train
 
     p = config.PRESETS[s["preset"]]
-    memory = s["gpu_bytes"] or train.device_memory(device)
+    memory = s["gpu_bytes"] or training.device_memory(device)
     tcfg = train.TrainConfig(steps=1, batch=p.batch, seq_len=p.seq_len, device=str(device))
     cfg = liv.ModelConfig(vocab_size=256, d_model=p.d_model, head_dim=p.head_dim, depth=p.depth,
                           max_len=max(p.seq_len, 4096))
@@ -663,9 +659,9 @@ def bench_memory(device, s) -> dict:
     for cid, spec in liv.REGISTRY.items():
         model = gn.build_model(gn.Genome.parse(striped(cid, p.depth)), cfg, seed=0).to(device)
         n = sum(q.numel() for q in model.parameters())
-        a = train.saved_bytes_per_token(model, p.seq_len, tcfg.bf16)
-        micro = train.micro_batch_for(model, tcfg, memory)
-        peak = lambda m: 16 * n + m * p.seq_len * a  # train.step_memory's formula, A probed once
+        a = training.saved_bytes_per_token(model, p.seq_len, tcfg.bf16)
+        micro = training.micro_batch_for(model, tcfg, memory)
+        peak = lambda m: 16 * n + m * p.seq_len * a  # training.step_memory's formula, A probed once
         rows.append(dict(id=cid, name=spec.name, params=n, act_bytes_per_token=a, micro_batch=micro,
                          micro_batches=p.batch // micro, peak_bytes=peak(micro), whole_batch_bytes=peak(p.batch)))
         del model
@@ -702,19 +698,19 @@ def print_memory(r):
 
 
 def _star_config(s, device):
-    import star
+    from workshop import cli
 
     argv = ["--preset", s["preset"], "--device", str(device)] + (["--data", s["data"]] if s.get("data") else [])
     for k, v in s["overrides"].items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
-    return star.config_of(star.build_parser().parse_args(argv))[0]
+    return cli.config_of(cli.build_parser().parse_args(argv))[0]
 
 
 def bench_parallel(device, s) -> dict:
     """One generation (the initial population) evaluated in process, then by worker processes."""
     import evolve
     import genome as gn
-    import parallel
+    from workshop import parallel
 
     rc = _star_config(s, device)
     data = corpus.load_data(rc.data, rc.vocab_size)
@@ -758,8 +754,9 @@ _CANDIDATE = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-import candidate, corpus, genome
-from config import RunConfig
+import corpus, genome
+from workshop import candidate
+from workshop.config import RunConfig
 rc = RunConfig.from_json(sys.argv[2])
 data = corpus.load_data(rc.data, rc.vocab_size)
 cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
@@ -863,11 +860,12 @@ def bench_noise(device, s) -> dict:
     starts = data.eval_windows(rc.eval_windows, rc.seq_len)
 
     def window_losses(name, seed):
-        import parallel
+        from workshop import parallel
 
         model = gn.build_model(gn.BASELINES[name](rc.depth), cfg, seed=seed)
         with parallel.candidate_threads(str(device)):  # as every candidate trains (D19): the run's scores
-            res = train.train(model, data, dataclasses.replace(rc.train_config(str(device)), seed=seed), log=None)
+            res = train.train(model, data, dataclasses.replace(rc.train_config(str(device)), seed=seed), log=None,
+                              plan=training.plan)
         model.eval()
         out = []
         with torch.no_grad():
@@ -917,7 +915,7 @@ def _book_key(text: str, seed: int, steps: int) -> tuple:
 def _train_record(rc: RunConfig, text: str, seed: int, steps: int, device: str, lr: float | None = None) -> dict:
     """One training of a book (a worker process's job): the genome trained as the search trains it, at
     `steps` and, given, the peak rate `lr`; the book's record."""
-    import parallel
+    from workshop import parallel
 
     data = corpus.load_data(rc.data, rc.vocab_size)
     tcfg = rc.train_config(device, steps)
@@ -1015,7 +1013,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     retrained Transformer++ point on both cache axes. Per arm, pooled over seeds: the Spearman between the
     selecting score and the retrained mean with its bootstrap interval; per seed, Welch's one-sided test
     that multi-fidelity NSGA-II's best is below each other arm's best."""
-    import star
+    from workshop import cli
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     runs = []
@@ -1027,17 +1025,17 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
             if rc is None or not (d / f"population_{rc['generations']:03d}.json").exists():
                 argv = ["--objective", "quality_cache", "--preset", "cpu", "--seed", str(seed), "--out", out_dir,
                         "--name", name] + s["extra"] + options + (["--resume"] if rc is not None else [])
-                if star.main(argv) != 0:
+                if cli.main(argv) != 0:
                     raise RuntimeError(f"run {name} failed")
             rc, records, baselines = report.load_run(d)
             tpp = report.seed_groups(baselines, "name")["transformer++"]
             runs.append(dict(arm=arm, seed=seed, dir=str(d), records=records, tpp=tpp,
-                             top=star.select_top_k(records, tpp, rc.objective, s["top"]), rc=rc))
+                             top=report.select(records, tpp, rc.objective, s["top"]), rc=rc))
     steps, rseeds = s["retrain_steps"], list(s["retrain_seeds"])
     jobs = [(r["dir"], t["genome"], rs, steps, str(device)) for r in runs for t in r["top"] + [r["tpp"]] for rs in rseeds]
     probe = list(s.get("probe_steps", ()))  # a halved run's promoted candidates at other budgets, under its own seed
     jobs += [(r["dir"], t["genome"], r["rc"].seed, st, str(device)) for r in runs if r["rc"].rungs
-             for t in runlog.top_rung(r["records"]) for st in probe]
+             for t in fidelity.top_rung(r["records"]) for st in probe]
     done = retrain_all(jobs, Path(out_dir) / "retrained.jsonl", s["workers"])
     ppls = lambda text: [done[_book_key(text, rs, steps)]["perplexity"]  # noqa: E731
                          for rs in rseeds]
@@ -1045,7 +1043,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     for r in runs:
         same_seed = [x for x in runs if x["seed"] == r["seed"]]
         objs = lambda x: np.array([[math.inf if v is None else v for v in y["objectives"]]  # noqa: E731
-                                for y in runlog.top_rung(x["records"])], dtype=float)
+                                for y in fidelity.top_rung(x["records"])], dtype=float)
         ref = evolve.default_ref_point(np.vstack([objs(x) for x in same_seed]))
         top = [dict(genome=t["genome"], key=t["key"], score=t["perplexity"], cache=t["cache_bytes"], ppls=ppls(t["genome"]))
                for t in r["top"]]
@@ -1058,7 +1056,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
         points = [(t["retrained"][0], t["cache"]) for t in top]
         rung = report.rung_pairs(r["records"], *r["rc"].rungs[:2]) if r["rc"].rungs else []
         out.append(dict(arm=r["arm"], seed=r["seed"], candidates=len(r["records"]),
-                        top_rung=len(runlog.top_rung(r["records"])), train_tokens=trained, compute=total,
+                        top_rung=len(fidelity.top_rung(r["records"])), train_tokens=trained, compute=total,
                         hv_search=evolve.hypervolume(objs(r), ref), ref_search=list(ref),
                         new_front=new_front_members(r["records"], r["rc"].objective), top=top,
                         best=best["retrained"][0] if best else math.inf, best_ppls=best["ppls"] if best else [],
@@ -1092,7 +1090,7 @@ def _probe(run: dict, steps: list[int], done: dict) -> dict:
     archived score there (0 when the retraining reproduces the search's training)."""
     if not run["rc"].rungs:
         return {}
-    top = [r for r in runlog.top_rung(run["records"]) if r.get("perplexity") is not None and math.isfinite(r["perplexity"])]
+    top = [r for r in fidelity.top_rung(run["records"]) if r.get("perplexity") is not None and math.isfinite(r["perplexity"])]
     out = {}
     for st in steps:
         again = [done[_book_key(r["genome"], run["rc"].seed, st)]["perplexity"] for r in top]
@@ -1155,8 +1153,8 @@ def bench_fidelity(device, s) -> dict:
     Per run: candidates, compute (report.compute_tokens), the best retrained perplexity among the top-k,
     the regret of the chosen best, and the Spearman between the selecting score and the retrained mean,
     pooled over runs (baselines excluded)."""
-    import parallel
-    import star
+    from workshop import parallel
+    from workshop import run
 
     runs, pooled = [], {}
     for arm in s["arms"]:
@@ -1164,7 +1162,7 @@ def bench_fidelity(device, s) -> dict:
             rc = config.RunConfig.make("cpu", **s["overrides"], seed=seed, weights=False, final_top=s["top"],
                                        **{k: v for k, v in arm.items() if k != "name"})
             t0 = time.perf_counter()
-            syn = star.synthesize(rc, device=str(device), log=lambda line: None)
+            syn = run.synthesize(rc, device=str(device), log=lambda line: None)
             search_s = time.perf_counter() - t0
             data = corpus.load_data(rc.data, rc.vocab_size)
             cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(str(device), s["retrain_steps"])
@@ -1222,16 +1220,16 @@ SCALED = {"seed-0 winner": "9.1.1.1.1-8.2.1.2.1-9.3.1.3.1-16.4.1.4.1-16.5.1.5.1-
 
 
 def bench_scaling(device, s) -> dict:
-    """D26's evidence: the depth-6 genomes repeated `times` (independent copies, genome.repeat) at the
+    """D26's evidence: the depth-6 genomes repeated `times` (independent copies, space.repeat) at the
     preset's other settings with the overrides (width 128, 1000 steps), trained as the search trains
     (candidate.evaluate_genome, one thread on CPU) under each seed; perplexity mean ± std per genome."""
     import genome as gn
-    import parallel
+    from workshop import parallel
 
     rows = []
     for name, text in SCALED.items():
         base = gn.transformer_pp(6) if text is None else gn.Genome.parse(text)
-        g = gn.repeat(base, s["times"])
+        g = space.repeat(base, s["times"])
         rc = config.RunConfig.make(s["preset"], **{**s["overrides"], "depth": g.depth})
         data = corpus.load_data(rc.data, rc.vocab_size)
         cfg = rc.model_config(data.vocab_size)
@@ -1251,7 +1249,7 @@ def print_scaling(r):
     print(f"\n## Scaling (D26): depth x{r['times']} (independent copies) and the preset's width override, "
           f"{r['rows'][0]['steps'] if r['rows'] else 0} steps, seeds {[x['seed'] for x in r['rows'][0]['runs']] if r['rows'] else []}")
     print(table(["genome", "depth", "width", "params", "cache", "perplexity"],
-                [[x["name"], x["depth"], x["d_model"], f"{x['params']:,}", liv.fmt_bytes(x["cache_bytes"]),
+                [[x["name"], x["depth"], x["d_model"], f"{x['params']:,}", words.fmt_bytes(x["cache_bytes"]),
                   f"{x['mean']:.2f} ± {x['std']:.2f}"] for x in r["rows"]]))
 
 
@@ -1274,7 +1272,7 @@ def recipe_models(rc: RunConfig, n_random: int, genomes=None, seed: int = 0) -> 
     models = [(name, genome.canonical_str(make(rc.depth))) for name, make in genome.BASELINES.items()]
     for name, text in (genomes or {}).items():
         g = genome.Genome.parse(text)
-        models.append((name, genome.canonical_str(genome.repeat(g, rc.depth // g.depth))))
+        models.append((name, genome.canonical_str(space.repeat(g, rc.depth // g.depth))))
     var, rng, seen, n = rc.variation(), np.random.default_rng(seed), {t for _, t in models}, 0
     while n < n_random:
         k = var.key(var.repair(var.sample(rng), rng)[0])
@@ -1575,7 +1573,7 @@ def targets(res: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = liv.OneLineParser(prog="bench.py", description="STAR speed benchmarks: prints a table, writes JSON.")
+    ap = words.OneLineParser(prog="python -m workshop.bench", description="STAR speed benchmarks: prints a table, writes JSON.")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: the GPU shapes under bf16 autocast)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
     ap.add_argument("--only", default=",".join(SECTIONS),
@@ -1601,7 +1599,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch sees no CUDA device")
     try:  # before the run, not after it
-        liv.check_output_file(args.out, "--out")
+        words.check_output_file(args.out, "--out")
     except ValueError as e:
         ap.error(str(e))
     try:

@@ -20,9 +20,10 @@ import torch
 
 import genome
 import liv
-import plugins
+import star
 import train
-from config import RunConfig, metrics_of
+from workshop import plugins, training
+from workshop.config import RunConfig, metrics_of
 
 # Errors after which a CUDA context is unusable, so the worker (or the in-process run) must end: a kernel
 # that faulted or asserted poisons every later call of the process. Allocation failures and refused launches
@@ -38,60 +39,36 @@ RECOVERABLE_CUDA = ("out of memory", "CUFFT_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_
 CUDA_LIBRARIES = ("CUDA error", "cuFFT", "CUFFT_", "CUBLAS_", "cuDNN", "CUDNN_")
 
 
-def describe_costs(g, cfg: liv.ModelConfig, cache_len: int) -> dict:
-    """Parameters and cache of a genome (or of its already decoded plans), analytic, without building
-    the model."""
-    pc = genome.count_params(g, cfg)
-    return dict(params=pc["total"], non_embedding_params=pc["non_embedding"],
-                cache_bytes=genome.cache_bytes(g, cfg, seq_len=cache_len))
+describe_costs = star.describe_costs  # parameters and cache by formula, without building the model
 
 
 def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainConfig, data, config: RunConfig,
                     seed: int | None = None, keep: Optional[Callable] = None) -> tuple[dict, tuple[float, ...]]:
-    """Train one candidate and score it. A failure (divergence, OOM, exception) gives infinite
-    objectives and the error, and the run goes on (D16). `seed` (default: the run's) seeds the initial
-    weights and the training (batch order). A CUDA error that poisons the process is status
-    'cuda_error' (parallel.py ends the worker, or the run). `keep(model, state, info, tcfg)`, given,
-    receives a trained candidate with its final training state (`train.train_state`), to save it (D24)."""
-    if seed is not None:
-        tcfg = dataclasses.replace(tcfg, seed=seed)
-    seed = tcfg.seed
-    t0 = time.time()
-    model = None
-    plans = genome.plans(g)  # decoded once: counted, sized and built from the same plans
-    info = dict(describe_costs(plans, cfg, config.cache_len), perplexity=math.inf, val_loss=math.inf,
-                bits_per_byte=None, status="error", error="", seconds=0.0)
-    try:
-        model = genome.build_model(plans, cfg, seed=seed)
-        measured = liv.measure_cache_bytes(model, config.cache_len)  # DESIGN.md §5: analytic == measured
-        info["cache_bytes_measured"] = measured
-        if measured != info["cache_bytes"]:
-            raise RuntimeError(f"cache mismatch: analytic {info['cache_bytes']} != measured {measured}")
-        final = {}
-        res = train.train(model, data, tcfg, log=None, checkpoint=final.update if keep is not None else None)
-        info.update(perplexity=res.val_ppl, val_loss=res.val_loss, bits_per_byte=res.bits_per_byte,
-                    train_loss=res.train_loss, tokens_per_s=res.tokens_per_s, status=res.status, error=res.error)
-        if res.status == "ok" and plugins.METRICS:  # a --plugin's metrics of the trained model (D37)
-            info.update(plugins.compute(g, model, res))
-        if keep is not None and info["status"] == "ok":
+    """star.evaluate_genome with what a run adds: a --plugin's metrics of the trained model (D37), its
+    weights given to `keep(model, state, info, tcfg)` with the final training state (`train.train_state`,
+    D24), a CUDA error that poisons the process as status 'cuda_error' (parallel.py then ends the worker,
+    or the run), and the memory of an out-of-memory candidate given back. Returns (info, objectives)."""
+    tcfg = tcfg if seed is None else dataclasses.replace(tcfg, seed=seed)
+    final = {}
+
+    def trained(model, result, info):
+        if plugins.METRICS:
+            info.update(plugins.compute(g, model, result))
+        if keep is not None:
             keep(model, final, info, tcfg)
-    except torch.cuda.OutOfMemoryError as e:
-        info.update(status="oom", error=str(e).splitlines()[0])
-    except Exception as e:  # a candidate that raises must not stop the search (D16)
-        error = f"{type(e).__name__}: {e}"
-        info.update(status="cuda_error" if is_sticky_cuda_error(error) else "error", error=error)
-    if info["status"] == "oom":  # here, not in `except`: the traceback that held the tensors is gone
-        model = None
+    info = star.evaluate_genome(g, cfg, tcfg, data, config.cache_len, trained=trained,
+                                checkpoint=final.update if keep is not None else None, plan=training.plan)
+    if info["status"] == "error" and is_sticky_cuda_error(info["error"]):
+        info["status"] = "cuda_error"
+    if info["status"] == "oom":  # the model and its traceback are gone with star.evaluate_genome's frame
         train.release_memory()
-    info["seconds"] = round(time.time() - t0, 3)
     return info, objectives_of(info, config.objective)
 
 
 def objectives_of(info: dict, objective: str) -> tuple[float, ...]:
-    """The minimised objective vector of an evaluation: inf everywhere when it failed (D16). A metric not
+    """star.objectives_of for any objective of the run: inf everywhere when it failed (D16). A metric not
     in `info` is inf: the measured ones (D34) are added in the main process, which computes this again."""
-    ok = info["status"] == "ok" and math.isfinite(info["perplexity"])
-    return tuple(float(info.get(m, math.inf)) if ok else math.inf for m in metrics_of(objective))
+    return star.objectives_of(info, metrics_of(objective))
 
 
 def is_sticky_cuda_error(message: str) -> bool:
@@ -124,14 +101,14 @@ def save_weights(folder: Path, model, state: dict, info: dict, g: genome.Genome,
     folder = Path(folder)
     data = {"data": config.data, "vocab_size": config.vocab_size}
     text = genome.canonical_str(g)  # one spelling (the model is built from plans(g), the same for both)
-    train.save_checkpoint(folder / train.CHECKPOINT_FILE, model, text, cfg, tcfg, state=state, data=data)
+    training.save_checkpoint(folder / training.CHECKPOINT_FILE, model, text, cfg, tcfg, state=state, data=data)
     about = dict(format=WEIGHTS_FORMAT, genome=text, canonical=text,
                  vocab_size=cfg.vocab_size, d_model=cfg.d_model, depth=cfg.depth, head_dim=cfg.head_dim,
                  model_config=cfg.to_dict(), recipe=tcfg.to_dict(), data=data,
                  score={k: info.get(k) for k in ("perplexity", "val_loss", "bits_per_byte", "train_loss")},
                  params=info.get("params"), non_embedding_params=info.get("non_embedding_params"),
                  cache_bytes=info.get("cache_bytes"), cache_len=config.cache_len, plugins=list(config.plugins),
-                 files=dict(checkpoint=train.CHECKPOINT_FILE), **extra)
+                 files=dict(checkpoint=training.CHECKPOINT_FILE), **extra)
     tmp = folder / (WEIGHTS_JSON + ".tmp")
     tmp.write_text(json.dumps(about, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, folder / WEIGHTS_JSON)

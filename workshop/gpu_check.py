@@ -1,9 +1,9 @@
 """The prepared device check (issue 21, DESIGN.md D30): everything a first run on one GPU should measure,
 in at most 4 minutes, each section in its own process under a wall-time cap.
 
-    python gpu_check.py --out gpu_check_out                 # cuda when torch sees one, else cpu
-    python gpu_check.py --out /tmp/gc --device cpu           # the CPU dry run, at tiny shapes (about 1-2 minutes)
-    python gpu_check.py --out DIR --only bench,memory --cap bench=90
+    python -m workshop.gpu_check --out gpu_check_out                 # cuda when torch sees one, else cpu
+    python -m workshop.gpu_check --out /tmp/gc --device cpu           # the CPU dry run, at tiny shapes (about 1-2 minutes)
+    python -m workshop.gpu_check --out DIR --only bench,memory --cap bench=90
 
 Sections, in order (the JSON keys):
 
@@ -18,7 +18,7 @@ Sections, in order (the JSON keys):
              seconds per candidate, candidates per hour, GPU utilisation (nvidia-smi, sampled every 0.5 s),
              and the whole preset's time extrapolated from them
     memory   one paper-preset training step of the largest class (by the planner's activation probe) at the
-             micro-batch train.micro_batch_for picks: the measured peak against train.step_memory's estimate
+             micro-batch training.micro_batch_for picks: the measured peak against training.step_memory's estimate
 
 After each section, DIR/check.json (all results so far) and DIR/<section>.log (its output) are written, so
 a run that is cut off still reports. A section that passes its cap is killed with its process group and
@@ -41,9 +41,10 @@ import subprocess
 import sys
 import threading
 import time
+from workshop import training
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the repository root: the reference modules and tests/
 PY = sys.executable
 
 # wall-time caps in seconds per section: (cuda, cpu). The cuda caps add up to 260 s. A cold `import torch`, a
@@ -221,7 +222,7 @@ class GpuSampler:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Sections run in a child process (python gpu_check.py --section NAME): each writes DIR/NAME.json as it goes
+# Sections run in a child process (python -m workshop.gpu_check --section NAME): each writes DIR/NAME.json as it goes
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -326,7 +327,7 @@ def _extrapolate(one: dict, many: dict | None, device: str) -> dict:
 
     Worker start-up (once per run) and the per-generation bookkeeping are left out."""
     try:
-        import config
+        from workshop import config
         p = config.PRESETS["gpu"]
         full = dict(steps=p.steps, population=p.population, offspring=p.offspring, generations=p.generations)
     except Exception:  # noqa: BLE001 - the numbers of README's preset table
@@ -386,8 +387,8 @@ def section_memory(device: str, out: Path, deadline: float) -> dict:
     """One paper-preset step (CPU: cpu-preset step) of the largest class at the planner's micro-batch.
 
     The largest class is the one with the most activation bytes per token in the planner's probe
-    (train.saved_bytes_per_token), ranked on one-LIV models (LIV + GMemless); its whole-depth model then
-    gets the planner's estimate (train.step_memory) and micro-batch (train.micro_batch_for, for this
+    (training.saved_bytes_per_token), ranked on one-LIV models (LIV + GMemless); its whole-depth model then
+    gets the planner's estimate (training.step_memory) and micro-batch (training.micro_batch_for, for this
     device's memory), and one optimizer step over all micro-batches is measured: CUDA
     max_memory_allocated; CPU the bytes live before the step plus bench.peak_bytes' allocator replay.
     On CPU there is no device memory to plan for, so the budget is set to what half the batch needs.
@@ -395,10 +396,10 @@ def section_memory(device: str, out: Path, deadline: float) -> dict:
     import torch
     import torch.nn.functional as F
 
-    import bench
+    from workshop import bench
     import genome as gn
     import liv
-    import config
+    from workshop import config
     import train
 
     dev = torch.device(device)
@@ -413,7 +414,7 @@ def section_memory(device: str, out: Path, deadline: float) -> dict:
     ranking = {}
     for cid, spec in liv.REGISTRY.items():  # the planner's probe on one LIV (+ GMemless) of each class
         small = gn.build_model(gn.Genome.parse(bench.striped(cid, 2)), one_liv, seed=0).to(dev)
-        ranking[spec.name] = train.saved_bytes_per_token(small, p.seq_len, bf16)
+        ranking[spec.name] = training.saved_bytes_per_token(small, p.seq_len, bf16)
         del small
     name = max(ranking, key=ranking.get)
     cid = next(c for c, s in liv.REGISTRY.items() if s.name == name)
@@ -421,13 +422,13 @@ def section_memory(device: str, out: Path, deadline: float) -> dict:
     write_json(out / "memory.json", res)
     model = gn.build_model(gn.Genome.parse(bench.striped(cid, p.depth)), cfg, seed=0).to(dev)
     n = sum(q.numel() for q in model.parameters())
-    per_token = train.saved_bytes_per_token(model, p.seq_len, bf16)
+    per_token = training.saved_bytes_per_token(model, p.seq_len, bf16)
     if cuda:
-        memory = train.device_memory(dev)
+        memory = training.device_memory(dev)
     else:  # a budget that fits half the batch, so that the planner splits the step
-        memory = math.ceil(train.step_memory(model, tcfg, p.batch // 2) / (1 - train.MEMORY_HEADROOM)) + 1
-    micro = train.micro_batch_for(model, tcfg, memory)
-    estimate = train.step_memory(model, tcfg, micro)
+        memory = math.ceil(training.step_memory(model, tcfg, p.batch // 2) / (1 - training.MEMORY_HEADROOM)) + 1
+    micro = training.micro_batch_for(model, tcfg, memory)
+    estimate = training.step_memory(model, tcfg, micro)
     res.update(params=n, act_bytes_per_token=per_token, memory_bytes=memory, micro_batch=micro,
                micro_batches=p.batch // micro, estimated_peak_bytes=estimate)
     write_json(out / "memory.json", res)
@@ -471,10 +472,10 @@ def section_argv(name: str, device: str, out: Path, cap_s: float, workers: int, 
         return [PY, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "console_output_style=classic",
                 str(HERE / "tests" / "test_device.py")]
     if name == "bench":
-        argv = [PY, str(HERE / "bench.py"), "--device", device, "--only", "transformer,profile,classes,scan,conv",
+        argv = [PY, "-m", "workshop.bench", "--device", device, "--only", "transformer,profile,classes,scan,conv",
                 "--out", str(out / "bench.json")]
         return argv + (["--quick"] if device == "cpu" else [])
-    return [PY, str(HERE / "gpu_check.py"), "--section", name, "--device", device, "--out", str(out),
+    return [PY, "-m", "workshop.gpu_check", "--section", name, "--device", device, "--out", str(out),
             "--cap-s", str(cap_s), "--workers", str(workers)] + (["--data-cache", data_cache] if data_cache else [])
 
 
@@ -622,7 +623,7 @@ def print_table(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_check.py", description="The prepared device check (DESIGN.md D30).")
+    ap = argparse.ArgumentParser(prog="python -m workshop.gpu_check", description="The prepared device check (DESIGN.md D30).")
     ap.add_argument("--out", required=True, help="folder for check.json, the section logs and their JSON")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when torch sees one)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")

@@ -27,13 +27,11 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import candidate
 import evolve
 import genome
 import liv
-import meter
-import runlog
-from config import FORMULA_BUDGETS, RunConfig
+from workshop import candidate, meter, runlog, words
+from workshop.config import FORMULA_BUDGETS, RunConfig
 
 
 class Measurements:
@@ -69,7 +67,7 @@ class Measurements:
                 self.log(f"measured {key}: failed ({rec['error'][:120]})")
                 continue
             self.log(f"measured {key}: first token {m['ttft_ms']:.1f} ms, decode {m['decode_ms']:.2f} ms "
-                     f"(p95 {m['decode_p95_ms']:.2f}), memory {liv.fmt_bytes(m['memory_bytes'])} at T = "
+                     f"(p95 {m['decode_p95_ms']:.2f}), memory {words.fmt_bytes(m['memory_bytes'])} at T = "
                      f"{max(self.shape.contexts)}; decode {m.get('decode_ratio', float('nan')):.2f}x Transformer++, "
                      f"{rec['seconds']:.1f}s")
 

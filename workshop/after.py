@@ -3,17 +3,17 @@
 A finished run folder holds, beside its archive, the weights of its selection (`weights/`, written by
 star.py at the end of every run, D24). From there:
 
-    python after.py pick RUN                                   # the selection, its weights, what to do next
-    python after.py retrain RUN --genome best --steps 1000 --seeds 0 1 2      # any steps and seeds, later
-    python after.py retrain RUN --genome best --repeat 2 --d-model 128        # scaled (D26), counts first
-    python after.py retrain RUN --genome 1.1.1.1.1-9.2.1.2.1-5.3.1.3.1-9.4.1.4.1   # any genome, the run's settings
-    python after.py export RUN/weights/gXXXXXXXXXX             # torch.export programs, loaded by torch alone (D28)
+    python -m workshop.after pick RUN                                   # the selection, its weights, what to do next
+    python -m workshop.after retrain RUN --genome best --steps 1000 --seeds 0 1 2      # any steps and seeds, later
+    python -m workshop.after retrain RUN --genome best --repeat 2 --d-model 128        # scaled (D26), counts first
+    python -m workshop.after retrain RUN --genome 1.1.1.1.1-9.2.1.2.1-5.3.1.3.1-9.4.1.4.1   # any genome, the run's settings
+    python -m workshop.after export RUN/weights/gXXXXXXXXXX             # torch.export programs, loaded by torch alone (D28)
     python train.py --sample RUN/weights/gXXXXXXXXXX --prompt "ROMEO:"       # cached decoding
     python train.py --resume RUN/weights/gXXXXXXXXXX --extend 1000 --save more.pt   # keep training (D27)
 
 and from Python, in two lines:
 
-    import after
+    from workshop import after
     model = after.load("runs/quality_cache-cpu-seed0")         # rank 1 of the selection (rank=k: the k-th)
 
 `retrain` reads the run and writes only under `--out` (default RUN/retrained): the archive, the
@@ -23,7 +23,7 @@ genome at the run's own steps and seed reproduces its archived perplexity exactl
 
 `train.py --from-run RUN`, as the issue spelled it, would make train.py (the reference tier) read
 config.json, whose format and identity rule belong to config.py; reading a run is the workshop's
-job, so it is `after.py retrain RUN --genome G|best` here (D24).
+job, so it is `python -m workshop.after retrain RUN --genome G|best` here (D24).
 """
 from __future__ import annotations
 
@@ -37,17 +37,12 @@ from typing import Optional
 
 import torch
 
-import candidate
 import corpus
 import genome
 import liv
-import parallel
-import plugins
-import report
-import runlog
-import star
 import train
-from config import RunConfig, UsageError
+from workshop import candidate, cli, parallel, plugins, report, runlog, space, training, words
+from workshop.config import RunConfig, UsageError
 
 # ----------------------------------------------------------------------------------------------------
 # Reading a run (read-only)
@@ -81,7 +76,7 @@ def read_run(path) -> Run:
     except ValueError as e:
         raise UsageError(str(e)) from None
     tpp = report.seed_groups(baselines, "name").get("transformer++")
-    top = star.select_top_k(records, tpp, config.objective, config.final_top)
+    top = report.select(records, tpp, config.objective, config.final_top, config.within_budgets)
     index = path / "weights" / "top.json"
     weights = json.loads(index.read_text()) if index.is_file() else []
     return Run(path, config, records, baselines, top, weights)
@@ -106,7 +101,7 @@ def load(path, rank: int = 1, device: str = "cpu") -> torch.nn.Module:
     about = candidate.read_weights(found if found.is_dir() else found.parent) or {}
     try:
         plugins.load(about.get("plugins") or ())  # a plugin's LIV classes (D37), before the model is built
-        return train.load_checkpoint(found, device)[0]
+        return training.load_checkpoint(found, device)[0]
     except ImportError as e:
         raise UsageError(f"{found} was made with the plugin {e.name or e}, which cannot be imported: {e}") from None
     except (ValueError, FileNotFoundError) as e:
@@ -122,15 +117,15 @@ def pick(run_dir) -> str:
              f"{'rank':>4}  {'perplexity':>10}  {'params':>9}  {'cache':>9}  {'reproduced':>10}  weights  genome"]
     for rank, r in enumerate(run.top, 1):
         w = kept.get(r["key"], {})
-        lines.append(f"{rank:>4}  {r['perplexity']:>10.3f}  {r['params']:>9,}  {liv.fmt_bytes(r['cache_bytes']):>9}  "
+        lines.append(f"{rank:>4}  {r['perplexity']:>10.3f}  {r['params']:>9,}  {words.fmt_bytes(r['cache_bytes']):>9}  "
                      f"{str(w.get('reproduced', '-')):>10}  {w.get('folder', '-')}  {r['key']}"
                      + (f"  (final: {', '.join(w['final'])})" if w.get("final") else ""))
     if not run.top:
         lines.append("   (no candidate is smaller than Transformer++)")
     elif run.weights:
         best = run.path / run.weights[0]["folder"]
-        lines += ["", f"python after.py retrain {run.path} --genome best --steps 1000 --seeds 0 1 2",
-                  f"python after.py export {best}", f"python train.py --sample {best} --prompt 'ROMEO:'",
+        lines += ["", f"python -m workshop.after retrain {run.path} --genome best --steps 1000 --seeds 0 1 2",
+                  f"python -m workshop.after export {best}", f"python train.py --sample {best} --prompt 'ROMEO:'",
                   f"python train.py --resume {best} --extend 1000 --save more.pt"]
     else:
         lines += ["", "no weights kept: python star.py <the run's options> --resume --weights"]
@@ -180,7 +175,7 @@ def retrain(run_dir, which: str = "best", steps: Optional[int] = None, seeds: Op
     tcfg = config.train_config(device, steps)
     results = []
     for base in chosen(run, which):
-        g = genome.repeat(base, repeat, share_across) if (repeat != 1 or share_across) else base
+        g = space.repeat(base, repeat, share_across) if (repeat != 1 or share_across) else base
         try:
             cfg = dataclasses.replace(config.model_config(data.vocab_size), d_model=width, depth=g.depth, ffn_hidden=0)
         except ValueError as e:
@@ -267,7 +262,7 @@ def export(source, out=None, batch: int = 1, context: Optional[int] = None, step
         checks = [torch.randint(0, cfg.vocab_size, (b, l), generator=gen) for b, l in ((1, 1), (3, min(cfg.max_len, 130)))]
         diff = max(float((program.module()(c) - model(c)).abs().max()) for c in checks)
     torch.export.save(program, out / "forward.pt2")
-    text = genome.canonical_str(genome.Genome.parse(train.read_checkpoint(src)["genome"]))  # older folders: as bred
+    text = genome.canonical_str(genome.Genome.parse(training.read_checkpoint(src)["genome"]))  # older folders: as bred
     about = dict(format=EXPORT_FORMAT, genome=text, model_config=cfg.to_dict(), vocab_size=cfg.vocab_size,
                  forward=dict(file="forward.pt2", inputs="idx: int64 (batch, length), 1 <= length <= max_len",
                               outputs="logits: float32 (batch, length, vocab_size)", max_abs_diff=diff))
@@ -306,8 +301,8 @@ def _export_step(model, out: Path, batch: int, context: int, gen, log) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = liv.OneLineParser(prog="after.py", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=liv.OneLineParser)
+    ap = words.OneLineParser(prog="python -m workshop.after", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=words.OneLineParser)
     p = sub.add_parser("pick", help="the selection of a run and its weights")
     p.add_argument("run")
     p = sub.add_parser("retrain", help="train a run's genomes again: any steps, seeds, depth, width")
@@ -344,7 +339,7 @@ def main(argv=None) -> int:
                 raise UsageError("--batch and --context must be >= 1")
             export(args.source, args.out, args.batch, args.context, step=not args.no_step)
     except UsageError as e:
-        print(f"after.py: error: {star._one_line(e)}", file=sys.stderr)
+        print(f"workshop.after: error: {cli._one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
