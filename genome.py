@@ -1,16 +1,11 @@
-"""The STAR genome: an integer encoding of a backbone, and how it decodes into a model.
+"""The STAR genome: an integer encoding of a backbone, and how it decodes into a model (DESIGN.md §4).
 
-STAR describes an architecture on three levels (DESIGN.md §4.1, D8):
-
-    featurizer genome  per feature group of a class: how the featurizer computes C, B, V or S
-                       (token mixing, sparsity, nonlinearity, channel mixing, expansion, repeat).
-    operator genome    per class, 5 digits: featurizer class, token mixing, sparsity, nonlinearity,
+STAR describes an architecture on three levels (D8):
+    featurizer genome  per feature group of a class: how the featurizer computes C, B, V or S (``liv.FG``).
+    operator genome    per class, 5 digits: featurizer class; token mixing, sparsity, nonlinearity and
                        channel mixing of the LIV's own linear map T(x).
-    backbone genome    per *backbone*: one 5-tuple per LIV, ``depth`` tuples in all.
-
-The first two are fixed data of the option pool (``liv.REGISTRY``, printed by ``explain_classes``); only
-the backbone genome is evolved. Its five entries are
-
+    backbone genome    one 5-tuple per LIV, ``depth`` (fixed) in all: the only level evolved (the first two are
+                       fixed tables of the option pool, ``liv.REGISTRY``). Its five entries:
     entry  name                     values
     1      class                    1-17 (liv.REGISTRY: 1 SA-1 ... 9 GMemless ... 17 GConv-2-Diff)
     2      featurizer group         1-depth
@@ -18,32 +13,17 @@ the backbone genome is evolved. Its five entries are
     4      feature-group group      1-depth
     5      feature-group strategy   1 none · 2 share B,V · 3 share C,B · 4 share C,B,V (D10)
 
-Sharing semantics. A *group* (at either level) is the set of LIVs with the same group id; its
-**owner** is its first member (lowest LIV index). The owner's own strategy does not matter to what it
-computes. A later member with a sharing strategy (featurizer 2; feature group 2/3/4) takes, from the
-owner, either the featurizer *weights* (D9; it still applies them to its own input) or the *computed*
-feature groups ``liv.SHARED_GROUPS[s]`` (D10, e.g. cross-layer KV sharing). A member with strategy 1
-shares nothing, whatever its group id. Legality:
-
+Sharing. A *group* (at either level) is the LIVs with the same group id; its **owner** is its first
+member. A later member with a sharing strategy takes from the owner its featurizer *weights* (D9, applied
+to its own input) or its *computed* feature groups ``liv.SHARED_GROUPS[s]`` (D10, e.g. cross-layer KV
+sharing); strategy 1 shares nothing, whatever the group id. Legality:
     D9   featurizer sharing needs the owner's class exactly.
     D10  feature-group sharing needs equal, non-None ``REGISTRY[c].share_key`` (same family, head
-         layout, state size, differential status); D6: GMemless (class 9) shares no feature groups,
-         so its only legal feature-group strategy is 1.
+         layout, state size, differential status); D6: GMemless (class 9) allows strategy 1 only.
 
-Variation (D18) respects these constraints: ``random_genome`` joins earlier compatible groups at a set
-rate, ``mutate`` gives each hit entry a value legal at its position, and ``crossover`` (k-point on the
-flat list of ``5·depth`` integers) cuts between LIVs that no link spans, so offspring are legal in the
-common case; what is left illegal, ``repair`` (D11) fixes and counts. Many genomes decode to the same
-architecture (group ids are labels, strategy 1 members may sit in any group, entries that build
-nothing); ``canonical`` (D12) picks one representative, so the search never trains the same
-architecture twice. Text form (D13): ``1.1.1.1.1-9.2.1.2.1``, or the paper's compact
-``21211-31112`` when every entry is one digit.
-
-Decoding: ``plans(g)`` turns a valid genome into ``liv.LayerPlan``s (who owns my featurizer weights,
-whose feature groups I reuse); ``build_model`` hands them to ``liv.Backbone``.
-
-What this module does not do: it does not evolve the featurizer or operator genomes (they are tables),
-and it does not vary depth (every genome of a search has the search's depth).
+Variation (D18) keeps genomes legal where it can; ``repair`` (D11) fixes and counts the rest. ``canonical``
+(D12) picks one genome per architecture; ``plans`` decodes a genome into ``liv.LayerPlan``s for
+``build_model``. Text form (D13): ``1.1.1.1.1-9.2.1.2.1``, or the paper's compact ``21211-31112``.
 """
 from __future__ import annotations
 
@@ -58,16 +38,11 @@ import torch
 import evolve
 import liv
 
-# ----------------------------------------------------------------------------------------------------
-# Entries of the backbone genome
-# ----------------------------------------------------------------------------------------------------
-
+# --- Entries of the backbone genome ------------------------------------------------------------------
 ENTRY_NAMES = ("class", "featurizer group", "featurizer strategy", "feature-group group", "feature-group strategy")
 CLASS, FEAT_GROUP, FEAT_STRATEGY, FG_GROUP, FG_STRATEGY = range(5)  # positions inside a 5-tuple
-
 FEATURIZER_STRATEGIES = {1: "own weights", 2: "share all featurizer weights"}  # D9
 FG_STRATEGIES = {1: "none", 2: "share B,V", 3: "share C,B", 4: "share C,B,V"}  # D10
-
 Row = tuple[int, int, int, int, int]
 
 
@@ -99,19 +74,10 @@ def _where(i: int, entry: int) -> str:
     return f"LIV {i + 1}, entry {entry + 1} ({ENTRY_NAMES[entry]})"
 
 
-# ----------------------------------------------------------------------------------------------------
-# The genome value type (D13)
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- The genome value type (D13) ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Genome:
-    """A backbone genome: one 5-tuple per LIV. Immutable, hashable, compared by value.
-
-    Construction checks only the *shape* (at least one LIV, five integers each), so that mutation and
-    crossover can produce illegal genomes for `repair` to fix; `validate` (and `parse`) check values.
-    """
-
+    """One 5-tuple per LIV, compared by value; only the shape is checked here (`validate` checks values)."""
     livs: tuple[Row, ...]
 
     def __post_init__(self):
@@ -170,8 +136,7 @@ class Genome:
                 fields = list(part)
             for e, f in enumerate(fields):
                 f = f.strip()
-                if not (f.isascii() and f.isdigit()):  # 0-9 only: no sign, no spaces inside, no empty
-                    # field, and not the other scripts' digits that str.isdigit and int() accept
+                if not (f.isascii() and f.isdigit()):  # ASCII 0-9 only (int() takes other scripts' digits)
                     raise ValueError(f"{_where(i, e)}: expected a positive integer, got {f!r}")
                 if len(f.lstrip("0")) > 9:  # no entry is that large; and int() refuses 4300+ digits
                     raise ValueError(f"{_where(i, e)}: a {len(f)}-digit number is out of range")
@@ -182,11 +147,7 @@ class Genome:
         return g
 
 
-# ----------------------------------------------------------------------------------------------------
-# Owners, validation, repair (D9-D11)
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Owners, validation, repair (D9-D11) -------------------------------------------------------------
 def _owners(group_ids: Sequence[int]) -> list[int]:
     """Index of each LIV's group owner: the first LIV carrying the same group id."""
     first: dict[int, int] = {}
@@ -257,20 +218,7 @@ def is_valid(g: Genome) -> bool:
 
 
 def repair(g: Genome, rng: np.random.Generator, classes: Sequence[int] | None = None) -> tuple[Genome, int]:
-    """D11: make `g` valid; return (repaired genome, number of entries changed).
-
-    1. Values out of range or illegal for the class (entries 1, 3, 5, and group ids outside 1..depth)
-       are re-sampled uniformly from the legal values; the class is fixed first, since entry 5 depends
-       on it. With ``classes`` (D25), a class outside them counts as illegal and is drawn from them.
-    2. An illegal link (entries 2, 4) is removed by moving that LIV to a fresh group id: the smallest id
-       in 1..depth that no LIV uses (deterministic, so repair draws no randomness for links). A free id
-       always exists: the moved LIV shares a group with its owner, so fewer than `depth` ids are in use.
-       Moving a non-owner never changes who owns any other group, so one pass suffices.
-
-    The count is the number of entries whose value differs afterwards (an out-of-range group id that is
-    re-sampled and then moved counts once). A valid genome comes back unchanged with count 0, so repair
-    is idempotent.
-    """
+    """D11: (valid genome, entries changed): illegal values re-sampled, illegal links moved to a free group id."""
     rows = [list(r) for r in g.livs]
     depth = g.depth
     classes = check_classes(classes)
@@ -290,27 +238,16 @@ def repair(g: Genome, rng: np.random.Generator, classes: Sequence[int] | None = 
     return fixed, changed
 
 
-# ----------------------------------------------------------------------------------------------------
-# Decoding and the canonical form (D12)
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Decoding and the canonical form (D12) -----------------------------------------------------------
 def _fed_class(class_id: int) -> int:
-    """The class an LIV that computes none of its feature groups builds as: the lowest class id with
-    the same share key and the same groups (SA-2 fed C, B and V is SA-1: its conv has nothing to mix)."""
+    """The lowest equivalent class of an LIV fed all its groups (SA-2 fed C, B and V builds as SA-1)."""
     s = liv.REGISTRY[class_id]
     return min(c for c, t in liv.REGISTRY.items()
                if t.share_key == s.share_key and t.groups == s.groups and not liv.featurizer_needed(c, frozenset()))
 
 
 def plans(g: Genome) -> list[liv.LayerPlan]:
-    """Decode a valid genome into one LayerPlan per LIV (indices 0-based, as in the list).
-
-    The plans describe what is built, so genome choices that build nothing are normalised away (D12):
-    an LIV whose featurizer would have no weights (an SA that receives C, B and V) uses no featurizer
-    and builds as the lowest equivalent class; a featurizer group's weights belong to its first member
-    that needs them.
-    """
+    """Decode a valid genome into LayerPlans (0-based), normalising away what builds nothing (D12, DESIGN.md §11)."""
     validate(g)
     rows = g.livs
     f_own = _owners([r[FEAT_GROUP] for r in rows])
@@ -323,7 +260,7 @@ def plans(g: Genome) -> list[liv.LayerPlan]:
         shared.append(liv.SHARED_GROUPS[r[FG_STRATEGY]] if sharing else frozenset())
     computes = [frozenset(x for x in "CBV" if x in liv.REGISTRY[r[CLASS]].groups) - shared[i] for i, r in enumerate(rows)]
     needs = [liv.featurizer_needed(r[CLASS], computes[i]) for i, r in enumerate(rows)]
-    first_need: dict[int, int] = {}  # featurizer group (by its genome owner) -> first member needing weights
+    first_need: dict[int, int] = {}  # featurizer group's genome owner -> first member needing weights
     for i in range(len(rows)):
         if needs[i]:
             fo[i] = first_need.setdefault(fo[i], i)
@@ -334,18 +271,11 @@ def plans(g: Genome) -> list[liv.LayerPlan]:
 
 
 def from_plans(ps: Sequence[liv.LayerPlan]) -> Genome:
-    """The canonical genome of a list of plans (D12).
-
-    Each LIV's group is its owner's group; owners and non-sharers get strategy 1; sharers keep their
-    strategy (featurizer 2; feature group 2/3/4, read back from shared_groups); group ids are numbered in
-    order of first use. A singleton group therefore always has strategy 1.
-    """
+    """D12: the canonical genome of plans: group ids in order of first use, strategy 1 but for sharers."""
     strategy_of = {frozenset(v): k for k, v in liv.SHARED_GROUPS.items()}
-
     def labels(owner_of: Sequence[int]) -> list[int]:
         label: dict[int, int] = {}
         return [label.setdefault(o, len(label) + 1) for o in owner_of]
-
     fg = labels([p.featurizer_owner for p in ps])
     sg = labels([p.share_owner for p in ps])
     rows = []
@@ -357,8 +287,7 @@ def from_plans(ps: Sequence[liv.LayerPlan]) -> Genome:
 
 
 def canonical(g: Genome) -> Genome:
-    """D12: one representative per architecture. A function of `plans(g)` only, hence idempotent,
-    invariant to relabelling group ids, and equal for any two genomes that decode to the same plans."""
+    """D12: one genome per architecture, a function of `plans(g)` only (idempotent, relabelling-invariant)."""
     return from_plans(plans(g))
 
 
@@ -366,13 +295,9 @@ def canonical_str(g: Genome) -> str:
     return str(canonical(g))
 
 
-# ----------------------------------------------------------------------------------------------------
-# The class set a search draws from (D25; workshop/space.py reads it from the command line)
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- The class set a search draws from (D25; workshop/space.py reads it from the command line) -------
 def check_classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:
-    """A set of LIV classes as a sorted tuple (None: all 17, drawn exactly as without a set)."""
+    """A set of LIV classes as a sorted tuple (None: all)."""
     if classes is None:
         return None
     out = tuple(sorted({operator.index(c) for c in classes}))
@@ -381,26 +306,13 @@ def check_classes(classes: Sequence[int] | None) -> tuple[int, ...] | None:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# Variation (D18: legal by construction)
-# ----------------------------------------------------------------------------------------------------
-#
-# The paper: "mutations respect the constraints of the genome position". Sampling and mutation work
-# on valid genomes and return valid ones without `repair`: every value they write is drawn from the
-# values legal at that position given the rest of the genome. Joining a group means joining the group
-# of an *earlier* compatible owner (D9: same class; D10: same share key), which stays its owner;
-# leaving means a fresh group id. A class change keeps every link that stays legal and drops the
-# others (the member moves to a fresh group). Crossover splices two parents whose group ids are
-# first rewritten as "the index of my owner" (`anchored`), so a link keeps pointing at the same
-# position; it cuts only where no sharing link of either parent crosses the cut when it can, so the
-# common child is legal as spliced. What is left illegal is fixed by `repair` (D11) and counted.
-
+# --- Variation (D18): legal by construction, as "mutations respect the constraints of the genome position" ---
 SHARE_RATE = 0.1  # D18: chance that a sampled LIV joins an earlier compatible group, at each level
 CROSSOVER_CUT = "liv"  # D18: "liv" cuts between LIVs that no link spans; "anywhere" cuts between integers
 
 
 def _sharing_strategies(strategy_entry: int, class_id: int) -> tuple[int, ...]:
-    """The strategies with which a member actually shares something (featurizer 2; feature group 2-4)."""
+    """The strategies that share something (featurizer 2; feature group 2-4)."""
     return (2,) if strategy_entry == FEAT_STRATEGY else tuple(s for s in legal_fg_strategies(class_id) if s != 1)
 
 
@@ -415,8 +327,7 @@ def _fresh_id(rows: Sequence[Sequence[int]], entry: int, i: int) -> int:
 
 
 def _joinable(rows: Sequence[Sequence[int]], level: int, i: int, class_id: int) -> list[int]:
-    """Group ids that LIV i, of class `class_id`, may join at `level` and share through: the groups of
-    LIVs before i whose owner is compatible (D9 / D10)."""
+    """Group ids LIV i of class `class_id` may join at `level`: earlier groups with a compatible owner."""
     ge, _, ok, _ = _LEVELS[level]
     owners = _owners([r[ge] for r in rows])
     return sorted({rows[o][ge] for o in set(owners[:i]) if ok(rows[o][CLASS], class_id)})
@@ -431,16 +342,8 @@ def _drop_illegal_links(rows: list[list[int]]) -> None:
 
 def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHARE_RATE,
                   classes: Sequence[int] | None = None) -> Genome:
-    """A valid random genome, legal by construction (D18).
-
-    LIV by LIV: with probability ``share_rate`` it joins the featurizer group of a random earlier owner,
-    with strategy 2 and the owner's class (D9). Then, with probability ``share_rate``, it joins the
-    feature-group group of a random earlier owner that it may share with (D10), with strategy 2, 3 or
-    4; an LIV whose class is still open takes a class with the owner's share key. A class still open
-    after both is uniform over all 17, or over ``classes`` when given (D25: the search space shaped;
-    None draws exactly as before).
-    What joins nothing has groups of its own and strategy 1.
-    """
+    """A legal random genome (D18): each LIV joins, at rate ``share_rate``, an earlier featurizer group (D9)
+    and a compatible feature-group group (D10); open classes are drawn from ``classes`` (D25; None: all)."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     if not 0.0 <= share_rate <= 1.0:
@@ -472,20 +375,8 @@ def random_genome(depth: int, rng: np.random.Generator, share_rate: float = SHAR
 
 
 def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1, classes: Sequence[int] | None = None) -> Genome:
-    """D18: each of the 5·depth entries mutates with probability p to a *different* value that is legal
-    at its position given the rest of the genome (LIV by LIV, each entry seeing the changes before it).
-    A valid genome stays valid, without repair; an invalid one (a crossover child) is left for `repair`.
-
-        class              any other class. The LIV's featurizer-sharing partners (its owner and the
-                           members with strategy 2) change with it, so that link stays legal; feature-
-                           group links that stay legal are kept, the others dropped.
-        group (2 or 4)     a fresh group, or the group of an earlier compatible owner. Joining with
-                           strategy 1 also draws a sharing strategy, so that the move is not moot.
-        strategy (3 or 5)  another strategy legal for the class; a member of a group whose owner is
-                           incompatible can only keep strategy 1.
-
-    ``classes`` (D25): a class entry only takes one of these (None: any of the 17).
-    """
+    """D18: each entry mutates at rate p to another value legal at its position: a valid genome stays valid.
+    A class change takes its featurizer-sharing partners along; joining with strategy 1 draws a sharing one."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"mutation probability must be in [0, 1], got {p}")
     classes = check_classes(classes)
@@ -532,8 +423,7 @@ def mutate(g: Genome, rng: np.random.Generator, p: float = 0.1, classes: Sequenc
 
 
 def anchored(g: Genome) -> Genome:
-    """The same genome with each group id rewritten as 1 + the index of the group's owner, so that a
-    member's group id names the LIV it shares with. Same plans; what crossover splices (D18)."""
+    """Each group id rewritten as 1 + its owner's index: same plans; what crossover splices (D18)."""
     rows = [list(r) for r in g.livs]
     for ge in (FEAT_GROUP, FG_GROUP):
         for i, o in enumerate(_owners([r[ge] for r in g.livs])):
@@ -551,14 +441,8 @@ def _spans(g: Genome) -> set[int]:
 
 
 def crossover(a: Genome, b: Genome, rng: np.random.Generator, k: int = 2, cut: str = CROSSOVER_CUT) -> Genome:
-    """k-point crossover (D18): one child, starting with a's segment; for the mirrored child call
-    crossover(b, a, ...). Not repaired: the caller repairs and counts.
-
-    Both parents are first `anchored`. cut="liv": the cuts are distinct LIV boundaries that no sharing
-    link of either parent crosses (k of them, or as many as are free; any LIV boundaries when none is), so each LIV arrives
-    with its 5 entries and, in the common case, with the LIVs it shares with. cut="anywhere": the cuts
-    are distinct positions among all 5·depth − 1 gaps between integers (D14's rule).
-    """
+    """k-point crossover (D18) of the `anchored` parents: one child, a's segment first, not repaired. cut="liv"
+    cuts at LIV boundaries no sharing link crosses (any when none is free); "anywhere" between integers."""
     if a.depth != b.depth:
         raise ValueError(f"crossover needs equal depths, got {a.depth} and {b.depth}")
     if cut not in ("liv", "anywhere"):
@@ -578,18 +462,13 @@ def crossover(a: Genome, b: Genome, rng: np.random.Generator, k: int = 2, cut: s
     return Genome.from_flat([fb[j] if parent[j] else fa[j] for j in range(n)])
 
 
-# ----------------------------------------------------------------------------------------------------
-# Baselines (D15)
-# ----------------------------------------------------------------------------------------------------
-
+# --- Baselines (D15) ---------------------------------------------------------------------------------
 SA1, REC1, GMEMLESS = 1, 5, 9
 
 
 def variation(depth: int, share_rate: float = SHARE_RATE, classes: Sequence[int] | None = None,
               cut: str = CROSSOVER_CUT) -> evolve.Variation:
-    """How genomes breed in NSGA-II (D18): sampling at `share_rate`, k-point crossover with its `cut` rule,
-    mutation and repair inside the class set `classes` (D25; None: all), the text form and the canonical key
-    (D12) by which the search never trains one architecture twice."""
+    """How genomes breed in NSGA-II (D18), inside the class set `classes` (D25), keyed by canonical form (D12)."""
     return evolve.Variation(
         sample=lambda rng: random_genome(depth, rng, share_rate=share_rate, classes=classes),
         crossover=lambda a, b, rng: crossover(a, b, rng, cut=cut),
@@ -616,9 +495,7 @@ def transformer_pp(depth: int) -> Genome:
 
 
 def striped_mamba(depth: int) -> Genome:
-    """StripedMamba (D15): depth/2 sequence mixers, each followed by GMemless; mixer j is SA-1 when
-    j % 6 == min(3, m − 1) (one SA-1 per six mixers, Jamba-like; the last mixer when there are fewer
-    than four), Rec-1 otherwise."""
+    """StripedMamba (D15): depth/2 mixers, each then GMemless; Rec-1, SA-1 at mixer 3 of six (DESIGN.md §11)."""
     m = _need_even(depth, "striped-mamba")
     mixers = [SA1 if j % 6 == min(3, m - 1) else REC1 for j in range(m)]
     return _unshared([c for x in mixers for c in (x, GMEMLESS)])
@@ -627,14 +504,9 @@ def striped_mamba(depth: int) -> Genome:
 BASELINES: dict[str, Callable[[int], Genome]] = {"transformer++": transformer_pp, "striped-mamba": striped_mamba}
 
 
-# ----------------------------------------------------------------------------------------------------
-# Building and counting
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Building and counting ---------------------------------------------------------------------------
 def _plans_for(g, cfg: liv.ModelConfig) -> list[liv.LayerPlan]:
-    """The layer plans of a genome (decoded and validated here) or of plans the caller already decoded
-    with `plans(g)`, which builds, counts and sizes one candidate from one decode."""
+    """The layer plans of a genome, or plans already decoded with `plans(g)` (one decode per candidate)."""
     ps = plans(g) if isinstance(g, Genome) else list(g)
     if cfg.depth != len(ps):
         raise ValueError(f"cfg.depth={cfg.depth} but the genome has {len(ps)} LIVs")
@@ -642,8 +514,7 @@ def _plans_for(g, cfg: liv.ModelConfig) -> list[liv.LayerPlan]:
 
 
 def build_model(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seed: int = 0) -> torch.nn.Module:
-    """Decode `g` into a liv.Backbone. Same genome + seed -> same initial weights; the global torch RNG
-    is left as it was (forked)."""
+    """Decode `g` into a liv.Backbone; same genome + seed -> same weights, global RNG untouched (forked)."""
     ps = _plans_for(g, cfg)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -651,8 +522,7 @@ def build_model(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seed: int
 
 
 def count_params(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig) -> dict[str, int]:
-    """Unique parameters (shared tensors once, the tied embedding once), without allocating the model:
-    the Backbone is built on the meta device, which records shapes only."""
+    """Unique parameters (shared tensors and the tied embedding once), counted on the meta device."""
     ps = _plans_for(g, cfg)
     with torch.device("meta"):
         model = liv.Backbone(cfg, ps)
@@ -661,28 +531,13 @@ def count_params(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig) -> dict[
     return dict(total=total, non_embedding=total - cfg.vocab_size * cfg.d_model)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------
-
-
 def cache_bytes(g: Genome | list[liv.LayerPlan], cfg: liv.ModelConfig, seq_len: int = 4096, bytes_per_element: int = 2) -> int:
-    """D7: the bytes a decoder keeps between steps, for batch 1 and a context of ``seq_len`` tokens.
-
-    Written from the formulas of DESIGN.md §3.1, independently of the allocation in liv.py (the tests
-    check the two agree exactly), with sharing (D10): an LIV keeps state only for what it computes.
-
-        SA        keys r·H_kv·P per position if it computes B, values H_kv·P if it computes V
-        Rec       its own state r·H·P·N always (its decay is its own)
-        GConv     the stream B⊙V, unless it takes B and V from an earlier LIV: its last k-1 values
-                  (GConv-1), or its whole history of T values (GConv-2, or a GConv-1 whose stream a
-                  GConv-2 reads)
-        GMemless  nothing
-        and every class the conv tails of its featurizer's short conv: (kernel-1)·(channels of each group
-        it computes whose token mixing is 3): SA-2, GConv-2 (kernel k), Rec (Mamba's kernel 4)
-
-    r = 2 branches for a differential class (D5), else 1; k = cfg.short_conv; T = seq_len.
-    """
+    """D7: bytes a decoder keeps for batch 1 and T = ``seq_len`` tokens, by DESIGN.md §3.1's formulas (tests
+    check them against liv.py's allocation); r = 2 if differential (D5), k = cfg.short_conv:
+        SA        T·r·H_kv·P keys if it computes B, T·H_kv·P values if it computes V (D10)
+        Rec       its state r·H·P·N
+        GConv     the stream B⊙V unless received: k-1 values, or T (GConv-2, or read by one)
+        GMemless  nothing; and every class (kernel-1)·channels per computed group with token mixing 3"""
     ps = _plans_for(g, cfg)
     d, H, P, k, T = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.short_conv, seq_len
     read_whole = {p.share_owner for p in ps if liv.REGISTRY[p.class_id].long_conv and {"B", "V"} <= p.shared_groups}

@@ -1,22 +1,14 @@
-"""Linear input-varying systems (LIVs): the operators STAR builds backbones from.
+"""Linear input-varying systems (LIVs), the operators STAR builds backbones from (DESIGN.md §3).
 
-An LIV computes
-
-    y = T(x) · x
-
-a *linear* map applied to the input whose entries are themselves produced from the input. The part of
-the network that produces them is the **featurizer**; what it produces are the **feature groups**:
-
-    C  the output / query side   (attention queries, recurrence readout C_t, convolution output gate)
-    B  the input / key side      (attention keys, recurrence input B_t, convolution input gate)
-    V  the signal being mixed    (attention values, the recurrence / convolution input x_t)
+An LIV computes y = T(x) · x, a linear map whose entries its **featurizer** computes from x as **feature groups**:
+    C  output / query side    (attention queries, recurrence readout C_t, convolution output gate)
+    B  input / key side       (attention keys, recurrence input B_t, convolution input gate)
+    V  the signal being mixed (attention values, the recurrence / convolution input x_t)
     S  the token-mixing structure itself (recurrence decay a_t, convolution filter h)
 
-How T(x) mixes positions is its **token-mixing structure** (1 diagonal, 2 low-rank = attention,
-3 scaled Toeplitz = convolution, 4 sequentially semi-separable = recurrence); how it mixes channels is
-its **channel-mixing structure** (1 diagonal, 2 dense, 3 grouped per head). The paper's option pool
-(DESIGN.md §3.1, D4) has 17 classes:
-
+T(x) mixes positions by its token-mixing structure (1 diagonal, 2 low-rank = attention, 3 scaled Toeplitz
+= convolution, 4 sequentially semi-separable = recurrence) and channels by its channel-mixing structure
+(1 diagonal, 2 dense, 3 grouped per head). The paper's option pool (D4, DESIGN.md §3.1):
     1 SA-1     softmax attention                 9  GMemless  SwiGLU channel mixer
     2 SA-2     attention, conv in the featurizer 10-17 the differential variants of 1-8 (D5):
     3 SA-3     grouped-query attention (rep. 4)       T(x) = T1(x) - lambda * T2(x), shared V
@@ -26,15 +18,9 @@ its **channel-mixing structure** (1 diagonal, 2 dense, 3 grouped per head). The 
     7 GConv-1  gated short convolution
     8 GConv-2  gated long (Hyena) convolution
 
-Every LIV has two paths: ``forward`` (parallel, for training; it can also fill a decoding cache, the
-*prefill*) and ``step`` (one token with an explicit cache, for generation and for measuring the cache).
-
-Glossary (the symbols in shape comments):
-
-    b  batch            l  sequence length       d  model width (d_model)
-    h  heads            p  head width (head_dim) n  recurrent state expansion N
-    r  branches: 1, or 2 for a differential LIV  k  short-conv kernel length
-    t  position         T  cache length (context kept for decoding)
+Every LIV has a parallel ``forward`` (training; with a cache, the prefill) and a one-token ``step``. Shape
+symbols: b batch, l length, d d_model, h heads, p head_dim, n state size N, r branches (2 for a differential
+LIV), k short-conv kernel, t position, T cache length.
 
 References: STAR (Thomas et al., ICLR 2025, arXiv 2411.17800); Mamba-2 / SSD (Dao & Gu 2024);
 Hyena (Poli et al. 2023); Differential Transformer (Ye et al. 2024); Llama (Touvron et al. 2023).
@@ -53,15 +39,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-# ----------------------------------------------------------------------------------------------------
-# Configuration (D2)
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Configuration (D2) ------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
     """Everything a backbone needs besides its genome. Saved with every checkpoint and archive record."""
-
     vocab_size: int = 256
     d_model: int = 256
     depth: int = 8  # number of LIVs (channel mixers included)
@@ -79,7 +60,6 @@ class ModelConfig:
         def need(ok: bool, name: str, msg: str):
             if not ok:
                 raise ValueError(f"ModelConfig.{name}: {msg} (got {getattr(self, name)!r})")
-
         for name in ("vocab_size", "d_model", "depth", "head_dim", "max_len", "chunk_size"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be a positive integer")
         need(self.d_model % self.head_dim == 0, "d_model", f"must be a multiple of head_dim={self.head_dim}")
@@ -99,27 +79,13 @@ class ModelConfig:
         return d
 
 
-# ----------------------------------------------------------------------------------------------------
-# The option pool (D4): one registry keyed by STAR class id
-# ----------------------------------------------------------------------------------------------------
-
+# --- The option pool (D4): one registry keyed by STAR class id ---------------------------------------
 class FG(NamedTuple):
-    """Featurizer genome of one feature group (D8): how the featurizer computes that group.
-
-    Digit codes (DESIGN.md §3): token mixing 1 diagonal 2 low-rank 3 Toeplitz 4 SSS; sparsity 1 none
-    2 banded; nonlinearity 1 none 2 softmax 3 relu 4 silu 5 softplus; channel mixing 1 diagonal 2 dense
-    3 grouped. This table is what the featurizer builds (`feature_widths`, `featurizer_kernel`,
-    `Featurizer`), not a description beside it:
-
-      token mixing 3   a short causal depthwise conv over the group after its projection
-      nonlinearity     applied to the group after that conv (Rec: SiLU; Rec's S: softplus, giving Δ_t)
-      expansion        output width / d over all branches. A number where the width scales with d
-                       (SA-3's keys: 0.25, rounded to whole key/value heads); "k/d" (k channels) or "kH/d"
-                       (k per head) where it does not: Rec-1's C and B are "16/d", its state size N = 16
-                       (Mamba-2 with one group of B, C for all heads); its S (Δ_t) is "H/d", one per head
-      repeat           query heads per key/value head (GQA); the class's `kv_repeat`
-    """
-
+    """Featurizer genome of one feature group (D8), read by the code that builds it (DESIGN.md §3.3).
+    Digits: token mixing 1 diagonal 2 low-rank 3 Toeplitz (a short causal conv after the projection) 4 SSS;
+    sparsity 1 none 2 banded; nonlinearity (after that conv) 1 none 2 softmax 3 relu 4 silu 5 softplus;
+    channel mixing 1 diagonal 2 dense 3 grouped. expansion: width / d over all branches, or "k/d" (k
+    channels; Rec-1's C, B: "16/d", N = 16) or "kH/d" (k per head). repeat: query heads per KV head (GQA)."""
     token_mixing: int
     sparsity: int
     nonlinearity: int
@@ -155,13 +121,11 @@ class LIVClass:
 
     @property
     def kv_repeat(self) -> int:
-        """SA: query heads per key/value head, the repeat factor of its featurizer genome."""
         return max(fg.repeat for fg in self.featurizer.values())
 
     @property
     def share_key(self):
-        """Two LIVs may share feature groups (D10) iff their keys are equal and not None (D6: GMemless
-        never shares). Same family, head layout, state size, differential status."""
+        """D10: LIVs may share feature groups iff these keys are equal and not None (D6: GMemless never)."""
         if self.family == "Memless":
             return None
         return (self.family, self.kv_repeat, self.state, self.differential)
@@ -190,7 +154,6 @@ def _double(ex: float | str) -> float | str:
 def _build_registry() -> dict[int, LIVClass]:
     def rec(n):  # C and B are n wide: the state size N
         return dict(C=_fg(tm=3, nl=4, ex=f"{n}/d"), B=_fg(tm=3, nl=4, ex=f"{n}/d"), V=_fg(tm=3, nl=4), S=_fg(nl=5, ex="H/d"))
-
     base = [
         # id name shorthand operator family extras featurizer genome
         (1, "SA-1", "SA1", "12123", "SA", {}, dict(C=_fg(), B=_fg(), V=_fg())),
@@ -223,21 +186,12 @@ def n_classes() -> int:
     return len(REGISTRY)
 
 
-# Feature-group sharing strategies (genome entry 5, D10) -> the groups a sharer receives.
-SHARED_GROUPS = {1: frozenset(), 2: frozenset("BV"), 3: frozenset("CB"), 4: frozenset("CBV")}
+SHARED_GROUPS = {1: frozenset(), 2: frozenset("BV"), 3: frozenset("CB"), 4: frozenset("CBV")}  # entry 5 (D10)
 
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """How one LIV of a backbone is built: the decoded form of one backbone-genome 5-tuple.
-
-    featurizer_owner: index of the LIV whose featurizer *weights* this LIV uses (D9); its own index
-                      when it shares none.
-    share_owner:      index of the LIV whose *computed* feature groups this LIV reuses (D10); its own
-                      index when it shares none.
-    shared_groups:    which groups it receives from share_owner (empty when it shares none).
-    """
-
+    """One LIV as built: the LIVs whose featurizer weights (D9) and `shared_groups` (D10) it uses (itself: none)."""
     class_id: int
     featurizer_owner: int
     share_owner: int
@@ -245,8 +199,7 @@ class LayerPlan:
 
 
 def no_weight_decay(p: torch.Tensor) -> torch.Tensor:
-    """Tag a parameter so that the optimiser never decays it (decays, norms, filters, biases): the
-    tag, not `ndim >= 2`, decides, because decay rates and filters are 2-D too (DESIGN.md N7)."""
+    """Tag a parameter that the optimiser never decays: the tag decides, not `ndim` (DESIGN.md N7)."""
     p._no_weight_decay = True
     return p
 
@@ -255,14 +208,9 @@ def is_no_weight_decay(p: torch.Tensor) -> bool:
     return getattr(p, "_no_weight_decay", False)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Small building blocks
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Small building blocks ---------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     """RMSNorm (D1, eps from the config), computed in float32 like Llama's."""
-
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -288,15 +236,8 @@ def apply_rope(x, cos, sin):  # x (..., l, p); cos, sin (l, p)
 
 
 def causal_conv(x, w, tail=None):
-    """Causal depthwise convolution: y_t = sum_j w[:, j] * x_{t-k+1+j}.
-
-    x (b, l, c), w (c, k); tail (b, k-1, c) holds the k-1 inputs before x (zeros when None).
-    Returns y (b, l, c) and the new tail — the same code serves training, prefill and decoding.
-
-    Computed as k shifted multiply-adds rather than a depthwise F.conv1d: on CPU, conv1d's backward through
-    oneDNN took 0.07-35 s (erratic, layout-dependent) at b 8, l 512, 260 channels where the shifts take
-    0.1-0.5 s, and the output is contiguous (b, l, c), so that SDPA keeps its fast path for SA-2.
-    """
+    """y_t = sum_j w[:, j] x_{t-k+1+j} by k shifted multiply-adds, not conv1d (DESIGN.md §11). x (b, l, c),
+    w (c, k), tail (b, k-1, c): the inputs before x (None: zeros) -> y (b, l, c), the new tail."""
     c, k = w.shape
     l = x.shape[1]
     xin = F.pad(x, (0, 0, k - 1, 0)) if tail is None else torch.cat([tail.to(x.dtype), x], dim=1)  # (b, k-1+l, c)
@@ -313,20 +254,12 @@ def kv_heads(cfg: ModelConfig, spec: LIVClass) -> int:
     return max(h for h in range(1, want + 1) if cfg.n_heads % h == 0)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Recurrence: the chunked scan (SSD) and its sequential reference
-# ----------------------------------------------------------------------------------------------------
-
-
-# Cumulative sums as products with a lower-triangular matrix of ones: None (auto) where torch's
-# deterministic algorithms are on and the tensor is on CUDA, whose cumsum for floats has no deterministic
-# kernel (strict mode refuses it); True everywhere (tests); False never.
-TRIANGULAR_SUMS: bool | None = None
+# --- Recurrence: the chunked scan (SSD) and its sequential reference ---------------------------------
+TRIANGULAR_SUMS: bool | None = None  # cumsum as a matmul: None on CUDA in deterministic mode; True always
 
 
 def cumsum(x, dim: int):
-    """torch.cumsum(x, dim), or the same sums as one matrix product (deterministic on CUDA; equal to float32
-    rounding, sums of at most one chunk's length)."""
+    """torch.cumsum, or the same sums as a matmul (CUDA's float cumsum has no deterministic kernel)."""
     if not (TRIANGULAR_SUMS or (TRIANGULAR_SUMS is None and x.is_cuda and torch.are_deterministic_algorithms_enabled())):
         return torch.cumsum(x, dim=dim)
     n = x.shape[dim]
@@ -335,12 +268,7 @@ def cumsum(x, dim: int):
 
 
 def segsum(x):
-    """Stable segment sum: out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, -inf above.
-
-    Masks to -inf *before* any exp (masking after it gives NaN gradients) and never subtracts cumulative
-    sums, which underflow in float32 (DESIGN.md N1).
-    x (..., q) -> (..., q, q)
-    """
+    """out[..., i, j] = x[..., j+1] + ... + x[..., i] for j <= i, else -inf; (..., q) -> (..., q, q) (N1)."""
     q = x.shape[-1]
     x = repeat(x, "... i -> ... i j", j=q)  # x[..., i, j] = x_i
     x = x.masked_fill(~torch.tril(torch.ones(q, q, dtype=torch.bool, device=x.device), -1), 0)
@@ -349,8 +277,7 @@ def segsum(x):
 
 
 def _float32(fn):
-    """Run a scan in float32 whatever the caller's autocast: the decays are exp of cumulative sums,
-    which bf16 (8 bits of mantissa) would ruin. Float tensor arguments are cast up, autocast is off."""
+    """Run a scan in float32, autocast off: its decays are exps of cumulative sums, which bf16 ruins."""
     @functools.wraps(fn)
     def wrapper(*args, **kw):
         up = lambda a: a.float() if torch.is_tensor(a) and a.is_floating_point() else a
@@ -361,11 +288,8 @@ def _float32(fn):
 
 @_float32
 def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
-    """Diagonal linear recurrence h_t = a_t h_{t-1} + x_t ⊗ B_t, y_t = h_t C_t, by chunks (Mamba-2 SSD).
-
-    x (b, l, h, p), log_a (b, l, h) <= 0, B and C (b, l, n), h0 (b, h, p, n) or None.
-    Returns y (b, l, h, p) and the final state (b, h, p, n). Everything in float32.
-    """
+    """h_t = a_t h_{t-1} + x_t ⊗ B_t, y_t = h_t C_t by chunks (Mamba-2 SSD). x (b, l, h, p), log_a
+    (b, l, h) <= 0, B, C (b, l, n), h0 (b, h, p, n) or None -> y (b, l, h, p), final state (b, h, p, n)."""
     b, l, h, p = x.shape
     q = l if torch.compiler.is_exporting() else min(chunk, l)  # torch.export: one chunk, no branch on a symbolic l
     pad = (q - l % q) % q  # N1: zero input and zero log-decay at the end, sliced off below
@@ -377,7 +301,6 @@ def scan_chunked(x, log_a, B, C, h0=None, chunk: int = 64):
     C = rearrange(C, "b (c q) n -> b c q n", q=q)
     A = rearrange(log_a, "b (c q) h -> b h c q", q=q)
     A_cum = cumsum(A, dim=-1)  # (b, h, c, q)
-
     # 1. within each chunk: y_t = sum_{s<=t} (C_t·B_s) exp(A_{s+1..t}) x_s  — a masked "attention"
     G = torch.einsum("bcln,bcsn->bcls", C, B)  # (b, c, q, q)
     M = G[:, None] * torch.exp(segsum(A))  # (b, h, c, q, q)
@@ -404,29 +327,19 @@ def scan_loop(x, log_a, B, C, h0=None):
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1]) if h0 is None else h0
     ys = []
-    # unbind, not x[:, t]: the backward of an index writes a full-size zero gradient per step, O(l²) (DESIGN.md §11)
+    # unbind, not x[:, t], whose backward is O(l²) (DESIGN.md §11)
     for x_t, la_t, B_t, C_t in zip(x.unbind(1), log_a.unbind(1), B.unbind(1), C.unbind(1)):
         state = torch.exp(la_t)[:, :, None, None] * state + x_t[:, :, :, None] * B_t[:, None, None, :]
         ys.append(torch.einsum("bhpn,bn->bhp", state, C_t))
     return torch.stack(ys, dim=1), state
 
 
-# Which scan `scan="auto"` uses on each device, chosen by measurement (`python -m workshop.bench --only scan`, DESIGN.md
-# §11): the chunked scan on CPU at every length; on CUDA, chosen without a measurement yet.
-AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}
+AUTO_SCAN = {"cpu": "chunked", "cuda": "chunked"}  # scan="auto" per device (workshop/bench.py, DESIGN.md §11)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Long convolution: FFT and its direct reference
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- Long convolution: FFT and its direct reference --------------------------------------------------
 def fft_conv(u, h):
-    """Causal long convolution y_t = sum_{s<=t} h_{t-s} u_s by FFT.
-
-    u (b, l, c), h (c, >= l). Length n = 2l and the filter cut to l first: n = l would be circular and
-    a longer filter would leak the future (DESIGN.md N3). torch.fft refuses bf16, so float32 throughout.
-    """
+    """y_t = sum_{s<=t} h_{t-s} u_s, u (b, l, c), h (c, >= l): FFT of length 2l, h cut to l, float32 (N3)."""
     l = u.shape[1]
     n = 2 * l
     U = torch.fft.rfft(rearrange(u.float(), "b l c -> b c l"), n=n)
@@ -445,13 +358,7 @@ def direct_conv(u, h):
 
 
 class ImplicitFilter(nn.Module):
-    """Hyena's implicit filter: h_t = MLP(z_t) · exp(-alpha · t / max_len), one filter per channel.
-
-    z_t are positional features of the absolute position t (t / max_len and sinusoids of geometric
-    frequencies), so h_t does not depend on the input length: the filter for a short input is a prefix
-    of the filter for a long one, and decoding sees the same taps as training.
-    """
-
+    """Hyena's h_t = MLP(z_t) · exp(-alpha · t / max_len) per channel, z_t features of the absolute position t."""
     def __init__(self, channels: int, max_len: int, bands: int = 8, hidden: int = 64):
         super().__init__()
         self.max_len = max_len
@@ -461,9 +368,9 @@ class ImplicitFilter(nn.Module):
                                  nn.Linear(hidden, channels, bias=False))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
-                m.keep_init = True  # the backbone's global init leaves the filter's own init alone (DESIGN.md N7)
+                m.keep_init = True  # the backbone's global init leaves it alone (DESIGN.md N7)
                 no_weight_decay(m.weight)  # D17: filters are never decayed
-        # fixed per-channel decay rates, Hyena's range: from fast (~1% left after 0.3 of max_len) to slow
+        # fixed decay rates, Hyena's range: ~1% left after 0.3 (fast) to 1.5 (slow) of max_len
         self.register_buffer("alpha", torch.linspace(math.log(100) / 0.3, math.log(100) / 1.5, channels),
                              persistent=False)
 
@@ -471,7 +378,7 @@ class ImplicitFilter(nn.Module):
         t = torch.arange(l, device=self.alpha.device, dtype=torch.float32)
         ang = t[:, None] * self.freqs  # (l, bands)
         z = torch.cat([(t / self.max_len)[:, None], ang.cos(), ang.sin()], dim=-1)  # (l, 1 + 2 bands)
-        with torch.autocast(t.device.type, enabled=False):  # the filter MLP in float32, also under bf16 autocast
+        with torch.autocast(t.device.type, enabled=False):  # the filter MLP in float32
             h = self.mlp(z.to(self.mlp[0].weight.dtype)).float()  # (l, channels)
         return rearrange(h * torch.exp(-self.alpha * (t / self.max_len)[:, None]), "l c -> c l")
 
@@ -481,18 +388,12 @@ class _Sin(nn.Module):
         return torch.sin(x)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The featurizer: the weights that turn an LIV's input into its feature groups (shareable, D9)
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- The featurizer: the weights that turn an LIV's input into its feature groups (shareable, D9) ----
 NONLINEARITY = {1: lambda x: x, 2: lambda x: x.softmax(-1), 3: F.relu, 4: F.silu, 5: F.softplus}  # FG digit 3
 
 
 def group_width(cfg: ModelConfig, spec: LIVClass, g: str) -> int:
-    """Channels of feature group `g` over all branches: the registry's expansion × d (FG), rounded to whole
-    key/value heads under GQA (`kv_heads`) and to cfg.ffn_hidden for GMemless (8/3 · d rounded up, D2);
-    "k/d" gives k channels, "kH/d" k per head."""
+    """Channels of group `g` (all branches): expansion × d in whole KV heads (GQA); ffn_hidden for GMemless."""
     ex, rep = spec.featurizer[g].expansion, spec.featurizer[g].repeat
     if isinstance(ex, str):
         k, unit = fixed_width(ex)
@@ -505,12 +406,7 @@ def group_width(cfg: ModelConfig, spec: LIVClass, g: str) -> int:
 
 
 def feature_widths(cfg: ModelConfig, spec: LIVClass) -> dict[str, int]:
-    """Channels of each projected feature group (all branches), from the registry.
-
-    The projected groups are C, B, V and, for a recurrence, its S (dt: the step size Δ_t before softplus)
-    and the output gate z (width d; Mamba's gate, applied after the recurrence, not a feature group).
-    GConv's S is a filter made from the weights alone, so it is not projected from the input.
-    """
+    """Channels of each projected group: C, B, V and Rec's dt (Δ_t before softplus) and output gate z (width d)."""
     widths = {g: group_width(cfg, spec, g) for g in "CBV" if g in spec.groups}
     if spec.family == "Rec":
         widths.update(z=cfg.d_model, dt=group_width(cfg, spec, "S"))
@@ -518,40 +414,23 @@ def feature_widths(cfg: ModelConfig, spec: LIVClass) -> dict[str, int]:
 
 
 def short_conv_groups(spec: LIVClass) -> tuple[str, ...]:
-    """The feature groups that pass the featurizer's short conv: token mixing 3 (Toeplitz) in the registry."""
+    """The groups that pass the featurizer's short conv: token mixing 3 (Toeplitz)."""
     return tuple(g for g in "CBV" if g in spec.featurizer and spec.featurizer[g].token_mixing == 3)
 
 
 def featurizer_kernel(cfg: ModelConfig, spec: LIVClass) -> int:
-    """Length of the short conv inside the featurizer, 0 when no group has token mixing 3 (Toeplitz):
-    the class's own kernel where it fixes one (Rec: 4, Mamba's), else cfg.short_conv (SA-2: Primer-style,
-    GConv-2: Hyena's short filters)."""
+    """The featurizer's short-conv length (0: none): the class's own (Rec: 4, Mamba's), else cfg.short_conv."""
     return (spec.conv_kernel or cfg.short_conv) if short_conv_groups(spec) else 0
 
 
 def featurizer_needed(class_id: int, computes: frozenset) -> bool:
-    """Whether a featurizer of class `class_id` that must compute the feature groups `computes` (a subset
-    of C, B, V) has any parameters.
-
-    It has when it projects a group (`computes` is not empty) or when the class has an S group, which
-    always has weights of its own (Rec: A_log, Δ bias and the z, Δ projection; GConv: the filter).
-    So Rec, GConv and GMemless (which receives nothing, D6) always need one; SA only when it computes
-    something: an attention LIV that receives C, B and V from an earlier LIV (D10) builds no featurizer.
-    """
+    """Whether a featurizer computing `computes` has parameters: only an SA fed C, B and V (D10) has none."""
     spec = REGISTRY[class_id]
     return bool(computes) or "S" in spec.groups or spec.share_key is None
 
 
 class Featurizer(nn.Module):
-    """Computes the feature groups C, B, V (and Rec's z, Δ) of one LIV class, as the registry says.
-
-    One fused dense projection d -> [C | B | V | extras] (featurizer channel mixing 2), then a short causal
-    depthwise convolution over the groups with token mixing 3 (SA-2, Rec, GConv-2) and each group's
-    nonlinearity (Rec: SiLU). The S group has family parameters: Rec's A_log and Δ bias, GConv-1's explicit
-    filter, GConv-2's implicit filter. Built with only the groups that its users compute (D10); a
-    featurizer with nothing to compute is never built (`featurizer_needed`), so no parameter is empty.
-    """
-
+    """C, B, V (and Rec's z, Δ): fused projection d -> [C|B|V|extras], short conv, nonlinearity (DESIGN.md §3.3)."""
     def __init__(self, cfg: ModelConfig, spec: LIVClass, groups: frozenset):
         super().__init__()
         self.spec = spec
@@ -559,7 +438,6 @@ class Featurizer(nn.Module):
         widths = feature_widths(cfg, spec)
         self.groups = frozenset(groups)
         self.layout = [(g, widths[g]) for g in "CBV" if g in groups] + [(g, widths[g]) for g in ("z", "dt") if g in widths]
-        # an LIV that receives C, B and V (D10) and has no extras projects nothing
         self.proj = nn.Linear(cfg.d_model, sum(w for _, w in self.layout), bias=False) if self.layout else None
         self.conv_groups = [g for g in short_conv_groups(spec) if g in groups]
         self.kernel = featurizer_kernel(cfg, spec) if self.conv_groups else 0
@@ -578,10 +456,7 @@ class Featurizer(nn.Module):
             self.filter = ImplicitFilter(r * cfg.d_model, cfg.max_len)
 
     def forward(self, x, groups: frozenset, cache: dict | None = None) -> dict[str, torch.Tensor]:
-        """x (b, l, d) -> {group: (b, l, width)} for the requested groups plus the extras (z, dt).
-
-        With a cache, the conv continues from cache["conv_tail"] and updates it (prefill / decoding).
-        """
+        """x (b, l, d) -> {group: (b, l, width)}, extras included; a cache carries the conv's "conv_tail"."""
         if self.proj is None:
             return {}
         parts = dict(zip([g for g, _ in self.layout], self.proj(x).split([w for _, w in self.layout], dim=-1)))
@@ -606,14 +481,9 @@ class Featurizer(nn.Module):
         return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# LIVs
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- LIVs --------------------------------------------------------------------------------------------
 class DiffCombine(nn.Module):
     """D5: y = (1 - λ_init) · RMSNorm_head(y₁ - λ·y₂), λ = exp(λq1·λk1) - exp(λq2·λk2) + λ_init per head."""
-
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)  # Differential Transformer's schedule
@@ -631,21 +501,8 @@ class DiffCombine(nn.Module):
 
 
 class LIV(nn.Module):
-    """What every LIV has: a featurizer, a token/channel mixer (the subclass's forward), an output projection.
-
-    receives:   feature groups taken from an earlier LIV (D10) instead of computed here.
-    computes:   the groups of C, B, V its featurizer computes for it (the class's groups minus `receives`).
-
-    Featurizer ownership, the one rule (D9). Every Featurizer is registered as a submodule of exactly one
-    LIV, the one that built it: its *owner*, where its parameters live and are counted. An LIV given a
-    featurizer (`featurizer=`, the owner's, for featurizer sharing) does not register it: it keeps a plain
-    reference, so the parameters are counted once and `state_dict` holds them once. An LIV given none
-    builds and owns its own, with the groups `featurizer_groups` (default: `computes`; the Backbone passes
-    the union over its featurizer-sharing group), and only if it needs one (`featurizer_needed`): an
-    attention LIV that receives C, B and V has no featurizer. `feat()` returns the featurizer this LIV
-    uses, owned or not, or None.
-    """
-
+    """A featurizer, a mixer (the subclass's forward), an output projection; `receives` groups (D10), `computes`
+    the rest. D9: only the LIV that built a Featurizer registers it; one given `featurizer=` just refers to it."""
     def __init__(self, cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
                  featurizer: Featurizer | None = None, featurizer_groups: frozenset | None = None):
         super().__init__()
@@ -667,15 +524,14 @@ class LIV(nn.Module):
         width = group_width(cfg, self.spec, "V") if self.spec.family == "Memless" else cfg.d_model
         self.out = nn.Linear(width, cfg.d_model, bias=False)
         self.out.residual_out = True  # scaled by 1/sqrt(2·depth) at init
-        if owns:  # registered here, after `out`: Backbone.reset_parameters draws in module order, and a seed's
-            self.featurizer = featurizer  # initial weights stay those it has always given
+        if owns:  # after `out`: reset_parameters draws in module order (DESIGN.md §11)
+            self.featurizer = featurizer
 
     def feat(self) -> Featurizer | None:
         """The featurizer whose weights this LIV uses (its own or its featurizer-sharing owner's)."""
         return self._uses
 
     def features(self, x, cache: dict | None = None) -> dict[str, torch.Tensor]:
-        """The feature groups this LIV computes from x (b, l, d); {} when it computes none."""
         return self._uses(x, self.computes, cache) if self._uses is not None else {}
 
     def merge(self, y):  # (r, b, l, h, p) -> (b, l, h, p)
@@ -701,13 +557,7 @@ class LIV(nn.Module):
 
 
 class Attention(LIV):
-    """SA-1..SA-4 (and -Diff): y = W_out · softmax(C Bᵀ / √p) V per head, causal, RoPE on C and B.
-
-    C (queries, H heads), B (keys) and V (values) have H_kv heads (GQA for SA-3/SA-4). SA-2's
-    featurizer also runs a short causal conv over C, B, V. Training runs through SDPA; decoding keeps
-    the rotated keys and the values of all past positions (the KV cache).
-    """
-
+    """SA-1..SA-4 (and -Diff): y = W_out · softmax(C Bᵀ / √p) V per head, causal, RoPE on C, B; B, V: H_kv heads."""
     def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None, featurizer_groups=None):
         super().__init__(cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
         self.kv_heads = kv_heads(cfg, self.spec)
@@ -721,11 +571,7 @@ class Attention(LIV):
         return st
 
     def forward(self, x, shared=None, cache=None, pos: int = 0):
-        """x (b, l, d) -> y (b, l, d), features {C: (r,b,h,l,p), B: (r,b,hk,pos+l,p), V: (b,hk,pos+l,p)}.
-
-        With a cache, B and V cover every position so far, so that an LIV sharing them (D10) attends
-        over the same keys without a cache of its own.
-        """
+        """x (b, l, d) -> y, {C: (r,b,h,l,p), B: (r,b,hk,pos+l,p), V: (b,hk,pos+l,p)}: all positions so far (D10)."""
         b, l, _ = x.shape
         r, P = self.r, self.cfg.head_dim
         raw = self.features(x, cache)
@@ -752,8 +598,7 @@ class Attention(LIV):
         v = repeat(f["V"], "b h l p -> (r b) h l p", r=r)  # one V for both branches (D5)
         gqa = self.kv_heads != self.cfg.n_heads  # enable_gqa groups heads as repeat_interleave does (N5)
         lk = k.shape[2]
-        if l == 1:  # one query sees every cached key: no mask (is_causal would show it the first key only, N4);
-            # tested before lk, so that an exported decoding step does not branch on the cache's length
+        if l == 1:  # one query sees every cached key: no mask (N4); tested first: export must not branch on lk
             o = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         elif lk == l:  # training / prefill from position 0: equal lengths, so is_causal is right
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
@@ -765,15 +610,9 @@ class Attention(LIV):
 
 
 class Recurrence(LIV):
-    """Rec-1 / Rec-2 (and -Diff): an input-varying diagonal linear recurrence, Mamba-2's SSD form.
-
+    """Rec-1 / Rec-2 (and -Diff), Mamba-2's SSD form; V = x_t, S = Δ_t, N = 16 (Rec-1) or 2 (Rec-2):
         h_t = a_t · h_{t-1} + B_t ⊗ (Δ_t x_t)     a_t = exp(-exp(A_log) · Δ_t), one decay per head
-        y_t = C_t · h_t + D ⊙ x_t,   out = W_out (y ⊙ silu(z))
-
-    V = x_t, B_t and C_t pass a depthwise causal conv (kernel 4) and SiLU; S = Δ_t (the step size,
-    which also scales the input as in SSD's discretisation). State expansion N = 16 (Rec-1) or 2 (Rec-2).
-    """
-
+        y_t = C_t · h_t + D ⊙ x_t,   out = W_out (y ⊙ silu(z))"""
     def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None, featurizer_groups=None):
         super().__init__(cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
         self.D = no_weight_decay(nn.Parameter(torch.ones(cfg.n_heads)))
@@ -821,14 +660,7 @@ class Recurrence(LIV):
 
 
 class GatedConv(LIV):
-    """GConv-1 / GConv-2 (and -Diff): y = W_out (C ⊙ (h ∗ (B ⊙ V))), a convolution gated on both sides.
-
-    GConv-1: h is an explicit depthwise filter of length `short_conv`.
-    GConv-2 (Hyena, order 2): B, C, V pass a short conv first; h is an implicit filter as long as the
-    input, applied by FFT, plus a skip: C ⊙ (h ∗ u + D ⊙ u) with u = B ⊙ V.
-    Decoding keeps the stream u = B ⊙ V: its last k-1 values (GConv-1) or its whole history (GConv-2).
-    """
-
+    """GConv-1 / -2 (and -Diff): y = W_out (C ⊙ (h ∗ u)), u = B ⊙ V; GConv-2 (Hyena): implicit h, + D ⊙ u."""
     def __init__(self, cfg, class_id, layer_idx=0, receives=frozenset(), featurizer=None, featurizer_groups=None):
         super().__init__(cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
         self.own_stream = not {"B", "V"} <= self.receives  # D10: sharing B, V shares the stream u
@@ -839,9 +671,8 @@ class GatedConv(LIV):
         if not self.own_stream:
             return {}
         full = stream_full or self.spec.long_conv
-        # "_u_whole" says which of the two layouts "u" has (a flag, not state: not counted, D7)
         return {"u": torch.zeros(batch, T if full else self.cfg.short_conv - 1, self.r * self.cfg.d_model,
-                                 dtype=dtype, device=device), "_u_whole": full}
+                                 dtype=dtype, device=device), "_u_whole": full}  # a layout flag, not counted (D7)
 
     def forward(self, x, shared=None, cache=None, pos: int = 0):
         """x (b, l, d) -> y (b, l, d), features {C, B: (r, b, l, d), V: (b, l, d), u_hist (decoding)}."""
@@ -859,8 +690,7 @@ class GatedConv(LIV):
                 if cache["_u_whole"]:  # whole history kept, indexed by position
                     buf[:, pos:pos + l] = u
                     hist = buf[:, :pos + l].to(u.dtype)
-                else:  # only the last k-1 values kept, right-aligned (zeros before position 0), even
-                    # while fewer than k-1 tokens have been seen: a 1-token first chunk lands last
+                else:  # the last k-1 values, right-aligned, zeros before position 0
                     hist = torch.cat([buf.to(u.dtype), u], dim=1)
                     buf.copy_(hist[:, hist.shape[1] - buf.shape[1]:])
             else:
@@ -880,8 +710,7 @@ class GatedConv(LIV):
             n = pos + l
             if cache is None:
                 z = fft_conv(u, fz.filter(n))  # filter (r d, n)
-            else:  # the taps depend on the weights alone: computed once per cache, not at every step, and
-                # stored reversed, one row per tap, so that a step is a contiguous multiply-sum over the history
+            else:  # taps from the weights alone: once per cache, reversed, one row per tap (DESIGN.md §11)
                 T = max(n, cache["u"].shape[1] if "u" in cache else self.cfg.max_len)
                 if "_filter" not in cache or cache["_filter"].shape[0] < n:
                     cache["_filter"] = fz.filter(T).flip(-1).T.contiguous()  # (T, r d): tap T-1 ... tap 0
@@ -897,12 +726,7 @@ class GatedConv(LIV):
 
 
 class GMemless(LIV):
-    """Class 9, the channel mixer: SwiGLU, y = W_down(silu(W_gate x) ⊙ W_up x) (Llama's MLP).
-
-    B is the gate branch, V the up branch; W_down is the LIV's output projection. No token mixing, no
-    cache, no feature-group sharing (D6).
-    """
-
+    """Class 9, SwiGLU: y = W_down(silu(W_gate x) ⊙ W_up x), B the gate, V the up branch; no sharing (D6)."""
     def forward(self, x, shared=None, cache=None, pos: int = 0):  # (b, l, d) -> (b, l, d)
         f = self.features(x)
         return self.out(F.silu(f["B"]) * f["V"]), f
@@ -913,29 +737,16 @@ FAMILY_MODULE = {"SA": Attention, "Rec": Recurrence, "GConv": GatedConv, "Memles
 
 def make_liv(cfg: ModelConfig, class_id: int, layer_idx: int = 0, receives: frozenset = frozenset(),
              featurizer: Featurizer | None = None, featurizer_groups: frozenset | None = None) -> LIV:
-    """Build one LIV of class `class_id` (1-17) from the registry.
-
-    featurizer: None builds (and owns) its own, computing `featurizer_groups` as well as its own groups;
-    else this LIV uses that one's weights without owning them (D9, the rule in `LIV`).
-    """
+    """An LIV of class `class_id`; `featurizer`: another LIV's, used without owning it (D9, see `LIV`)."""
     if class_id not in REGISTRY:
         raise ValueError(f"LIV class must be 1..{n_classes()}, got {class_id}")
     return FAMILY_MODULE[REGISTRY[class_id].family](cfg, class_id, layer_idx, receives, featurizer, featurizer_groups)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The backbone a genome decodes into (D1): embedding -> [x + LIV_i(RMSNorm_i(x))] -> RMSNorm -> tied head
-# ----------------------------------------------------------------------------------------------------
-
-
+# --- The backbone a genome decodes into (D1): embedding -> [x + LIV_i(RMSNorm_i(x))] -> RMSNorm -> tied head ---
 @dataclass
 class DecodeCache:
-    """Everything a decoder keeps between steps: one dict of tensors per LIV, and the position.
-
-    Keys starting with "_" hold values derived from the weights alone (GConv-2's filter taps), the same
-    for every sequence; they are not decoder state and are not counted (D7).
-    """
-
+    """A dict of tensors per LIV, and the position. "_" keys derive from the weights: not counted (D7)."""
     layers: list
     pos: int = 0
 
@@ -953,14 +764,7 @@ class DecodeCache:
 
 
 class Backbone(nn.Module):
-    """A language model whose LIVs are given by a list of LayerPlans (genome.build_model makes them).
-
-    Featurizer sharing (D9): the first member of a featurizer-sharing group that needs a featurizer
-    builds and owns it, with every feature group the members compute; the others use it (the rule in `LIV`).
-    Feature-group sharing (D10): the owner's computed features are handed to later
-    LIVs during the forward pass (and, when decoding, its caches: KV, stream history).
-    """
-
+    """The language model of a list of LayerPlans (genome.build_model), sharing featurizers (D9) and features (D10)."""
     def __init__(self, cfg: ModelConfig, plans: list[LayerPlan]):
         super().__init__()
         if len(plans) != cfg.depth:
@@ -979,8 +783,6 @@ class Backbone(nn.Module):
             computes.append(frozenset(g for g in "CBV" if g in s.groups) - p.shared_groups)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.norms = nn.ModuleList(RMSNorm(cfg.d_model, cfg.norm_eps) for _ in plans)
-        # D9: who owns a featurizer is the plans' decision (genome.plans: the first member of a sharing
-        # group that needs weights); the owner builds it with the groups of every member that uses it
         needs = [featurizer_needed(p.class_id, c) for p, c in zip(plans, computes)]
         for i, p in enumerate(plans):
             o = p.featurizer_owner
@@ -1002,8 +804,7 @@ class Backbone(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """normal(0.02) for embeddings and projections, 0.02/sqrt(2·depth) for residual outputs. Leaves
-        the special inits (A_log, Δ bias, filters, λ) alone: they are not Linear weights (DESIGN.md N7)."""
+        """normal(0.02); 0.02/sqrt(2·depth) for residual outputs; special inits left alone (DESIGN.md N7)."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)) and not getattr(m, "keep_init", False):
                 std = 0.02 / math.sqrt(2 * self.cfg.depth) if getattr(m, "residual_out", False) else 0.02
@@ -1059,10 +860,7 @@ class Backbone(nn.Module):
 
 
 def measure_cache_bytes(model: Backbone, seq_len: int, dtype=torch.bfloat16, device="meta") -> int:
-    """The cache a decoder of this model allocates for batch 1 and `seq_len` positions, in bytes (D7).
-
-    The same allocation the decoding path uses; on the meta device nothing is really allocated.
-    """
+    """Bytes of the cache the decoder allocates for batch 1 and `seq_len` positions (D7; meta: no memory)."""
     return model.new_cache(1, seq_len, dtype=dtype, device=device).nbytes()
 
 

@@ -1,4 +1,4 @@
-"""STAR, the whole synthesis (the paper's Figure 1 and §3.3): the reference, in memory.
+"""STAR, the whole synthesis (the paper's Figure 1; evolution §4, experiments §5): the reference, in memory.
 
     import star
     result = star.synthesize(star.Config.make("cpu"))   # the baselines, NSGA-II, the selection
@@ -6,10 +6,10 @@
 
 One loop, four steps, each in one place:
 
-1. **The baselines** (§4.1): Transformer++ and StripedMamba at the search's depth, trained under the
+1. **The baselines** (§5): Transformer++ and StripedMamba at the search's depth, trained under the
    same budget as every candidate and under several training seeds (D15, D21).
 2. **The initial population**: random genomes (genome.random_genome), repaired (D11).
-3. **Generations of breed, evaluate, survive**: NSGA-II (evolve.nsga2, D16) over genomes, each decoded
+3. **Generations of breed, evaluate, survive** (§4): NSGA-II (evolve.nsga2, D16) over genomes, each decoded
    into a backbone (genome.py, liv.py), trained and scored (`evaluate_genome`, train.py) on the
    objectives, all minimised:
 
@@ -18,7 +18,7 @@ One loop, four steps, each in one place:
        quality_cache        perplexity, inference cache bytes (D7: bf16, batch 1, cache_len tokens)
        quality_size_cache   all three
 
-4. **The selection** (§3.3): the k lowest-perplexity candidates among those smaller than Transformer++
+4. **The selection** (§5): the k lowest-perplexity candidates among those smaller than Transformer++
    in the efficiency objectives (`select_top_k`).
 
 `Config` holds the paper's search settings; its presets (DESIGN.md §7): `cpu` finishes a whole synthesis
@@ -55,7 +55,7 @@ import genome
 import liv
 import train
 
-OBJECTIVES = {  # name -> the metrics it minimises, in order (§3.3)
+OBJECTIVES = {  # name -> the metrics it minimises, in order (the paper's §5: quality, quality-size, quality-cache)
     "quality": ("perplexity",),
     "quality_size": ("perplexity", "params"),
     "quality_cache": ("perplexity", "cache_bytes"),
@@ -117,6 +117,7 @@ class Config:
     baseline_seeds: int = 3             # training seeds of the baselines (D21)
     share_rate: float = genome.SHARE_RATE
     crossover_cut: str = genome.CROSSOVER_CUT
+    micro_batch: Optional[int] = None   # gradient accumulation (None: the whole batch; the workshop plans it on CUDA)
 
     @classmethod
     def make(cls, preset: str = "cpu", **overrides) -> "Config":
@@ -141,7 +142,7 @@ class Config:
     def train_config(self, device: str, steps: Optional[int] = None) -> train.TrainConfig:
         return train.TrainConfig(steps=steps or self.steps, batch=self.batch, seq_len=self.seq_len,
                                  eval_windows=self.eval_tokens // self.seq_len, seed=self.seed, device=device,
-                                 log_every=0)
+                                 log_every=0, micro_batch=self.micro_batch)
 
     def training_seeds(self) -> list[int]:
         """D21: the baselines' seeds; the first is the search's own, so a candidate's score and a
@@ -155,14 +156,6 @@ class Config:
     def variation(self) -> evolve.Variation:
         """How genomes breed (genome.variation, D18)."""
         return genome.variation(self.depth, self.share_rate, None, self.crossover_cut)
-
-    def initial(self, baselines: list[dict]) -> list:
-        """Genomes that open generation 0 before the random samples (none: the paper samples them all)."""
-        return []
-
-    def eligible(self, records: list[dict]) -> list[dict]:
-        """The records the selection may pick (all; the workshop narrows them to its budgets)."""
-        return records
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -180,7 +173,7 @@ def describe_costs(g, cfg: liv.ModelConfig, cache_len: int) -> dict:
 def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainConfig, data: corpus.Data,
                     cache_len: int, *, seed: Optional[int] = None, trained: Optional[Callable] = None,
                     **train_options) -> dict:
-    """Train one candidate under the shared budget and score it (§3.3): its costs by formula (the cache
+    """Train one candidate under the shared budget and score it (§4): its costs by formula (the cache
     checked against the built model's), its held-out perplexity. A failure (divergence, out of memory,
     an exception) is status 'diverged', 'oom' or 'error' with infinite perplexity, and the search goes on
     (D16). `seed` (default tcfg's) seeds the initial weights and the batch order. `trained(model, result,
@@ -253,15 +246,17 @@ class Synthesis:
 
 
 def synthesize(config: Optional[Config] = None, *, data: Optional[corpus.Data] = None, device: str = "auto",
-               baseline: Optional[Callable] = None, evaluate=None, variation: Optional[evolve.Variation] = None,
-               start: Optional[evolve.State] = None, on_generation: Optional[Callable] = None,
+               baseline: Optional[Callable] = None, initial: list = (), evaluate=None,
+               variation: Optional[evolve.Variation] = None, start: Optional[evolve.State] = None,
+               on_generation: Optional[Callable] = None, eligible: Optional[Callable] = None,
                log: Callable[[str], None] = print) -> Synthesis:
     """The paper's Figure 1: the baselines, then NSGA-II over genomes, then the selection.
 
-    The seams, all optional: `baseline(name, genome, seed) -> record` trains a baseline; `evaluate` is
-    the evolve.Scorer of a generation's children, with `.records`, its archive; `variation` how genomes
-    breed; `start` the evolve.State to continue from; `on_generation(step, state)` runs after each
-    generation (raise evolve.StopSearch there to end the search)."""
+    The seams, all optional: `baseline(name, genome, seed) -> record` trains a baseline; `initial` are
+    genomes that open generation 0 before the random samples; `evaluate` is the evolve.Scorer of a
+    generation's children, with `.records`, its archive; `variation` how genomes breed; `start` the
+    evolve.State to continue from; `on_generation(step, state)` runs after each generation (raise
+    evolve.StopSearch there to end the search); `eligible(records)` narrows what the selection may pick."""
     config = config or Config()
     data = data if data is not None else corpus.load_data(config.data, config.vocab_size)
     device = str(train.resolve_device(device))
@@ -279,11 +274,11 @@ def synthesize(config: Optional[Config] = None, *, data: Optional[corpus.Data] =
                  for name, make in genome.BASELINES.items() for seed in config.training_seeds()]
     # 2.-3. the initial population, then generations of breed -> evaluate -> survive (NSGA-II, D16)
     evaluate = evaluate if evaluate is not None else Recorder(score, config.metrics)
-    state = evolve.nsga2(config.initial(baselines), variation or config.variation(), evaluate, config.search(),
-                         start=start, on_generation=on_generation or _progress(log))
-    # 4. the paper's selection rule, against Transformer++'s mean over its seeds
-    tpp = seed_groups(baselines, "name")["transformer++"]
-    top = select_top_k(config.eligible(evaluate.records), tpp, config.metrics, config.final_top)
+    state = evolve.nsga2(initial, variation or config.variation(), evaluate, config.search(), start=start,
+                         on_generation=on_generation or _progress(log))
+    # 4. the paper's selection rule: smaller than Transformer++ (its costs are the same under every seed)
+    tpp = next(b for b in baselines if b["name"] == "transformer++")
+    top = select_top_k((eligible or list)(evaluate.records), tpp, config.metrics, config.final_top)
     return Synthesis(pareto_front(evaluate.records, config.metrics), top, baselines, evaluate.records, config, state)
 
 
@@ -295,7 +290,7 @@ def _progress(log):
 
 
 def select_top_k(records: list[dict], baseline: Optional[dict], metrics, k: int) -> list[dict]:
-    """The paper's rule (§3.3): the k lowest-perplexity candidates among those smaller than Transformer++
+    """The paper's rule (§5): the k lowest-perplexity candidates among those smaller than Transformer++
     in every efficiency metric searched (parameters, cache, ...; none for quality)."""
     smaller = [m for m in metrics if m != "perplexity"]
     ok = [r for r in records if r.get("status") == "ok" and r.get("perplexity") is not None
@@ -317,28 +312,6 @@ def pareto_front(records: list[dict], metrics) -> list[dict]:
         return []
     F = np.array([[r.get(m, math.inf) for m in metrics] for r in ok], dtype=float)
     return sorted((ok[i] for i in evolve.non_dominated_sort(F)[0]), key=lambda r: r["perplexity"])
-
-
-def mean_std(xs) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value) of the finite values; (inf, 0) when none is."""
-    v = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return math.inf, 0.0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
-    """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
-    perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
-    out: dict[str, dict] = {}
-    for r in records:
-        row = out.setdefault(r[field], dict(r, seeds=[], ppls=[]))
-        row["seeds"].append(r.get("seed"))
-        row["ppls"].append(r.get("perplexity") if r.get("status") == "ok" else math.inf)
-    for row in out.values():
-        row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
-        row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
-    return out
 
 
 if __name__ == "__main__":  # the full run with its run folder: the workshop's command line

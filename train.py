@@ -1,35 +1,14 @@
-"""The training loop and evaluation: how STAR scores one candidate backbone (DESIGN.md §7, D17).
+"""Training and evaluation: how STAR scores one candidate backbone (the paper's §4 and §5; D17).
 
-Every genome the search proposes is decoded into a model and trained here under *exactly the same
-budget* (steps, batch, sequence length, learning-rate schedule, data order), then scored by its
-validation perplexity on a fixed held-out set. Same budget + same batches + same held-out windows is
-what makes perplexities of different architectures comparable. The batches come from corpus.py's
-`Data`.
+Every candidate trains under the same budget (`TrainConfig`: steps, batch, length, schedule, seed, so
+the same batches) and is scored by its perplexity on the same fixed held-out windows of corpus.py's
+`Data`, so different architectures compare. The recipe (D17): AdamW (β 0.9/0.95); weight decay 0.1 on
+matrices only, never on parameters tagged `_no_weight_decay` (N7); linear warm-up, then cosine decay
+to 10% of the peak lr 8e-4; gradient clipping at 1.0; bf16 autocast on CUDA; optional `torch.compile`.
+A non-finite loss or gradient norm stops a run as `diverged`; CUDA out of memory is `oom`.
 
-The file has three parts:
-
-1. **Training.** `TrainConfig` holds the budget. AdamW (β 0.9/0.95) with weight decay 0.1 on
-   matrices only — never on parameters tagged `_no_weight_decay` (decays, filters; DESIGN.md N7) and never
-   on vectors (norms, biases); linear warm-up then cosine decay to 10% of the peak lr 8e-4; gradient
-   clipping at 1.0; bf16 autocast on CUDA; optional `torch.compile`. A run whose loss or gradient norm
-   stops being finite stops at once and is reported `diverged`; a CUDA out-of-memory is `oom`.
-2. **Checkpoints.** Weights + model config + genome string + training config (the schedule) + step +
-   optimizer + data position (the batch generator's state), like nanoGPT; loading rebuilds the model
-   from the genome. An interrupted training continues to its planned length exactly as if it had not
-   stopped; a finished one can be extended under a new schedule, recorded as such (D27).
-3. **The command line.**
-
-    python train.py --genome transformer++ --steps 200             # train one genome, print metrics
-    python train.py --genome 1.1.1.1.1-9.2.1.2.1 --data synthetic --steps 50
-    python train.py --genome transformer++ --steps 2000 --save ckpt.pt --save-every 500
-    python train.py --resume ckpt.pt                               # after a kill: on to step 2000
-    python train.py --resume ckpt.pt --extend 1000 --save more.pt  # 1000 more, a new schedule
-    python train.py --sample ckpt.pt --prompt "ROMEO:"             # print a continuation
-
-Glossary (shape comments): b batch, l sequence length (seq_len), v vocabulary size.
-
-What this file does not do: multi-GPU training, dropout, tokenisation (text is bytes; token files
-come pre-tokenised).
+`train`'s seams (workshop/training.py plugs in): `start` and `checkpoint` keep a training going (D27),
+`plan` picks the micro-batch. Shape comments: b batch, l sequence length (seq_len), v vocabulary size.
 """
 from __future__ import annotations
 
@@ -49,10 +28,9 @@ import torch.nn.functional as F
 
 from corpus import Data
 
+
 @dataclass
 class TrainConfig:
-    """The training budget of one candidate. Identical for every candidate of a search."""
-
     steps: int = 200
     batch: int = 16
     seq_len: int = 256
@@ -97,11 +75,7 @@ class TrainConfig:
 
 
 def lr_at(step: int, tcfg: TrainConfig) -> float:
-    """D17: linear warm-up to the peak, then cosine decay to min_lr_ratio · peak at the last step.
-
-    Step 0 gets peak / warmup, step warmup - 1 the peak, and the last step (steps - 1) exactly
-    min_lr_ratio · peak (when there is a decay phase at all: steps > warmup + 1).
-    """
+    """D17: linear warm-up (step 0: peak / warmup), then cosine decay to min_lr_ratio · peak at the last step."""
     peak, floor, w = tcfg.lr, tcfg.lr * tcfg.min_lr_ratio, tcfg.warmup_steps
     if step < w:
         return peak * (step + 1) / w
@@ -115,12 +89,7 @@ def _is_no_weight_decay(p: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups (D17, DESIGN.md N7): decay iff the parameter is a matrix (ndim >= 2) *and*
-    not tagged `_no_weight_decay`. "ndim >= 2" alone would decay 2-D decay rates and filters.
-
-    Shared parameters appear once (named_parameters deduplicates them). Each group carries the names
-    of its parameters under "param_names" (torch's own key) so that tests and logs can read them.
-    """
+    """AdamW groups (D17, N7): decay iff ndim >= 2 *and* not tagged (2-D decay rates and filters are)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -132,8 +101,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' = cuda when available, else cpu; cpu, cuda or cuda:N; anything else, or a CUDA device
-    that is not there, is a ValueError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -150,7 +117,6 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _autocast(device: torch.device, bf16: bool):
-    """D17: bf16 autocast on CUDA only; float32 everywhere else."""
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -185,7 +151,6 @@ def _ppl(loss: float) -> float:
 @dataclass
 class TrainResult:
     """What one training run reports. Losses are in nats per token; infinite when not 'ok'."""
-
     status: str  # 'ok' | 'diverged' | 'oom'
     steps: int  # optimizer steps done
     train_loss: float  # mean of the last (up to log_every) training losses
@@ -201,21 +166,15 @@ class TrainResult:
 
 
 def release_memory() -> None:
-    """Return freed CUDA memory to the device. Call it *after* an `except` block: inside it, the
-    exception's traceback still references the frames that hold the tensors."""
+    """Return freed CUDA memory. Call it *after* an `except` block, whose traceback holds the tensors."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def set_determinism(device: torch.device) -> None:
-    """Deterministic kernels where they cost little (docs/workers-and-ray.md, "Reproducible on CUDA"): cuDNN
-    without autotuning, and torch's deterministic algorithms, warning (once) where an operator has no
-    deterministic implementation instead of failing. STAR_DETERMINISM=strict asks for strict mode, in
-    which torch refuses such an operator and SDPA's backward takes its deterministic kernel; the
-    recurrences' cumulative sums then run as matrix products (liv.cumsum). cuBLAS's fixed workspace is set
-    here, before the first cuBLAS call of the process creates its handle (the candidates' processes train
-    first)."""
+    """Deterministic kernels where cheap (docs/workers-and-ray.md); STAR_DETERMINISM=strict makes a missing
+    one an error (liv.cumsum then uses matrix products). Sets cuBLAS's workspace before its first call."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
         torch.backends.cudnn.benchmark = False
@@ -224,9 +183,7 @@ def set_determinism(device: torch.device) -> None:
 
 
 def _gradients(fwd, params, x, y, micro: int, tcfg: TrainConfig, device) -> tuple[float, float]:
-    """One step's gradients: the batch (b, l) in micro-batches of `micro` sequences, each micro-batch's
-    mean loss scaled by its share of the batch, then clipping. Returns (the batch's loss, the gradient
-    norm before clipping: inf/NaN there means a broken step); the update is the caller's."""
+    """One step's gradients in micro-batches, each loss scaled by its share of the batch; (loss, norm)."""
     loss_sum = 0.0
     for xm, ym in zip(x.split(micro), y.split(micro)):  # (micro, l) each
         with _autocast(device, tcfg.bf16):
@@ -241,25 +198,10 @@ def _gradients(fwd, params, x, y, micro: int, tcfg: TrainConfig, device) -> tupl
 def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], None] | None = print,
           start: dict | None = None, checkpoint: Callable[[dict], None] | None = None,
           checkpoint_every: int = 0, plan: Callable[[nn.Module, TrainConfig], int] | None = None) -> TrainResult:
-    """Train `model` on `data` for `tcfg.steps` AdamW steps, then evaluate it on the held-out set.
-
-    The model is moved to the device and trained in place. `log` receives progress lines (None: quiet).
-    The run stops early with status 'diverged' at the first non-finite loss or gradient norm (that
-    step's update is not applied), and reports 'oom' when CUDA runs out of memory.
-
-    Gradient accumulation: each step's batch is drawn whole (the same batches whatever the split),
-    then cut into batch / micro_batch micro-batches; each micro-batch's mean loss is scaled by
-    micro_batch / batch, so the summed gradients are the whole batch's mean-loss gradient, and clipping
-    and the update see exactly what one large batch would give (up to float rounding).
-
-    Keeping on (D27): `checkpoint(state)` receives the training state (`train_state`: the step, the
-    optimizer, the data position, the recent losses) every `checkpoint_every` steps and after the last
-    one; save it at once, its tensors are the optimizer's own. `start`, such a state, continues a training
-    from its step under this `tcfg`'s schedule: with the schedule it was saved under, an interrupted
-    training resumed to its planned length equals the uninterrupted one bit for bit. `plan(model, tcfg)`
-    picks the micro-batch (default: tcfg.micro_batch, else the whole batch; the workshop's memory planner
-    plugs in here on a GPU).
-    """
+    """Train `model` in place for `tcfg.steps` AdamW steps, then evaluate it. Seams (D27): `checkpoint`
+    gets a `train_state` every `checkpoint_every` steps and after the last (save it at once: its tensors
+    are the optimizer's own); `start`, such a state, resumes bit for bit under the schedule it was saved
+    with; `plan(model, tcfg)` picks the micro-batch (default: `tcfg.micro_batch`, else the batch)."""
     log = log or (lambda _msg: None)
     data.check(tcfg.seq_len)
     device = resolve_device(tcfg.device)
@@ -270,66 +212,63 @@ def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], 
     model.to(device).train()
     opt = torch.optim.AdamW(param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.betas,
                             fused=device.type == "cuda")
-    fwd = torch.compile(model) if tcfg.compile else model  # D17: optional, per-graph compile cost (DESIGN.md N8)
-    params = [p for g in opt.param_groups for p in g["params"]]
     recent = collections.deque(maxlen=max(1, tcfg.log_every))  # last losses, for a smooth final figure
-    first = _continue_from(start, opt, gen, recent)
-    status, error, step = "ok", "", first
-    val_loss, val_ppl = math.inf, math.inf
-    progress = _Progress(tcfg, first, log)
-    x = y = None
+    progress = _Progress(tcfg, _continue_from(start, opt, gen, recent), log)
+    val_loss = val_ppl = math.inf
     try:
-        micro = plan(model, tcfg) if plan is not None else tcfg.micro_batch or tcfg.batch  # sequences per micro-batch
-        for step in range(first, tcfg.steps):
-            t_step = time.perf_counter()
-            lr = lr_at(step, tcfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = data.get_batch("train", tcfg.batch, tcfg.seq_len, gen, device)  # (b, l) each
-            loss_v, gnorm_v = _gradients(fwd, params, x, y, micro, tcfg, device)
-            if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
-                status = "diverged"
-                error = f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step {step}"
-                opt.zero_grad(set_to_none=True)  # the broken step's update is never applied
-                break
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            recent.append(loss_v)
-            progress.step_done(step, time.perf_counter() - t_step, loss_v, lr)
-            if checkpoint is not None and (step + 1 == tcfg.steps or checkpoint_every and (step + 1) % checkpoint_every == 0):
-                checkpoint(train_state(step + 1, opt, gen, recent))
-        else:
-            step = tcfg.steps  # all steps done
-            x = y = None
+        status, error = _steps(model, data, tcfg, opt, gen, recent, progress, device, plan, checkpoint, checkpoint_every)
+        if status == "ok":
+            progress.at = tcfg.steps  # all steps done
             val_loss, val_ppl = evaluate(model, data, tcfg)
     except torch.OutOfMemoryError as e:
-        where = "during evaluation" if step == tcfg.steps else f"at step {step}"
+        where = "during evaluation" if progress.at == tcfg.steps else f"at step {progress.at}"
         status, error = "oom", f"out of memory {where}: {str(e).splitlines()[0]}"
     if status == "oom":  # after `except`: the traceback held the frames that hold the tensors
-        x = y = None
         opt.zero_grad(set_to_none=True)
         release_memory()
-    steps_done = step  # after a break, `step` is the index of the failed step = the steps completed
-    result = TrainResult(status=status, steps=steps_done,
+    result = TrainResult(status=status, steps=progress.at,  # a failed step's index = the steps completed
                          train_loss=sum(recent) / len(recent) if recent and status == "ok" else math.inf,
                          val_loss=val_loss, val_ppl=val_ppl,
                          bits_per_byte=val_loss / math.log(2) if data.byte_level else None,
-                         tokens_per_s=progress.tokens_per_s(steps_done), seconds=time.perf_counter() - t0,
+                         tokens_per_s=progress.tokens_per_s(progress.at), seconds=time.perf_counter() - t0,
                          error=error)
     log(format_result(result))
     return result
 
 
+def _steps(model, data: Data, tcfg: TrainConfig, opt, gen, recent, progress: "_Progress", device, plan, checkpoint,
+           checkpoint_every: int) -> tuple[str, str]:
+    """The steps from `progress.at` (the step under way) on: ('ok', '') or ('diverged', why)."""
+    fwd = torch.compile(model) if tcfg.compile else model  # D17: optional, per-graph compile cost (DESIGN.md N8)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    micro = plan(model, tcfg) if plan is not None else tcfg.micro_batch or tcfg.batch  # sequences per micro-batch
+    for step in range(progress.at, tcfg.steps):
+        progress.at = step
+        t_step = time.perf_counter()
+        lr = lr_at(step, tcfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = data.get_batch("train", tcfg.batch, tcfg.seq_len, gen, device)  # (b, l) each
+        loss_v, gnorm_v = _gradients(fwd, params, x, y, micro, tcfg, device)
+        if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
+            opt.zero_grad(set_to_none=True)  # the broken step's update is never applied
+            return "diverged", f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step {step}"
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        recent.append(loss_v)
+        progress.step_done(step, time.perf_counter() - t_step, loss_v, lr)
+        if checkpoint is not None and (step + 1 == tcfg.steps or checkpoint_every and (step + 1) % checkpoint_every == 0):
+            checkpoint(train_state(step + 1, opt, gen, recent))
+    return "ok", ""
+
+
 def train_state(step: int, opt: torch.optim.Optimizer, gen: torch.Generator, recent) -> dict:
-    """What continuing a training needs besides the weights and the schedule (D27): the steps done, the
-    optimizer's moments, the data position (the batch generator's state), torch's RNG and the recent
-    losses (the final train loss is their mean). Plain data: it loads with torch.load(weights_only=True)."""
+    """What resuming needs besides weights and schedule (D27); torch.load(weights_only=True) reads it."""
     return {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
             "rng": torch.get_rng_state(), "recent": list(recent)}
 
 
 def _continue_from(start: dict | None, opt, gen: torch.Generator, recent) -> int:
-    """Put a saved `train_state` back (None: a fresh training); the step to go on from."""
     if start is None:
         return 0
     opt.load_state_dict(start["optimizer"])
@@ -344,6 +283,7 @@ class _Progress:
 
     def __init__(self, tcfg: TrainConfig, first: int, log):
         self.tcfg, self.first, self.log = tcfg, first, log
+        self.at = first  # the step under way (the steps done, once a step fails or all are done)
         self.t_train, self.t_log, self.step_log = 0.0, time.perf_counter(), first
 
     def step_done(self, step: int, seconds: float, loss_v: float, lr: float) -> None:
@@ -372,8 +312,7 @@ def format_result(r: TrainResult) -> str:
 
 
 def fmt_time(s: float) -> str:
-    """A duration for progress lines and ETAs, everywhere in this project: 5s, 3m07s, 2h05m; '?'
-    when unknown (not finite)."""
+    """A duration for progress lines and ETAs, project-wide: 5s, 3m07s, 2h05m; '?' when not finite."""
     if not math.isfinite(s):
         return "?"
     s = int(round(s))

@@ -21,7 +21,7 @@ import corpus
 import genome
 import star
 import train
-from workshop import after, candidate, cli, space, training
+from workshop import after, candidate, cli, space, training, userdata
 from workshop.config import RunConfig, UsageError
 from test_golden import PINNED, TINY, assert_golden
 
@@ -63,7 +63,7 @@ def test_every_selected_genome_is_kept_and_reproduces_its_archived_score(runs):
     run_dir, _ = runs
     r = after.read_run(run_dir)
     assert r.top and [w["key"] for w in r.weights] == [t["key"] for t in r.top]
-    data = corpus.load_data("synthetic")
+    data = userdata.load_data("synthetic")
     for w, t in zip(r.weights, r.top):
         about = candidate.read_weights(run_dir / w["folder"])
         assert about["reproduced"] is True and about["archived_perplexity"] == t["perplexity"] == w["perplexity"]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from workshop import bench
+from workshop import bench, evaluation
 
 
 def test_bench_quick_writes_every_section(tmp_path):
@@ -58,7 +58,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         assert [t["score"] for t in x["top"]] == sorted(t["score"] for t in x["top"])
         assert all(t["cache"] < tpp["cache"] for t in x["top"])  # under Transformer++'s cache
         pts = np.array([[m, math.log10(max(t["cache"], 1))] for m, t in zip(means, x["top"])]).reshape(-1, 2)
-        assert x["hv_log"] == pytest.approx(evolve.hypervolume(pts, (tpp["mean"], math.log10(tpp["cache"]))))
+        assert x["hv_log"] == pytest.approx(evaluation.hypervolume(pts, (tpp["mean"], math.log10(tpp["cache"]))))
         assert x["new_front"][0] >= 1 and len(x["new_front"]) == rc.generations + 1
         assert x["top_spearman"] == report.spearman([t["score"] for t in x["top"]], means) or len(means) < 2
         laddered = [r for r in records if len(r.get("rungs") or []) == 2]
@@ -72,7 +72,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
             assert x["probe"]["1"]["rho"] == report.spearman(again, [r["perplexity"] for r in top_rung]) or len(again) < 2
         else:
             assert x["probe"] == {}
-        assert x["hv_search"] == pytest.approx(evolve.hypervolume(
+        assert x["hv_search"] == pytest.approx(evaluation.hypervolume(
             np.array([r["objectives"] for r in fidelity.top_rung(records)], dtype=float), x["ref_search"]))
     assert e["runs"][0]["welch_mf_below"] is not None and e["runs"][2]["welch_mf_below"] is None
     before = (runs / "retrained.jsonl").read_text()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import evolve
 import star
-from workshop import cli, fidelity, report, runlog
+from workshop import cli, evaluation, fidelity, report, runlog
 from test_cli import TINY, read_jsonl
 
 
@@ -70,7 +70,7 @@ class Trainer:
             self.calls.append((x, steps))
             ok = x % 11 != 3  # some candidates fail
             obj = toy_score(x, steps) if ok else (math.inf, math.inf)
-            report(i, evolve.Evaluation(obj, dict(perplexity=obj[0], seconds=1.0, status="ok" if ok else "error")))
+            report(i, evaluation.Evaluation(obj, dict(perplexity=obj[0], seconds=1.0, status="ok" if ok else "error")))
 
 
 def explicit_halving(xs, steps, eta):
@@ -144,7 +144,7 @@ def test_every_kill_point_resumes_to_the_uninterrupted_batch_training_nothing_tw
 def test_a_torn_last_line_of_the_book_is_dropped_and_a_damaged_one_refused(tmp_path):
     path = tmp_path / "rungs.jsonl"
     book = runlog.RungLog(path)
-    book.add_result(1, "a", 0, 5, evolve.Evaluation((1.0, 2.0), dict(status="ok")))
+    book.add_result(1, "a", 0, 5, evaluation.Evaluation((1.0, 2.0), dict(status="ok")))
     book.add_decision(1, 0, ["a"])
     path.write_text(path.read_text() + '{"generation": 1, "ke')
     again = runlog.RungLog(path)
@@ -172,7 +172,7 @@ def test_a_lower_rung_never_enters_the_front_the_hypervolume_or_the_selection():
     assert [r["key"] for r in report.front_of(recs, "quality_cache")] == ["b", "c"]
     assert [r["key"] for r in report.select(recs, None, "quality_cache", 3)] == ["b", "c"]
     ref = (40.0, 40.0)
-    assert report.archive_hypervolume_curve(recs, ref) == [(0, 3, evolve.hypervolume(np.array([[20, 20], [30, 5]]), ref))]
+    assert report.archive_hypervolume_curve(recs, ref) == [(0, 3, evaluation.hypervolume(np.array([[20, 20], [30, 5]]), ref))]
     single = [{k: v for k, v in r.items() if k != "rung_steps"} for r in recs]  # no rungs: every record counts
     assert fidelity.top_rung(single) == single
 
@@ -209,7 +209,7 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
     assert front and all(r["rung_steps"] == 3 for r in front)
     ref = json.loads((d / "population_002.json").read_text())["ref_point"]
     top_F = np.array([[math.inf if v is None else v for v in r["objectives"]] for r in recs if r["rung"] == 1])
-    hv = evolve.hypervolume(top_F, ref)
+    hv = evaluation.hypervolume(top_F, ref)
     assert read_jsonl(d / "generations.jsonl")[-1]["hypervolume_archive"] == hv == report.archive_hypervolume_curve(recs, ref)[-1][2]
     book = [json.loads(line) for line in (d / "rungs.jsonl").read_text().splitlines()]
     assert sum("promoted" in r for r in book) == 3  # one decision per generation (0, 1, 2) at rung 0

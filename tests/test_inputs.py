@@ -31,7 +31,7 @@ import liv
 import corpus
 import star
 import train
-from workshop import bench, candidate, cli, describe, runlog, training
+from workshop import bench, candidate, cli, describe, runlog, training, userdata
 
 HERE = Path(__file__).resolve().parent.parent  # the repository: the scripts and their folder
 
@@ -519,7 +519,7 @@ def test_interrupted_before_the_run_folder_exists_suggests_no_resume(tmp_path, c
     """Ctrl-C while the data loads (a download, a slow disk): there is no run to continue."""
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(corpus, "load_data", interrupted)
+    monkeypatch.setattr(userdata, "load_data", interrupted)
     code, out, err = call(cli.main, STAR + ["--out", tmp_path, "--name", "x"], capsys)
     assert code == 130 and len(err) == 1 and "--resume" not in err[0] and "nothing was written" in err[0], err
     assert list(tmp_path.iterdir()) == []

@@ -66,8 +66,10 @@ def functions(path: Path):
 
 
 def test_the_reference_is_short_and_so_are_its_functions():
+    """The card's five modules at most 2,500 lines (corpus.py, the data they train on, stays separate and
+    under 300), no function of the reference over 60 lines, `synthesize` one screen."""
     lines = {m: len((ROOT / f"{m}.py").read_text().splitlines()) for m in REFERENCE}
-    assert sum(lines.values()) <= 2500, lines
+    assert sum(n for m, n in lines.items() if m != "corpus") <= 2500 and lines["corpus"] <= 300, lines
     long = [(m, name, n) for m in REFERENCE for name, n in functions(ROOT / f"{m}.py") if n > 60]
     assert long == []
     assert dict(functions(ROOT / "star.py"))["synthesize"] <= 60

@@ -22,7 +22,7 @@ import genome
 import liv
 import star
 import train
-from workshop import candidate, cli, config, parallel, training
+from workshop import candidate, cli, config, evaluation, parallel, training, userdata
 from workshop.config import RunConfig
 from test_cli import TINY, read_jsonl
 
@@ -91,7 +91,7 @@ def test_a_dying_and_a_hanging_candidate_are_recorded_and_the_pool_goes_on():
             assert got[t].objectives == (math.inf, math.inf)
             assert got[t].info["params"] == 1  # a failed record still carries its analytic costs
         # the others trained normally, to exactly what one process gives
-        data = corpus.load_data(rc.data, rc.vocab_size)
+        data = userdata.load_data(rc.data, rc.vocab_size)
         cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
         for t in (OK_1,):
             info, objectives = candidate.evaluate_genome(genome.Genome.parse(t), cfg, tcfg, data, rc)
@@ -170,7 +170,7 @@ def test_in_process_sticky_cuda_error_records_the_candidate_and_ends_the_run():
     reported = []
 
     def one(g, generation):
-        return evolve.Evaluation(objectives=(math.inf,), info={"status": "cuda_error", "error": "CUDA error: boom"})
+        return evaluation.Evaluation(objectives=(math.inf,), info={"status": "cuda_error", "error": "CUDA error: boom"})
 
     evaluate = parallel.evaluator(one, tiny_rc(), "cpu")
     with pytest.raises(SystemExit, match="--resume.*--workers"):
@@ -213,7 +213,7 @@ def test_in_process_candidates_run_with_a_fixed_thread_count():
     torch.set_num_threads(2)
     try:
         evaluate = parallel.evaluator(lambda g, gen: seen.append(torch.get_num_threads()) or
-                                      evolve.Evaluation(objectives=(1.0,), info={}), tiny_rc(), "cpu")
+                                      evaluation.Evaluation(objectives=(1.0,), info={}), tiny_rc(), "cpu")
         evaluate([genome.Genome.parse(OK_1)], 0, lambda i, ev: None)
         assert seen == [parallel.CANDIDATE_THREADS] and torch.get_num_threads() == 2  # restored
     finally:
@@ -430,7 +430,7 @@ def test_options_that_change_results_are_recorded_and_workers_are_not():
 def test_ray_local_gives_what_one_process_gives():
     ray = pytest.importorskip("ray")
     rc = tiny_rc()
-    data = corpus.load_data(rc.data, rc.vocab_size)
+    data = userdata.load_data(rc.data, rc.vocab_size)
     cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
     try:
         evaluate = parallel.evaluator(None, rc, "cpu", ray="", timeout=20.0,

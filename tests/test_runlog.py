@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import evolve
-from evolve import Evaluation, Search, Variation, hypervolume, non_dominated_sort, sequential
-from workshop import runlog
+from evolve import Search, Variation, non_dominated_sort
+from workshop import evaluation, runlog
+from workshop.evaluation import Evaluation, hypervolume, sequential
 from workshop.runlog import TIMING_FIELDS, ResumeError, SearchError
 
 VARIATION = ("sample", "crossover", "mutate", "repair", "encode", "decode", "key", "p_crossover", "p_mutation",
@@ -267,7 +268,7 @@ def test_the_bare_loop_equals_the_loop_with_its_log_book(tmp_path, algorithm):
     kw, _ = problem(run_dir=tmp_path / "run", generations=5, algorithm=algorithm)
     full = nsga2(**kw)
     history = []
-    last = evolve.nsga2(kw["initial"], variation_of(kw), evolve.in_memory(kw["evaluate"]),
+    last = evolve.nsga2(kw["initial"], variation_of(kw), evaluation.in_memory(kw["evaluate"]),
                         Search(pop_size=12, n_offspring=12, generations=5, seed=kw["seed"], algorithm=algorithm),
                         on_generation=lambda step, state: history.append(step))
     in_memory = [(g, c.text, f) for g, step in enumerate(history)

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 import corpus
 import train
-from workshop import training
+from workshop import training, userdata
 from corpus import Data, DataError
 from train import TrainConfig
 
@@ -89,7 +89,7 @@ def test_text_file_splits_last_ten_percent_and_round_trips_bytes(tmp_path):
     text = ("Ünïcödé, bytes and lines.\n" * 40).encode("utf-8")  # multi-byte characters included
     f = tmp_path / "corpus.txt"
     f.write_bytes(text)
-    d = corpus.load_data(str(f))
+    d = userdata.load_data(str(f))
     cut = int(len(text) * 0.9)
     assert d.vocab_size == 256 and d.byte_level
     assert d.train.dtype == np.uint8 and d.val.dtype == np.uint8
@@ -100,7 +100,7 @@ def test_text_file_splits_last_ten_percent_and_round_trips_bytes(tmp_path):
 def test_text_folder_holds_out_the_last_file_when_fewer_than_ten(tmp_path):
     for name, body in [("b.txt", b"second\n"), ("a.txt", b"first\n"), ("c.txt", b"third\n"), (".hidden", b"no")]:
         (tmp_path / name).write_bytes(body)
-    d = corpus.load_data(str(tmp_path))
+    d = userdata.load_data(str(tmp_path))
     assert bytes(d.train) == b"first\n\nsecond"  # sorted by name, joined by one blank line
     assert bytes(d.val) == b"third"  # whole file held out; hidden file ignored
 
@@ -109,14 +109,14 @@ def test_text_folder_holds_out_every_tenth_file(tmp_path):
     bodies = [f"work {i:02d}".encode() for i in range(12)]
     for i, b in enumerate(bodies):
         (tmp_path / f"w{i:02d}.txt").write_bytes(b)
-    d = corpus.load_data(str(tmp_path))
+    d = userdata.load_data(str(tmp_path))
     assert bytes(d.val) == b"work 09"  # the 10th file by sorted order
     assert bytes(d.train) == b"\n\n".join(b for i, b in enumerate(bodies) if i != 9)
 
 
 def test_text_folder_with_one_file_splits_like_a_file(tmp_path):
     (tmp_path / "only.txt").write_bytes(b"x" * 100)
-    d = corpus.load_data(str(tmp_path))
+    d = userdata.load_data(str(tmp_path))
     assert (len(d.train), len(d.val)) == (90, 10)
 
 
@@ -124,40 +124,40 @@ def test_data_fingerprints_name_size_and_hash_of_every_source(tmp_path, monkeypa
     """D23: one comparable line per source; it changes with the bytes, not with where the data is read."""
     f = tmp_path / "a.txt"
     f.write_bytes(b"hello world\n" * 10)
-    fp = corpus.load_data(str(f)).fingerprint
+    fp = userdata.load_data(str(f)).fingerprint
     assert fp == f"text file: 120 bytes, sha256 {hashlib.sha256(f.read_bytes()).hexdigest()}"
     f.write_bytes(b"HELLO WORLD\n" * 10)  # the same size, other bytes
-    assert corpus.load_data(str(f)).fingerprint != fp
+    assert userdata.load_data(str(f)).fingerprint != fp
     (tmp_path / "b.txt").write_bytes(b"more\n")
-    folder = corpus.load_data(str(tmp_path)).fingerprint
+    folder = userdata.load_data(str(tmp_path)).fingerprint
     assert folder.startswith("folder of 2 text files: 125 bytes, sha256 ") and "paths and contents" in folder
     (tmp_path / "b.txt").rename(tmp_path / "c.txt")  # the same bytes under another name: another corpus
-    assert corpus.load_data(str(tmp_path)).fingerprint != folder
-    assert corpus.load_data("synthetic").fingerprint.startswith("synthetic associative recall (n_bytes=262144, seed=0")
+    assert userdata.load_data(str(tmp_path)).fingerprint != folder
+    assert userdata.load_data("synthetic").fingerprint.startswith("synthetic associative recall (n_bytes=262144, seed=0")
     assert corpus.Data("x", 256, np.zeros(3, np.uint8), np.ones(2, np.uint8)).fingerprint.startswith("arrays: 5 bytes")
     # a large file: its size, mtime and both ends, not all of it
-    monkeypatch.setattr(corpus, "HASH_WHOLE_BYTES", 100)
-    monkeypatch.setattr(corpus, "SAMPLE_BYTES", 10)
+    monkeypatch.setattr(userdata, "HASH_WHOLE_BYTES", 100)
+    monkeypatch.setattr(userdata, "SAMPLE_BYTES", 10)
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(range(200)))
-    size, digest = corpus.file_digest(big)
+    size, digest = userdata.file_digest(big)
     assert size == 200 and digest.startswith("sampled sha256 ") and "mtime" in digest
     middle = bytearray(big.read_bytes())
     middle[100] ^= 1
     stat = big.stat()
     big.write_bytes(bytes(middle))
     os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert corpus.file_digest(big) == (size, digest)  # the middle is not read: documented
+    assert userdata.file_digest(big) == (size, digest)  # the middle is not read: documented
     os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
-    assert corpus.file_digest(big) != (size, digest)
+    assert userdata.file_digest(big) != (size, digest)
 
 
 def test_text_is_checked_in_its_first_mib_only_and_large_files_are_mapped(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "TEXT_CHECK_BYTES", 16)
-    monkeypatch.setattr(corpus, "MAP_BYTES", 32)
+    monkeypatch.setattr(userdata, "TEXT_CHECK_BYTES", 16)
+    monkeypatch.setattr(userdata, "MAP_BYTES", 32)
     f = tmp_path / "t.txt"
     f.write_bytes("abcdefghijklmnoé".encode() + b"\xff" * 4 + b"x" * 40)  # é cut at byte 16; bad bytes later
-    d = corpus.load_data(str(f))
+    d = userdata.load_data(str(f))
     assert isinstance(d.train, np.memmap) and len(d.train) + len(d.val) == 61
 
 
@@ -165,12 +165,12 @@ def test_non_utf8_text_is_refused(tmp_path):
     f = tmp_path / "bad.txt"
     f.write_bytes(b"ok \xff\xfe not utf-8")
     with pytest.raises(DataError, match="not UTF-8"):
-        corpus.load_data(str(f))
+        userdata.load_data(str(f))
 
 
 def test_missing_data_path_names_the_flag(tmp_path):
     with pytest.raises(DataError, match="--data") as e:
-        corpus.load_data(str(tmp_path / "nope.txt"))
+        userdata.load_data(str(tmp_path / "nope.txt"))
     assert "does not exist" in str(e.value)
 
 
@@ -187,21 +187,21 @@ def test_token_folder_loads_uint16_and_checks_the_vocabulary(tmp_path):
     tr, va = rng.integers(0, 1000, 500), rng.integers(0, 1000, 100)
     tr[0] = 999  # the largest id present
     _write_tokens(tmp_path, tr, va)
-    d = corpus.load_data(str(tmp_path), vocab_size=1000)
+    d = userdata.load_data(str(tmp_path), vocab_size=1000)
     assert d.vocab_size == 1000 and not d.byte_level
     assert d.train.dtype == np.uint16 and isinstance(d.train, np.memmap)
     np.testing.assert_array_equal(d.train, tr)
     np.testing.assert_array_equal(d.val, va)
     with pytest.raises(DataError, match="999.*--vocab-size 999"):
-        corpus.load_data(str(tmp_path), vocab_size=999)
+        userdata.load_data(str(tmp_path), vocab_size=999)
     with pytest.raises(DataError, match="--vocab-size"):
-        corpus.load_data(str(tmp_path))  # vocabulary required
+        userdata.load_data(str(tmp_path))  # vocabulary required
 
 
 def test_vocab_size_with_text_is_refused(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"hello world")
     with pytest.raises(DataError, match="--vocab-size"):
-        corpus.load_data(str(tmp_path / "t.txt"), vocab_size=1000)
+        userdata.load_data(str(tmp_path / "t.txt"), vocab_size=1000)
 
 
 # --- data: the default corpus, offline ---------------------------------------------------------------

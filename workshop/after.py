@@ -41,7 +41,7 @@ import corpus
 import genome
 import liv
 import train
-from workshop import candidate, cli, parallel, plugins, report, runlog, space, training, words
+from workshop import candidate, cli, parallel, plugins, report, runlog, space, training, userdata, words
 from workshop.config import RunConfig, UsageError
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def retrain(run_dir, which: str = "best", steps: Optional[int] = None, seeds: Op
     out = Path(out).expanduser() if out is not None else run.path / "retrained"
     try:
         device = str(train.resolve_device(device))
-        data = corpus.load_data(config.data, config.vocab_size)
+        data = userdata.load_data(config.data, config.vocab_size)
         data.check(config.seq_len)
     except (ValueError, corpus.DataError) as e:
         raise UsageError(str(e)) from None

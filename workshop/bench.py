@@ -82,7 +82,7 @@ import evolve
 import genome
 import liv
 import train
-from workshop import candidate, config, fidelity, meter, report, runlog, space, training, words
+from workshop import candidate, config, evaluation, fidelity, meter, report, runlog, space, training, userdata, words
 from workshop.config import RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
@@ -560,7 +560,7 @@ def bench_search(device, s, quick: bool) -> dict:
         import evolve
         import genome as gn
         from workshop import runlog
-        runlog.search, evolve.Evaluation, evolve.sequential  # noqa: B018 — the API this section needs
+        runlog.search, evaluation.Evaluation, evaluation.sequential  # noqa: B018 — the API this section needs
     except (ImportError, AttributeError) as e:
         return dict(skipped=f"runlog.search / genome not available ({e})")
     try:  # the CPU preset of star.py, when it exists; else the issue's stand-in
@@ -577,7 +577,7 @@ def bench_search(device, s, quick: bool) -> dict:
     # (a) the loop's bookkeeping: NSGA-II with a no-op evaluator, archive written to disk as in a real run
     def noop(ind, generation):
         r = np.random.default_rng(abs(hash(gn.canonical_str(ind))) % 2**32)
-        return evolve.Evaluation(tuple(float(v) for v in r.random(2)))
+        return evaluation.Evaluation(tuple(float(v) for v in r.random(2)))
 
     gens = s["generations"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -585,7 +585,7 @@ def bench_search(device, s, quick: bool) -> dict:
         var = evolve.Variation(sample=lambda rng: gn.random_genome(depth, rng), crossover=gn.crossover,
                                mutate=gn.mutate, repair=gn.repair, encode=str, decode=gn.Genome.parse,
                                key=gn.canonical_str)
-        runlog.search([], var, evolve.sequential(noop),
+        runlog.search([], var, evaluation.sequential(noop),
                       evolve.Search(pop_size=s["pop"], n_offspring=s["offspring"], generations=gens, seed=0),
                       run_dir=tmp, log=lambda _m: None)
         bookkeeping = (time.perf_counter() - t0) / (gens + 1)
@@ -713,14 +713,14 @@ def bench_parallel(device, s) -> dict:
     from workshop import parallel
 
     rc = _star_config(s, device)
-    data = corpus.load_data(rc.data, rc.vocab_size)
+    data = userdata.load_data(rc.data, rc.vocab_size)
     cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(str(device))
     rng = np.random.default_rng(0)
     genomes = [gn.repair(gn.random_genome(rc.depth, rng), rng)[0] for _ in range(rc.population)]
 
     def one(g, generation):
         info, objectives = candidate.evaluate_genome(g, cfg, tcfg, data, rc)
-        return evolve.Evaluation(objectives=objectives, info=info)
+        return evaluation.Evaluation(objectives=objectives, info=info)
 
     def generation(evaluate) -> tuple[float, list]:
         got = [None] * len(genomes)
@@ -758,7 +758,7 @@ import corpus, genome
 from workshop import candidate
 from workshop.config import RunConfig
 rc = RunConfig.from_json(sys.argv[2])
-data = corpus.load_data(rc.data, rc.vocab_size)
+data = userdata.load_data(rc.data, rc.vocab_size)
 cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config("cpu")
 g = genome.BASELINES["striped-mamba"](rc.depth)
 candidate.describe_costs(g, cfg, rc.cache_len)  # warm-up: the meta-device imports
@@ -854,7 +854,7 @@ def bench_noise(device, s) -> dict:
     import genome as gn
 
     rc = RunConfig.make(s["preset"], **s["overrides"])
-    data = corpus.load_data(rc.data, rc.vocab_size)
+    data = userdata.load_data(rc.data, rc.vocab_size)
     rc = rc.fitted(data)
     cfg = rc.model_config(data.vocab_size)
     starts = data.eval_windows(rc.eval_windows, rc.seq_len)
@@ -917,7 +917,7 @@ def _train_record(rc: RunConfig, text: str, seed: int, steps: int, device: str, 
     `steps` and, given, the peak rate `lr`; the book's record."""
     from workshop import parallel
 
-    data = corpus.load_data(rc.data, rc.vocab_size)
+    data = userdata.load_data(rc.data, rc.vocab_size)
     tcfg = rc.train_config(device, steps)
     tcfg = tcfg if lr is None else dataclasses.replace(tcfg, lr=lr)
     with parallel.candidate_threads(device):
@@ -996,7 +996,7 @@ def retrained_hypervolume(points: list[tuple[float, float]], ref: tuple[float, f
     """Hypervolume of (retrained perplexity, cache) points at the retrained Transformer++ point `ref`, on
     the linear cache axis or on log10 max(cache, 1 byte)."""
     f = (lambda c: math.log10(max(c, 1.0))) if log_cache else float
-    return evolve.hypervolume(np.array([[p, f(c)] for p, c in points], dtype=float).reshape(-1, 2), (ref[0], f(ref[1])))
+    return evaluation.hypervolume(np.array([[p, f(c)] for p, c in points], dtype=float).reshape(-1, 2), (ref[0], f(ref[1])))
 
 
 def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
@@ -1008,7 +1008,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     resumed); retrainings already in `out_dir/retrained.jsonl` are read, not trained again.
 
     Per run: candidates, compute, the hypervolume at the search's fidelity (each seed's runs at one common
-    reference point, evolve.default_ref_point over their top-rung candidates), the best retrained perplexity
+    reference point, evaluation.default_ref_point over their top-rung candidates), the best retrained perplexity
     among the top-k, the regret of the chosen best, and the retrained hypervolume of the top-k at the
     retrained Transformer++ point on both cache axes. Per arm, pooled over seeds: the Spearman between the
     selecting score and the retrained mean with its bootstrap interval; per seed, Welch's one-sided test
@@ -1044,7 +1044,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
         same_seed = [x for x in runs if x["seed"] == r["seed"]]
         objs = lambda x: np.array([[math.inf if v is None else v for v in y["objectives"]]  # noqa: E731
                                 for y in fidelity.top_rung(x["records"])], dtype=float)
-        ref = evolve.default_ref_point(np.vstack([objs(x) for x in same_seed]))
+        ref = evaluation.default_ref_point(np.vstack([objs(x) for x in same_seed]))
         top = [dict(genome=t["genome"], key=t["key"], score=t["perplexity"], cache=t["cache_bytes"], ppls=ppls(t["genome"]))
                for t in r["top"]]
         for t in top:
@@ -1057,7 +1057,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
         rung = report.rung_pairs(r["records"], *r["rc"].rungs[:2]) if r["rc"].rungs else []
         out.append(dict(arm=r["arm"], seed=r["seed"], candidates=len(r["records"]),
                         top_rung=len(fidelity.top_rung(r["records"])), train_tokens=trained, compute=total,
-                        hv_search=evolve.hypervolume(objs(r), ref), ref_search=list(ref),
+                        hv_search=evaluation.hypervolume(objs(r), ref), ref_search=list(ref),
                         new_front=new_front_members(r["records"], r["rc"].objective), top=top,
                         best=best["retrained"][0] if best else math.inf, best_ppls=best["ppls"] if best else [],
                         best_genome=best["genome"] if best else None,
@@ -1164,7 +1164,7 @@ def bench_fidelity(device, s) -> dict:
             t0 = time.perf_counter()
             syn = run.synthesize(rc, device=str(device), log=lambda line: None)
             search_s = time.perf_counter() - t0
-            data = corpus.load_data(rc.data, rc.vocab_size)
+            data = userdata.load_data(rc.data, rc.vocab_size)
             cfg, tcfg = rc.model_config(data.vocab_size), rc.train_config(str(device), s["retrain_steps"])
 
             def retrained(text):
@@ -1231,7 +1231,7 @@ def bench_scaling(device, s) -> dict:
         base = gn.transformer_pp(6) if text is None else gn.Genome.parse(text)
         g = space.repeat(base, s["times"])
         rc = config.RunConfig.make(s["preset"], **{**s["overrides"], "depth": g.depth})
-        data = corpus.load_data(rc.data, rc.vocab_size)
+        data = userdata.load_data(rc.data, rc.vocab_size)
         cfg = rc.model_config(data.vocab_size)
         runs = []
         for seed in s["seeds"]:

@@ -10,13 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import time
 from pathlib import Path
 from typing import Callable, Optional
-
-import torch
 
 import genome
 import liv

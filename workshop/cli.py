@@ -25,7 +25,6 @@ from pathlib import Path
 import corpus
 import genome
 import liv
-import star
 from workshop import candidate, describe, plugins, report, space, words
 from workshop.config import PRESETS, RunConfig, RunFailed, UsageError, check_execution, run_name
 from workshop.run import synthesize

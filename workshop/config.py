@@ -31,8 +31,7 @@ import evolve
 import genome
 import liv
 import star
-import train
-from star import PRESETS, Preset  # noqa: F401  (the presets are the reference's)
+from star import PRESETS  # the presets are the reference's
 from workshop import fidelity, meter, plugins, space, words
 
 VERSION = "0.23"  # the project's version where git cannot say (summary.md); its minor number is DESIGN.md's D23
@@ -113,7 +112,6 @@ class RunConfig(star.Config):
     seed_baselines: bool = False        # the baselines open generation 0
     final_steps: int = 0                # retrain the top-k and the baselines this long (0: not)
     timeout: Optional[float] = None     # seconds per candidate (runs candidates in workers)
-    micro_batch: Optional[int] = None   # gradient accumulation (None: chosen on CUDA, whole batch on CPU)
     patience: Optional[int] = None      # stop once the hypervolume has not grown for this many generations
     allow_classes: Optional[tuple] = None  # D25: the LIV classes sampled and mutated (None: all 17)
     init: Optional[tuple] = None        # D25: genomes that open generation 0 (the strings themselves)
@@ -195,15 +193,6 @@ class RunConfig(star.Config):
     def within_budgets(self, record: dict) -> bool:
         return self.violation(record) == 0.0
 
-    def model_config(self, vocab_size: int) -> liv.ModelConfig:
-        try:
-            return super().model_config(vocab_size)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-
-    def train_config(self, device: str, steps: Optional[int] = None) -> train.TrainConfig:
-        return dataclasses.replace(super().train_config(device, steps), micro_batch=self.micro_batch)
-
     @property
     def tokens_per_candidate(self) -> int:
         return self.steps * self.batch * self.seq_len
@@ -242,14 +231,14 @@ class RunConfig(star.Config):
         """How this run's genomes breed (genome.variation, D18), in its class set (D25; None: all 17)."""
         return genome.variation(self.depth, self.share_rate, self.allow_classes, self.crossover_cut)
 
-    def initial(self, baselines: list[dict] = ()) -> list:
+    def initial(self, baselines: list[dict] = ()) -> list:  # star.synthesize's `initial`
         """Generation 0's given genomes: with seed_baselines, the baselines trained under the search's seed
         (their records are reused, D15), then --init's (D25), in their order."""
         reused = [genome.Genome.parse(b["genome"]) for b in baselines if b["seed"] == self.seed] \
             if self.seed_baselines else []
         return reused + [genome.Genome.parse(text) for text in self.init or ()]
 
-    def eligible(self, records: list[dict]) -> list[dict]:
+    def eligible(self, records: list[dict]) -> list[dict]:  # star.synthesize's `eligible`
         """The records the selection may pick: scored at the highest rung (D38), within the budgets (D35)."""
         return [r for r in fidelity.top_rung(records) if self.within_budgets(r)]
 

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import evolve
 import genome
 import liv
-from workshop import candidate, meter, runlog, words
+from workshop import candidate, evaluation, meter, runlog, words
 from workshop.config import FORMULA_BUDGETS, RunConfig
 
 
@@ -104,19 +104,19 @@ class Costs:
             return self._merge(g, train_one(g, steps=steps, seed=seed, **kw)[0])
         return run
 
-    def evaluator(self, evaluate: evolve.Evaluator) -> evolve.Evaluator:
+    def evaluator(self, evaluate: evaluation.Evaluator) -> evaluation.Evaluator:
         """A batch evaluator that measures the batch first (its workers idle) and merges the measurements."""
         if self.book is None:
             return evaluate
 
-        def run(individuals: list, generation: int, report: evolve.Report, **steps) -> None:
+        def run(individuals: list, generation: int, report: evaluation.Report, **steps) -> None:
             if hasattr(evaluate, "wait_ready"):  # workers that are still starting must not run beside the meter
                 evaluate.wait_ready()
             self.book.ensure(individuals)
 
-            def merged(i: int, ev: evolve.Evaluation) -> None:
+            def merged(i: int, ev: evaluation.Evaluation) -> None:
                 info, objectives = self._merge(individuals[i], ev.info)
-                report(i, evolve.Evaluation(objectives=objectives, info=info))
+                report(i, evaluation.Evaluation(objectives=objectives, info=info))
             evaluate(individuals, generation, merged, **steps)  # steps=: a rung of a multi-fidelity search (D38)
         return run
 

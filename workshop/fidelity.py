@@ -23,7 +23,7 @@ MO-ASHA do it:
    a resumed run takes the decisions it had already made instead of making them again from a part of
    the batch, and loses no training (runlog.RungLog writes the book to ``rungs.jsonl``).
 
-``MultiFidelity`` is an ``evolve.Evaluator``: it wraps the run's evaluator (which trains a list of
+``MultiFidelity`` is an ``evaluation.Evaluator``: it wraps the run's evaluator (which trains a list of
 individuals at ``steps``), so the loop of evolve.py is unchanged and a run without rungs is the paper's.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 import evolve
+from workshop import evaluation
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,10 @@ class Book:
     decisions: dict = field(default_factory=dict)   # (g, rung) -> frozenset of keys promoted
     reached: dict = field(default_factory=dict)     # key -> highest rung it was trained at
 
-    def result(self, g: int, key: str, steps: int) -> Optional[evolve.Evaluation]:
+    def result(self, g: int, key: str, steps: int) -> Optional[evaluation.Evaluation]:
         return self.results.get((g, key, steps))
 
-    def add_result(self, g: int, key: str, rung: int, steps: int, ev: evolve.Evaluation) -> None:
+    def add_result(self, g: int, key: str, rung: int, steps: int, ev: evaluation.Evaluation) -> None:
         self.results[(g, key, steps)] = ev
         self.reached[key] = max(rung, self.reached.get(key, -1))
 
@@ -110,7 +111,7 @@ StepsEvaluator = Callable[..., None]
 
 
 class MultiFidelity:
-    """An ``evolve.Evaluator`` that evaluates a generation's batch by successive halving over ``rungs``.
+    """An ``evaluation.Evaluator`` that evaluates a generation's batch by successive halving over ``rungs``.
 
     ``evaluate(individuals, generation, report, steps=s)`` trains at s steps; ``key(individual)`` is the
     canonical key; ``at_top`` holds keys already scored at the top rung (the seeded baselines: trained
@@ -132,7 +133,7 @@ class MultiFidelity:
     def violation(self) -> Callable[[str], float]:
         return rung_violation(self.rung_of, self.rungs.top, self.budget)
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report) -> None:
+    def __call__(self, individuals: list, generation: int, report: evaluation.Report) -> None:
         keys = [self.key(x) for x in individuals]
         top = [i for i, k in enumerate(keys) if k in self.at_top]
         if top:  # the seeded baselines: their top-rung records stand as they are
@@ -170,14 +171,14 @@ class MultiFidelity:
         if not todo:
             return
 
-        def got(j: int, ev: evolve.Evaluation) -> None:
+        def got(j: int, ev: evaluation.Evaluation) -> None:
             self.book.add_result(g, keys[todo[j]], rung, steps, ev)
         self.evaluate([individuals[i] for i in todo], g, got, steps=steps)
         missing = [keys[i] for i in todo if self.book.result(g, keys[i], steps) is None]
         if missing:
             raise RuntimeError(f"evaluate returned without reporting {len(missing)} individuals at {steps} steps")
 
-    def _final(self, g: int, key: str, rung: int) -> evolve.Evaluation:
+    def _final(self, g: int, key: str, rung: int) -> evaluation.Evaluation:
         """The evaluation an individual stopped at `rung` is archived with: that rung's, plus its ladder."""
         ladder = []
         for r, steps in enumerate(self.rungs.steps[: rung + 1]):
@@ -187,7 +188,7 @@ class MultiFidelity:
                                    perplexity=ev.info.get("perplexity"), seconds=ev.info.get("seconds")))
         ev = self.book.results[(g, key, self.rungs.steps[rung])]
         info = dict(ev.info, rung=rung, rung_steps=self.rungs.steps[rung], rungs=ladder)
-        return evolve.Evaluation(objectives=tuple(ev.objectives), info=info)
+        return evaluation.Evaluation(objectives=tuple(ev.objectives), info=info)
 
 
 def top_rung(records: list[dict]) -> list[dict]:

@@ -56,10 +56,9 @@ from multiprocessing.connection import wait
 from typing import Callable
 
 import corpus
-import evolve
 import genome
 from workshop.words import fmt_bytes
-from workshop import candidate, plugins, training
+from workshop import candidate, evaluation, plugins, userdata
 from workshop.config import RunConfig, RunFailed
 
 CANDIDATE_THREADS = 1  # CPU intra-op threads of every candidate (see the module docstring)
@@ -76,12 +75,12 @@ class StickyCudaError(SystemExit):
 
 
 def failed(status: str, error: str, n_objectives: int, costs: dict | None = None,
-           seconds: float = 0.0, **extra) -> evolve.Evaluation:
+           seconds: float = 0.0, **extra) -> evaluation.Evaluation:
     """A candidate that produced no result: infinite objectives, its analytic costs (``costs``, as
     candidate.describe_costs gives them), the reason in its record, and ``extra`` (a timeout's limit)."""
     info = dict(costs or {}, perplexity=math.inf, val_loss=math.inf, bits_per_byte=None, status=status,
                 error=error, seconds=round(seconds, 3), **extra)
-    return evolve.Evaluation(objectives=(math.inf,) * n_objectives, info=info)
+    return evaluation.Evaluation(objectives=(math.inf,) * n_objectives, info=info)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ def failed(status: str, error: str, n_objectives: int, costs: dict | None = None
 
 
 class Evaluator:
-    """A batch evaluator (``evolve.Evaluator``: ``self(individuals, generation, report)``) that holds what it
+    """A batch evaluator (``evaluation.Evaluator``: ``self(individuals, generation, report)``) that holds what it
     started until ``close()``: used as a context manager, so that its worker processes stop with the run,
     however the run stops (an error, Ctrl-C, SIGTERM)."""
 
@@ -186,7 +185,7 @@ class _InProcess(Evaluator):
     def __init__(self, one: Callable, device: str):
         self.one, self.device = one, device
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report, steps: int | None = None) -> None:
+    def __call__(self, individuals: list, generation: int, report: evaluation.Report, steps: int | None = None) -> None:
         for i, g in enumerate(individuals):
             with candidate_threads(self.device):
                 ev = self.one(g, generation) if steps is None else self.one(g, generation, steps=steps)
@@ -258,7 +257,7 @@ class _Context:
     def __init__(self, rc: RunConfig, device: str, evaluate: str):
         plugins.load(rc.plugins)  # an unpickled RunConfig imports nothing: the run's plugins, first (D37)
         self.rc = rc
-        self.data = corpus.load_data(rc.data, rc.vocab_size)
+        self.data = userdata.load_data(rc.data, rc.vocab_size)
         if rc.data_fingerprint is not None and self.data.fingerprint != rc.data_fingerprint:
             raise corpus.DataError(f"--data {rc.data}: the data changed since the run began (it was "
                                    f"{rc.data_fingerprint}, it is now {self.data.fingerprint})")
@@ -450,7 +449,7 @@ class LocalPool(Evaluator):
         return RunFailed(f"a worker process on {self.devices[w.slot]} could not start: {why}; every finished "
                          "evaluation is on disk: fix it and continue with --resume")
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report, steps: int | None = None) -> None:
+    def __call__(self, individuals: list, generation: int, report: evaluation.Report, steps: int | None = None) -> None:
         todo = deque(enumerate(str(g) for g in individuals))
         retried: set[int] = set()
 
@@ -484,7 +483,7 @@ class LocalPool(Evaluator):
                         i, info, objectives = msg
                         w.job = None
                         left -= 1
-                        report(i, evolve.Evaluation(objectives=objectives, info=info))
+                        report(i, evaluation.Evaluation(objectives=objectives, info=info))
                     if msg is None and not w.proc.is_alive():  # died: start-up failure or mid-candidate
                         w.proc.join()
                         code = w.proc.exitcode
@@ -588,7 +587,7 @@ class RayEvaluator(Evaluator):
         self.task = ray.remote(_ray_task).options(max_retries=0, num_gpus=1 if cuda else 0,
                                                   num_cpus=self.threads)
 
-    def __call__(self, individuals: list, generation: int, report: evolve.Report, steps: int | None = None) -> None:
+    def __call__(self, individuals: list, generation: int, report: evaluation.Report, steps: int | None = None) -> None:
         ray = self.ray
         refs = {self.task.remote(self.rc, self.device, self.threads, self.evaluate, self.timeout, str(g), steps): i
                 for i, g in enumerate(individuals)}
@@ -602,4 +601,4 @@ class RayEvaluator(Evaluator):
                     report(i, failed("crashed", f"Ray task failed: {str(e).splitlines()[0][:200]}", self.n_obj,
                                      self.costs(individuals[i])))
                 else:  # a timeout inside the task knows no costs: the driver adds them
-                    report(i, evolve.Evaluation(objectives=tuple(objectives), info={**self.costs(individuals[i]), **info}))
+                    report(i, evaluation.Evaluation(objectives=tuple(objectives), info={**self.costs(individuals[i]), **info}))

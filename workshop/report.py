@@ -2,7 +2,7 @@
 use (mean ± std over seeds, Spearman, the n.s. rule of D21).
 
 One hypervolume per run: everything here is measured at the run's reference point, fixed after
-generation 0 (evolve.default_ref_point of its objectives) and stored in every snapshot; the summary and
+generation 0 (evaluation.default_ref_point of its objectives) and stored in every snapshot; the summary and
 the picture state it. `--compare` takes one *common* reference point over the runs it compares, and
 says so.
 """
@@ -17,10 +17,8 @@ import numpy as np
 
 import evolve
 import genome
-import liv
 import star
-from star import mean_std, seed_groups  # noqa: F401  (the reference's, D21)
-from workshop import describe, fidelity, meter, plugins, runlog, words
+from workshop import describe, evaluation, fidelity, meter, plugins, runlog, words
 from workshop.config import VERSION, RunConfig, UsageError, metrics_of
 from workshop.runlog import fmt_ppl
 
@@ -107,6 +105,28 @@ def budget_section(rc: RunConfig, records: list[dict], baselines: list[dict]) ->
     lines += ["", "| generation | evaluated | within the budgets | share |", "|---|---|---|---|"]
     lines += [f"| {g} | {n} | {k} | {k / n:.0%} |" for g, n, k in feasible_shares(rc, records)]
     return lines
+
+
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the finite values; (inf, 0) when none is."""
+    v = np.array([x for x in xs if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.inf, 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
+    """Records of one genome under several seeds -> one row per `field` value: the genome's costs, the
+    perplexity's mean and std over its seeds (D21), the seeds and their perplexities, in first-seen order."""
+    out: dict[str, dict] = {}
+    for r in records:
+        row = out.setdefault(r[field], dict(r, seeds=[], ppls=[]))
+        row["seeds"].append(r.get("seed"))
+        row["ppls"].append(r.get("perplexity") if r.get("status") == "ok" else math.inf)
+    for row in out.values():
+        row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
+        row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
+    return out
 
 
 def spearman(x, y) -> float:
@@ -358,7 +378,7 @@ def archive_hypervolume_curve(records: list[dict], ref) -> list[tuple[int, int, 
     for g in gens:
         n += sum(r["generation"] == g for r in records)
         F += [[math.inf if v is None else v for v in r["objectives"]] for r in records if r["generation"] == g and id(r) in top]
-        out.append((g, n, evolve.hypervolume(np.array(F, dtype=float).reshape(-1, len(ref)), ref)))
+        out.append((g, n, evaluation.hypervolume(np.array(F, dtype=float).reshape(-1, len(ref)), ref)))
     return out
 
 
@@ -687,7 +707,7 @@ def comparable_key(rc: RunConfig) -> dict:
 
 def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple[str, list[dict]]:
     """Hypervolume against evaluations for several runs at ONE reference point: the worst finite value
-    of every objective over all the runs plus 10% of its range (evolve.default_ref_point), so that the
+    of every objective over all the runs plus 10% of its range (evaluation.default_ref_point), so that the
     numbers are comparable across runs. Also each run's hypervolume after the number of evaluations the
     shortest run made, its ratio to the first run's, its sharing rates and its repair rate.
 
@@ -715,7 +735,7 @@ def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple
                   for r in fidelity.top_rung(recs)], dtype=float)  # D38: a lower rung's scores are not comparable
     if not np.isfinite(F).all(axis=1).any():
         raise UsageError("--compare: no run has a finished candidate")
-    ref = evolve.default_ref_point(F)
+    ref = evaluation.default_ref_point(F)
     n_common = min(len(recs) for _, _, recs, _ in runs)
     lines = warning + [
              f"common reference point of these runs (not each run's own): {fmt_ref(metrics_of(objectives.pop()), ref)} "
@@ -730,7 +750,7 @@ def compare_runs(run_dirs: list[str], allow_incomparable: bool = False) -> tuple
                           dtype=float).reshape(-1, len(ref))
         offspring = [r for r in head if r["generation"] > 0]  # everything below over the same evaluations
         rows.append(dict(run=d, algorithm=rc.algorithm, seed=rc.seed, evaluations=n_common,
-                         hypervolume=evolve.hypervolume(F_head, ref),
+                         hypervolume=evaluation.hypervolume(F_head, ref),
                          repaired=sum(r.get("repairs", 0) > 0 for r in offspring) / max(len(offspring), 1),
                          **{f"share_{k}": v for k, v in sharing_rates(head).items() if k != "n"}))
     lines += ["", f"at {n_common} evaluations (the shortest run's count; sharing and repair over those evaluations):",

@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import corpus
-import evolve
 import genome
-import liv
 import star
 import train
-from workshop import candidate, deployment, parallel, report, runlog, words
+from workshop import candidate, deployment, evaluation, parallel, report, runlog, userdata, words
 from workshop.config import RunConfig, RunFailed, UsageError, in_python
 
 
@@ -71,7 +69,8 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         for line in _header(config, data, device, path):
             log(line)
         # the baselines, from baselines.jsonl or trained now (D15, D21); with seed_baselines they open
-        # generation 0 (RunConfig.initial) and their records under the search's seed are reused
+        # generation 0 (RunConfig.initial) and their records under the search's seed are reused; the
+        # selection picks at the top rung within the budgets (RunConfig.eligible)
         done = {(name, seed): folder.baseline(name, make(config.depth), seed, train_one)
                 for name, make in genome.BASELINES.items() for seed in config.training_seeds()}
         baselines = list(done.values())
@@ -80,7 +79,7 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         def one(g, generation, steps=None):  # steps: a rung of a multi-fidelity search (D38)
             b = reuse.get(genome.canonical_str(g)) if generation == 0 else None
             info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")} if b else train_one(g, steps)[0]
-            return evolve.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
+            return evaluation.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
 
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
         evaluate = stack.enter_context(parallel.evaluator(one, config, device, workers=workers, ray=ray,
@@ -90,15 +89,15 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
                                                    on_generation=lambda result: folder.summary(baselines, result, [])))
         with folder.words():
             found = star.synthesize(config, data=data, device=device, baseline=lambda name, g, seed: done[(name, seed)],
-                                    evaluate=book.evaluate, variation=var, start=book.start, on_generation=book.after,
-                                    log=log)
+                                    initial=config.initial(baselines), evaluate=book.evaluate, variation=var,
+                                    start=book.start, on_generation=book.after, eligible=config.eligible, log=log)
         stack.close()  # the worker processes end with the search, however it ends
         result = book.result()
         # after the search: with final_steps the top-k and the baselines are retrained longer under the
         # same seeds (D21); the top-k retrained as searched, their weights kept and checked (D24)
         final = []
         if config.final_steps:
-            jobs = [dict(genome=b["key"], key=b["key"], name=n) for n, b in star.seed_groups(baselines, "name").items()]
+            jobs = [dict(genome=b["key"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
             jobs += [dict(genome=r["key"], key=r["key"], generation=r["generation"]) for r in found.top]
             final = [folder.retrain(job, seed, train_one) for job in jobs for seed in config.training_seeds()]
         folder.keep_weights(found.top, train_one, final)
@@ -123,7 +122,7 @@ def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given:
         config = runlog.resumed_config(path, config, given)
     try:
         device = str(train.resolve_device(device))
-        data = data if data is not None else corpus.load_data(config.data, config.vocab_size)
+        data = data if data is not None else userdata.load_data(config.data, config.vocab_size)
         data.check(config.seq_len)
     except (ValueError, corpus.DataError) as e:
         raise UsageError(str(e)) from None
@@ -132,7 +131,10 @@ def _prepare(config: RunConfig, data, device: str, run_dir, resume: bool, given:
                           "configuration's data_fingerprint") + f": it was {config.data_fingerprint}, it is now "
                          f"{data.fingerprint}; restore the run's data, or start a new run with another --name")
     config = dataclasses.replace(config, data_fingerprint=data.fingerprint)  # D23: recorded, checked on --resume
-    config.model_config(data.vocab_size)  # widths that do not fit: one line now, not at the first candidate
+    try:
+        config.model_config(data.vocab_size)  # widths that do not fit: one line now, not at the first candidate
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if config.fitted(data) != config:
         log(f"note: the held-out set is capped at the held-out split: {config.fitted(data).eval_tokens:,} tokens "
             f"instead of --eval-tokens {config.eval_tokens:,}")

@@ -36,10 +36,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 import evolve
-from evolve import (Child, Evaluation, Evaluator, Generation, Population, Search, State, Variation,
-                    clean_objectives, default_ref_point, hypervolume, shorten)
+from evolve import Child, Generation, Population, Search, State, Variation, clean_objectives, shorten
+from workshop import candidate, evaluation, fidelity
+from workshop.evaluation import Evaluation, Evaluator, default_ref_point, hypervolume
 from workshop.words import fmt_bytes, fmt_time
-from workshop import candidate, fidelity
 from workshop.config import RECORDED_LATE, RunConfig, RunFailed, UsageError
 
 # ----------------------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ class SearchResult:
     def pareto_records(self) -> list[dict]:
         """Archive records on the non-dominated front of everything evaluated."""
         F = np.array([_objectives_from_json(r["objectives"]) for r in self.records], dtype=float)
-        return [self.records[i] for i in evolve.finite_front(F.reshape(len(self.records), -1))]
+        return [self.records[i] for i in evaluation.finite_front(F.reshape(len(self.records), -1))]
 
 
 # fields the loop writes into every record; an Evaluation.info may not overwrite them
@@ -88,7 +88,7 @@ def search(initial: Sequence, var: Variation, evaluate: Evaluator, settings: Sea
 
     ``evaluate(individuals, generation, report)`` is the user's batch evaluator: it must call
     ``report(i, Evaluation)`` for each index as soon as that result is known, and the evaluation is
-    archived at once (``evolve.sequential(fn)`` adapts a one-at-a-time ``fn``). A failed candidate is
+    archived at once (``evaluation.sequential(fn)`` adapts a one-at-a-time ``fn``). A failed candidate is
     *reported* with inf objectives and its error in ``info`` (D16); an exception out of ``evaluate``
     stops the run, which ``resume`` then continues. A generation 0 in which every candidate fails
     raises ``SearchError``; a later one is reported and the population stays. ``evaluate`` must not
@@ -215,13 +215,13 @@ def generation_stats(g: int, step: Generation, archive: "Archive", ref: tuple[fl
     top = fidelity.top_rung(archive.records)
     archive_F = np.array([_objectives_from_json(r["objectives"]) for r in top], dtype=float)
     archive_F = archive_F.reshape(-1, len(ref))
-    front_keys = {top[i]["key"] for i in evolve.finite_front(archive_F)}
+    front_keys = {top[i]["key"] for i in evaluation.finite_front(archive_F)}
     repaired = sum(c.repairs > 0 for c in children)
     return {"generation": g,
             "hypervolume": hypervolume(pop.F, ref),
             "hypervolume_archive": hypervolume(archive_F, ref),
             "new_front": sum(c.key in front_keys for c in children),  # children on the front of all evaluated
-            "front_size": len(evolve.finite_front(pop.F)),
+            "front_size": len(evaluation.finite_front(pop.F)),
             "population": len(pop.keys), "offspring": len(children),
             "failed": int((~np.isfinite(step.F).all(axis=1)).sum()),
             "repaired": int(repaired), "repair_share": repaired / len(children) if children else 0.0,

@@ -27,7 +27,8 @@ import torch.nn as nn
 
 import corpus
 import train
-from corpus import Data, DataError, load_data
+from corpus import Data, DataError
+from workshop.userdata import load_data
 from train import TrainConfig
 from workshop import words
 
