@@ -221,7 +221,15 @@ class RMSNorm(nn.Module):
 
 
 def rope(pos: int, l: int, p: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (DESIGN.md N6)."""
+    """cos, sin tables for positions pos..pos+l-1, rotate-half layout (Llama), float32 (DESIGN.md N6); constants,
+    so made once per shape and device, not in every layer's forward (a traced or exported graph makes its own)."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or not (type(pos) is int and type(l) is int):
+        return _rope.__wrapped__(pos, l, p, theta, device, False)
+    return _rope(pos, l, p, theta, torch.device(device), torch.is_inference_mode_enabled())
+
+
+@functools.lru_cache(maxsize=64)
+def _rope(pos: int, l: int, p: int, theta: float, device, inference: bool):
     inv = theta ** (-torch.arange(0, p, 2, device=device, dtype=torch.float32) / p)  # (p/2,)
     t = torch.arange(pos, pos + l, device=device, dtype=torch.float32)
     ang = torch.outer(t, inv)  # (l, p/2)

@@ -133,14 +133,14 @@ def evaluate(model: nn.Module, data: Data, tcfg: TrainConfig) -> tuple[float, fl
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # float64 on the device: one host sync
     for x, y in data.val_batches(tcfg.eval_batches, tcfg.batch, tcfg.seq_len, device, n_windows=tcfg.eval_windows):
         with _autocast(device, tcfg.bf16):
             logits = model(x)  # (b, l, v)
-        total += _loss(logits, y).item() * y.numel()
+        total = total + _loss(logits, y).double() * y.numel()
         count += y.numel()
     model.train(was_training)
-    loss = total / count
+    loss = total.item() / count
     return loss, _ppl(loss)
 
 
@@ -192,7 +192,8 @@ def _gradients(fwd, params, x, y, micro: int, tcfg: TrainConfig, device) -> tupl
         loss.backward()
         loss_sum = loss_sum + loss.detach()
     gnorm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf)
-    return float(loss_sum), gnorm.item()  # one sync per step; buys an immediate stop
+    loss_v, gnorm_v = torch.stack((loss_sum, gnorm.to(loss_sum.dtype))).tolist()  # one host sync per step:
+    return loss_v, gnorm_v                                                         # it buys an immediate stop
 
 
 def train(model: nn.Module, data: Data, tcfg: TrainConfig, log: Callable[[str], None] | None = print,

@@ -633,3 +633,17 @@ def test_the_chunked_scan_with_triangular_sums_equals_todays_and_the_loop(monkey
     for a, c in ((tri, today), (tri, loop)):
         torch.testing.assert_close(a[0], c[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a[1], c[1], rtol=1e-5, atol=1e-5)
+
+
+def test_rope_tables_are_made_once_and_equal_the_formula():
+    """Issue 29 item 4: the RoPE tables are constants, cached per shape and device; they equal the formula
+    (N6), the same object comes back, and a table made under inference mode is not handed to training."""
+    cos, sin = liv.rope(3, 5, 8, 10000.0, "cpu")
+    inv = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float32) / 8)
+    ang = torch.outer(torch.arange(3, 8, dtype=torch.float32), inv).repeat(1, 2)
+    assert torch.equal(cos, ang.cos()) and torch.equal(sin, ang.sin())
+    assert liv.rope(3, 5, 8, 10000.0, torch.device("cpu"))[0] is cos
+    with torch.inference_mode():
+        inf_cos, _ = liv.rope(0, 4, 8, 10000.0, "cpu")
+    cos0, _ = liv.rope(0, 4, 8, 10000.0, "cpu")
+    assert inf_cos.is_inference() and not cos0.is_inference() and torch.equal(inf_cos, cos0)

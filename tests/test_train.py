@@ -693,3 +693,41 @@ def test_memory_estimate_counts_activations_and_picks_micro_batches():
     assert training.micro_batch_for(model, TrainConfig(batch=8, micro_batch=4), 1) == 4  # set by hand
     with pytest.raises(ValueError, match="micro_batch"):
         TrainConfig(batch=8, micro_batch=3)
+
+
+def test_evaluate_sums_on_the_device_exactly_as_a_python_float_sum_of_each_batch(tmp_path):
+    """Issue 29 item 4: evaluation syncs with the host once, at the end; its float64 sum on the device is
+    the same number as the per-batch `.item()` sum it replaced, bit for bit."""
+    torch.manual_seed(0)
+    model = genome_model("1.1.1.1.1-9.2.1.2.1")
+    data = corpus.synthetic(n_bytes=1 << 14)
+    tcfg = TrainConfig(steps=1, batch=4, seq_len=32, eval_batches=3, device="cpu")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in data.val_batches(tcfg.eval_batches, tcfg.batch, tcfg.seq_len, torch.device("cpu")):
+            total += train._loss(model(x), y).item() * y.numel()
+            count += y.numel()
+    assert train.evaluate(model, data, tcfg) == (total / count, math.exp(total / count))
+
+
+def test_one_training_step_reads_its_loss_and_gradient_norm_in_one_sync():
+    """_gradients returns the same floats as reading the loss and the norm one by one."""
+    torch.manual_seed(0)
+    model = genome_model("1.1.1.1.1-9.2.1.2.1")
+    x = torch.randint(0, 256, (4, 32))
+    tcfg = TrainConfig(steps=1, batch=4, seq_len=32)
+    params = list(model.parameters())
+    loss_v, gnorm_v = train._gradients(model, params, x, x, 2, tcfg, torch.device("cpu"))
+    for p in params:
+        p.grad = None
+    loss = sum(train._loss(model(xm), xm) * 0.5 for xm in x.split(2))
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+    assert (loss_v, gnorm_v) == (float(loss), norm.item())
+
+
+def genome_model(text):
+    import genome
+    import liv
+    return genome.build_model(genome.Genome.parse(text), liv.ModelConfig(vocab_size=256, d_model=32, head_dim=16,
+                                                                         depth=2, max_len=64), seed=0)
