@@ -270,6 +270,13 @@ def clean_objectives(objectives: Sequence[float]) -> list[float]:
     return [float(x) if math.isfinite(float(x)) else math.inf for x in objectives]  # NaN, -inf: failed
 
 
+def record(generation: int, c: Child, objectives: Sequence[float], info: dict) -> dict:
+    """An archive's record of one evaluated child (null for a failed, infinite objective), then `info`."""
+    return {"generation": generation, "genome": c.text, "key": c.key,
+            "objectives": [float(x) if math.isfinite(x) else None for x in objectives], "repairs": c.repairs,
+            "origin": c.origin, "parents": c.parents, **info}
+
+
 def shorten(text: str, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 

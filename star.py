@@ -220,9 +220,7 @@ class Recorder:
         for c in children:
             info = self.score(c.individual)
             F.append(evolve.clean_objectives(objectives_of(info, self.metrics)))
-            self.records.append({"generation": generation, "genome": c.text, "key": c.key,
-                                 "objectives": [x if math.isfinite(x) else None for x in F[-1]],
-                                 "repairs": c.repairs, "origin": c.origin, "parents": c.parents, **info})
+            self.records.append(evolve.record(generation, c, F[-1], info))
         return np.array(F, dtype=float).reshape(len(children), len(self.metrics))
 
 

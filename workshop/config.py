@@ -240,7 +240,7 @@ class RunConfig(star.Config):
 
     def eligible(self, records: list[dict]) -> list[dict]:  # star.synthesize's `eligible`
         """The records the selection may pick: scored at the highest rung (D38), within the budgets (D35)."""
-        return [r for r in fidelity.top_rung(records) if self.within_budgets(r)]
+        return fidelity.eligible(records, self.within_budgets)
 
     # --- config.json ---
 

@@ -191,6 +191,11 @@ class MultiFidelity:
         return evaluation.Evaluation(objectives=tuple(ev.objectives), info=info)
 
 
+def eligible(records: list[dict], budget=None) -> list[dict]:
+    """The records a selection may pick: scored at the top rung, within `budget(record)` when given (D35)."""
+    return [r for r in top_rung(records) if budget is None or budget(r)]
+
+
 def top_rung(records: list[dict]) -> list[dict]:
     """The records scored at the highest rung the run measured (D38): all of them in a single-fidelity
     run, whose records have no rung. A lower rung's perplexity is not comparable with the top's."""

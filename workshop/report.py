@@ -62,8 +62,7 @@ def select(records: list[dict], baseline: Optional[dict], objective: str, k: int
     """The paper's selection (star.select_top_k) among the records scored at the highest rung (D38) and
     within the run's budgets (D35): the k lowest-perplexity candidates smaller than Transformer++ in the
     efficiency objectives searched (any metric of a comma list that Transformer++ has; none for quality)."""
-    return star.select_top_k([r for r in fidelity.top_rung(records) if budget is None or budget(r)], baseline,
-                             metrics_of(objective), k)
+    return star.select_top_k(fidelity.eligible(records, budget), baseline, metrics_of(objective), k)
 
 
 def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.SearchResult, final: list[dict]) -> None:

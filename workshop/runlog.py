@@ -265,9 +265,7 @@ class Archive:
 
     def add(self, g: int, c: Child, objectives: list[float], info: dict) -> dict:
         """Archive one evaluation; returns the record exactly as a resumed run will read it."""
-        record = {"generation": g, "genome": c.text, "key": c.key,
-                  "objectives": _objectives_to_json(objectives), "repairs": c.repairs,
-                  "origin": c.origin, "parents": c.parents, **json_safe(info)}
+        record = evolve.record(g, c, objectives, json_safe(info))
         try:
             line = json.dumps(record, allow_nan=False)
         except TypeError as e:
