@@ -432,11 +432,14 @@ def anchored(g: Genome) -> Genome:
 
 
 def _spans(g: Genome) -> set[int]:
-    """LIV boundaries (b = cut before LIV b) that a sharing link of g crosses: owner < b <= member."""
+    """LIV boundaries (b = cut before LIV b) that a sharing link of g's genes crosses: owner < b <= member,
+    for every member whose strategy links it to its group's owner, used by the decoded model or not (a
+    link the plans drop, e.g. to an owner fed all its groups, still constrains what repair accepts)."""
     crossed = set()
-    for i, p in enumerate(plans(g)):
-        for o in (p.featurizer_owner, p.share_owner):
-            crossed.update(range(o + 1, i + 1))
+    for ge, se, _, _ in _LEVELS:
+        for i, o in enumerate(_owners([r[ge] for r in g.livs])):
+            if o != i and g.livs[i][se] != 1:
+                crossed.update(range(o + 1, i + 1))
     return crossed
 
 

@@ -7,7 +7,8 @@
 One loop, four steps, each in one place:
 
 1. **The baselines** (§5): Transformer++ and StripedMamba at the search's depth, trained under the
-   same budget as every candidate and under several training seeds (D15, D21).
+   same budget as every candidate, under several training seeds (D15, D21) and at several peak rates;
+   each is compared at its best rate (`at_best_rate`, D41).
 2. **The initial population**: random genomes (genome.random_genome), repaired (D11).
 3. **Generations of breed, evaluate, survive** (§4): NSGA-II (evolve.nsga2, D16) over genomes, each decoded
    into a backbone (genome.py, liv.py), trained and scored (`evaluate_genome`, train.py) on the
@@ -76,18 +77,26 @@ class Preset:
     population: int
     offspring: int
     generations: int
+    lr: float             # peak learning rate (D41): Transformer++'s best at this budget
+
+
+def derived_rate(d_model: int, depth: int) -> float:
+    """D41: a peak rate where none was measured (the gpu preset): the cpu preset's measured 1.29e-2 scaled
+    by 1 / (width x depth), the rule that predicted the optimum measured at width 128, depth 12 (3.2e-3
+    against 3.15e-3)."""
+    return float(f"{1.29e-2 * 64 * 6 / (d_model * depth):.3g}")
 
 
 PRESETS = {
-    # measured on 2 CPU cores: see docs/options.md, the presets
+    # measured on 2 CPU cores: see docs/options.md, the presets; lr: `python -m workshop.bench --only recipe`
     "cpu": Preset(d_model=64, head_dim=16, depth=6, seq_len=128, batch=8, steps=100, eval_tokens=8192,
-                  population=8, offspring=8, generations=5),
+                  population=8, offspring=8, generations=5, lr=1.29e-2),
     # one GPU: the paper's population and generations at a smaller scale, sized to the default corpus (D31)
     "gpu": Preset(d_model=256, head_dim=64, depth=12, seq_len=1024, batch=8, steps=500, eval_tokens=131_072,
-                  population=16, offspring=16, generations=18),
-    # the paper's 125M setting: 64 x 4096 = 0.25M tokens per step
+                  population=16, offspring=16, generations=18, lr=derived_rate(256, 12)),  # not measured
+    # the paper's 125M setting: 64 x 4096 = 0.25M tokens per step, the paper's rate
     "paper": Preset(d_model=768, head_dim=64, depth=24, seq_len=4096, batch=64, steps=5000, eval_tokens=8_388_608,
-                    population=16, offspring=16, generations=18),
+                    population=16, offspring=16, generations=18, lr=8e-4),
 }
 CPU = PRESETS["cpu"]
 
@@ -118,6 +127,8 @@ class Config:
     share_rate: float = genome.SHARE_RATE
     crossover_cut: str = genome.CROSSOVER_CUT
     micro_batch: Optional[int] = None   # gradient accumulation (None: the whole batch; the workshop plans it on CUDA)
+    lr: float = CPU.lr                  # peak learning rate of every training (D41)
+    baseline_lrs: tuple = (0.5, 1.0, 2.0)  # D41: the baselines train at these multiples of lr
 
     @classmethod
     def make(cls, preset: str = "cpu", **overrides) -> "Config":
@@ -140,7 +151,7 @@ class Config:
                                head_dim=self.head_dim, max_len=max(self.seq_len, self.cache_len))
 
     def train_config(self, device: str, steps: Optional[int] = None) -> train.TrainConfig:
-        return train.TrainConfig(steps=steps or self.steps, batch=self.batch, seq_len=self.seq_len,
+        return train.TrainConfig(steps=steps or self.steps, lr=self.lr, batch=self.batch, seq_len=self.seq_len,
                                  eval_windows=self.eval_tokens // self.seq_len, seed=self.seed, device=device,
                                  log_every=0, micro_batch=self.micro_batch)
 
@@ -148,6 +159,10 @@ class Config:
         """D21: the baselines' seeds; the first is the search's own, so a candidate's score and a
         baseline's first seed saw the same batches."""
         return [self.seed + i for i in range(self.baseline_seeds)]
+
+    def baseline_rates(self) -> list[float]:
+        """D41: the peak rates the baselines train at, multiples of lr."""
+        return [self.lr * m for m in self.baseline_lrs]
 
     def search(self) -> evolve.Search:
         return evolve.Search(pop_size=self.population, n_offspring=self.offspring, generations=self.generations,
@@ -250,7 +265,7 @@ def synthesize(config: Optional[Config] = None, *, data: Optional[corpus.Data] =
                log: Callable[[str], None] = print) -> Synthesis:
     """The paper's Figure 1: the baselines, then NSGA-II over genomes, then the selection.
 
-    The seams, all optional: `baseline(name, genome, seed) -> record` trains a baseline; `initial` are
+    The seams, all optional: `baseline(name, genome, seed, lr) -> record` trains a baseline; `initial` are
     genomes that open generation 0 before the random samples; `evaluate` is the evolve.Scorer of a
     generation's children, with `.records`, its archive; `variation` how genomes breed; `start` the
     evolve.State to continue from; `on_generation(step, state)` runs after each generation (raise
@@ -260,16 +275,18 @@ def synthesize(config: Optional[Config] = None, *, data: Optional[corpus.Data] =
     device = str(train.resolve_device(device))
     cfg, tcfg = config.model_config(data.vocab_size), config.train_config(device)
 
-    def score(g, seed=None):
-        return evaluate_genome(g, cfg, tcfg, data, config.cache_len, seed=seed)
+    def score(g, seed=None, lr=None):
+        return evaluate_genome(g, cfg, tcfg if lr is None else dataclasses.replace(tcfg, lr=lr), data,
+                               config.cache_len, seed=seed)
 
-    def train_baseline(name, g, seed):
-        record = dict(name=name, seed=seed, genome=str(g), key=genome.canonical_str(g), **score(g, seed))
-        log(f"baseline {name:<14} seed {seed} ppl {record['perplexity']:.3f} {record['status']}")
+    def train_baseline(name, g, seed, lr):
+        record = dict(name=name, seed=seed, lr=lr, genome=str(g), key=genome.canonical_str(g), **score(g, seed, lr))
+        log(f"baseline {name:<14} seed {seed} lr {lr:.3g} ppl {record['perplexity']:.3f} {record['status']}")
         return record
-    # 1. the baselines, under the same budget (D15) and several training seeds (D21)
-    baselines = [(baseline or train_baseline)(name, make(config.depth), seed)
-                 for name, make in genome.BASELINES.items() for seed in config.training_seeds()]
+    # 1. the baselines, under the same budget (D15), several training seeds (D21) and peak rates (D41)
+    baselines = [(baseline or train_baseline)(name, make(config.depth), seed, lr)
+                 for name, make in genome.BASELINES.items() for lr in config.baseline_rates()
+                 for seed in config.training_seeds()]
     # 2.-3. the initial population, then generations of breed -> evaluate -> survive (NSGA-II, D16)
     evaluate = evaluate if evaluate is not None else Recorder(score, config.metrics)
     state = evolve.nsga2(initial, variation or config.variation(), evaluate, config.search(), start=start,
@@ -301,6 +318,17 @@ def select_top_k(records: list[dict], baseline: Optional[dict], metrics, k: int)
             seen.add(r["key"])
             best.append(r)
     return best[:k]
+
+
+def at_best_rate(records: list[dict], field: str = "name") -> dict[str, list[dict]]:
+    """D41: the records of each `field` value (a baseline's name, a genome's key) at its best peak rate:
+    the rate (`lr`) whose records, one per training seed, have the lowest mean perplexity (a failed
+    training counts as inf)."""
+    by: dict = {}
+    for r in records:
+        by.setdefault(r[field], {}).setdefault(r.get("lr"), []).append(r)
+    mean = lambda rs: float(np.mean([r["perplexity"] if r.get("status") == "ok" else math.inf for r in rs]))  # noqa: E731
+    return {k: min(rates.values(), key=mean) for k, rates in by.items()}
 
 
 def pareto_front(records: list[dict], metrics) -> list[dict]:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import genome
 import liv
+import star
 
 ROOT = Path(__file__).resolve().parent
 
@@ -85,8 +86,13 @@ def test_the_reference_runs_a_whole_synthesis_alone():
         assert genome.canonical_str(g) == r["key"] and r["params"] == genome.count_params(g, cfg)["total"]
         assert r["cache_bytes"] == r["cache_bytes_measured"] == genome.cache_bytes(g, cfg, seq_len=4096)
         assert r["objectives"] == ([r["perplexity"], r["cache_bytes"]] if r["status"] == "ok" else [None, None])
-    assert [(b["name"], b["seed"]) for b in out["baselines"]] == [(n, s) for n in ("transformer++", "striped-mamba")
-                                                                  for s in (0, 1, 2)]
+    rates = [0.0129 * m for m in (0.5, 1.0, 2.0)]  # the cpu preset's rate and the default grid (D41)
+    assert [(b["name"], b["lr"], b["seed"]) for b in out["baselines"]] == [
+        (n, lr, s) for n in ("transformer++", "striped-mamba") for lr in rates for s in (0, 1, 2)]
+    for name, best in star.at_best_rate(out["baselines"]).items():  # each at its best rate, by brute force
+        mean = {lr: np.mean([b["perplexity"] for b in out["baselines"] if (b["name"], b["lr"]) == (name, lr)])
+                for lr in rates}
+        assert [b["seed"] for b in best] == [0, 1, 2] and best[0]["lr"] == min(rates, key=mean.get)
     tpp = [b for b in out["baselines"] if b["name"] == "transformer++"]
     assert all(t["cache_bytes"] < tpp[0]["cache_bytes"] for t in top) and len(top) <= 3
     assert [t["perplexity"] for t in top] == sorted(t["perplexity"] for t in top)

@@ -72,7 +72,7 @@ def test_every_selected_genome_is_kept_and_reproduces_its_archived_score(runs):
         model = after.load(run_dir, rank=w["rank"])  # the saved weights themselves give the archived score
         loss, ppl = train.evaluate(model, data, train.TrainConfig(**{**about["recipe"], "device": "cpu"}))
         assert ppl == t["perplexity"]
-        assert len(w["final"]) == 2  # --final-steps 2 under both training seeds, weights kept too
+        assert len(w["final"]) == 2 * 4  # --final-steps 2 under both training seeds at 4 rates (D41), weights kept too
         assert all(candidate.read_weights(run_dir / f)["kind"] == "final" for f in w["final"])
     model = after.load(run_dir)  # the README's two lines
     assert model.cfg.d_model == 32 and not model.training

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+import genome
 from workshop import bench, evaluation
 
 
@@ -43,8 +44,9 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
     e = json.loads(out.read_text())["efficacy"]
     assert [x["arm"] for x in e["runs"]] == ["nsga2", "random", "nsga2-mf", "random-mf"]
     book = [json.loads(line) for line in (runs / "retrained.jsonl").read_text().splitlines()]
-    assert len({(b["key"], b["seed"], b["steps"]) for b in book}) == len(book)  # a genome in two top-ks trained once per seed
-    ppl = {(b["key"], b["seed"], b["steps"]): b["perplexity"] for b in book}
+    # a genome in two top-ks trained once per seed and rate
+    assert len({(b["key"], b["seed"], b["steps"], b["lr"]) for b in book}) == len(book)
+    ppl = {(b["key"], b["seed"], b["steps"], b["lr"]): b["perplexity"] for b in book}
     folders = {"nsga2": "nsga2-liv-seed0", "random": "random-liv-seed0", "nsga2-mf": "nsga2-mf-seed0",
                "random-mf": "random-mf-seed0"}
     for x in e["runs"]:
@@ -52,7 +54,13 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         assert x["candidates"] == len(records) and x["compute"] == report.compute_tokens(rc, records)[1]
         assert bool(rc.rungs) == x["arm"].endswith("-mf") and (x["arm"].endswith("-mf") or x["candidates"] == 3 + 2)
         tpp = x["tpp"]
-        means = [float(np.mean([ppl[(t["key"], s, 3)] for s in (0, 1)])) for t in x["top"]]
+
+        def best(key):  # D41: (rate, seed mean) at the lowest seed mean over the run's --final-lrs grid, by brute force
+            return min(((lr, float(np.mean([ppl[(key, s, 3, lr)] for s in (0, 1)]))) for lr in rc.final_rates()),
+                       key=lambda p: p[1])
+        means = [best(t["key"])[1] for t in x["top"]]
+        assert [t["lr"] for t in x["top"]] == [best(t["key"])[0] for t in x["top"]] and len(rc.final_rates()) == 4
+        assert (tpp["lr"], tpp["mean"]) == pytest.approx(best(genome.canonical_str(genome.transformer_pp(rc.depth))))
         assert [t["retrained"][0] for t in x["top"]] == pytest.approx(means) and x["best"] == pytest.approx(min(means))
         assert x["regret"] == pytest.approx(means[0] - min(means))  # the chosen best is the lowest search score
         assert [t["score"] for t in x["top"]] == sorted(t["score"] for t in x["top"])
@@ -68,7 +76,7 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
             assert set(x["probe"]) == {"1", "2"} and all(v["n"] == len(top_rung) for v in x["probe"].values())
             assert x["probe"]["1"]["reproduced"] == 0 and x["probe"]["2"]["reproduced"] == 0
             assert x["probe"]["2"]["rho"] == pytest.approx(1.0) or len(top_rung) < 2
-            again = [ppl[(r["key"], 0, 1)] for r in top_rung]
+            again = [ppl[(r["key"], 0, 1, rc.lr)] for r in top_rung]
             assert x["probe"]["1"]["rho"] == report.spearman(again, [r["perplexity"] for r in top_rung]) or len(again) < 2
         else:
             assert x["probe"] == {}
@@ -108,6 +116,10 @@ def test_bench_scaling_trains_the_repeated_genomes(tmp_path):
     rows = json.loads(out.read_text())["scaling"]["rows"]
     assert [r["name"] for r in rows] == ["seed-0 winner", "transformer++"]
     assert all(r["depth"] == 12 and r["d_model"] == 32 and r["runs"][0]["status"] == "ok" for r in rows)
+    for r in rows:  # D41: each at its best of the 4 rates around the shape's derived rate
+        rate = bench.star.derived_rate(32, 12)
+        assert sorted(map(float, r["rates"])) == [rate * m for m in (0.25, 0.5, 1.0, 2.0)]
+        assert r["mean"] == min(r["rates"].values()) and r["rates"][str(r["lr"])] == r["mean"]
 
 
 def test_bench_proxies_correlates_every_formula_with_every_measurement(tmp_path):

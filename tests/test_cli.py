@@ -42,7 +42,7 @@ def test_killed_run_resumes_without_losing_or_repeating(tmp_path, monkeypatch):
 
     def dies_in_generation_1(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 6 + 4 + 2:  # 2 baselines x 3 seeds, 4 initial, then the 2nd offspring of generation 1
+        if calls["n"] == 18 + 4 + 2:  # 2 baselines x 3 rates x 3 seeds, 4 initial, then the 2nd offspring of generation 1
             raise KeyboardInterrupt
         return real(*a, **k)
 
@@ -412,10 +412,11 @@ def test_whole_synthesis_writes_consistent_outputs(tmp_path, capsys):
             assert r["objectives"] == [r["perplexity"], r["params"], r["cache_bytes"]]
     assert len({r["key"] for r in archive}) == len(archive)  # never the same architecture twice
     # baselines are present, trained under the same budget
-    base_recs = read_jsonl(d / "baselines.jsonl")  # D21: each baseline under 3 training seeds
-    assert [(b["name"], b["seed"]) for b in base_recs] == [(n, s) for n in ("transformer++", "striped-mamba")
-                                                            for s in (0, 1, 2)]
-    assert len({b["perplexity"] for b in base_recs if b["name"] == "transformer++"}) == 3  # seeds differ
+    base_recs = read_jsonl(d / "baselines.jsonl")  # D21, D41: each baseline under 3 training seeds at 3 rates
+    rates = [rc.lr * m for m in (0.5, 1.0, 2.0)]
+    assert [(b["name"], b["lr"], b["seed"]) for b in base_recs] == [
+        (n, lr, s) for n in ("transformer++", "striped-mamba") for lr in rates for s in (0, 1, 2)]
+    assert len({b["perplexity"] for b in base_recs if b["name"] == "transformer++"}) == 9  # seeds and rates differ
     base = {b["name"]: b for b in base_recs}
     assert base["transformer++"]["genome"] == str(genome.transformer_pp(4))
     assert all(b["status"] == "ok" and math.isfinite(b["perplexity"]) for b in base.values())
@@ -431,9 +432,10 @@ def test_whole_synthesis_writes_consistent_outputs(tmp_path, capsys):
     assert sorted(front) == sorted(ok[i]["key"] for i in want)
     assert "transformer++" in summary and "striped-mamba" in summary and "hypervolume" in summary
     assert len(read_jsonl(d / "generations.jsonl")) == 3
-    # the baselines and the top-k were retrained for --final-steps under the same 3 seeds (D21)
+    # the baselines and the top-k were retrained for --final-steps under the same 3 seeds (D21) at 4 rates (D41)
     final = read_jsonl(d / "final.jsonl")
     top = report.select(archive, base["transformer++"], "quality_size_cache", 3)
     jobs = [base["transformer++"]["key"], base["striped-mamba"]["key"]] + [t["key"] for t in top]
-    assert [(f["genome"], f["seed"]) for f in final] == [(g, s) for g in jobs for s in (0, 1, 2)]
+    assert [(f["genome"], f["lr"], f["seed"]) for f in final] == [(g, rc.lr * m, s) for g in jobs
+                                                                  for m in (0.25, 0.5, 1.0, 2.0) for s in (0, 1, 2)]
     assert "Proxy fidelity: Spearman rank correlation" in summary and "## Hypervolume against evaluations" in summary

@@ -220,7 +220,7 @@ def test_a_synthesis_with_rungs_selects_at_the_top_and_a_kill_resumes_to_the_sam
 
     def dies(*a, **k):
         n["n"] += 1
-        if n["n"] == 6 + 3:  # 2 baselines x 3 seeds, then the 3rd training at the lowest rung of generation 0
+        if n["n"] == 18 + 3:  # 2 baselines x 3 rates x 3 seeds, then the 3rd training at the lowest rung of generation 0
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(candidate, "evaluate_genome", dies)

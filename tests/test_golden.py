@@ -112,6 +112,10 @@ def test_a_run_of_the_previous_format_resumes_and_extends(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["format"] == config.FORMAT
     assert json.loads((run / "config.json").read_text())["generations"] == 2
     assert json.loads((run / "config.json").read_text())["eval_tokens"] == 1024
+    now = json.loads((run / "config.json").read_text())  # D41: it keeps the one rate it was made with
+    assert (now["lr"], now["baseline_lrs"], now["final_lrs"], now["lr_grid"]) == (8e-4, [1.0], [1.0], [])
+    base = [json.loads(line) for line in (run / "baselines.jsonl").read_text().splitlines()]
+    assert len(base) == 4 and all("lr" not in b for b in base)  # no baseline trained again, none at another rate
     if PINNED:  # the same archive as the uninterrupted 2-generation run of the code that wrote it
         assert_golden(run, "before_d33")
 

@@ -424,7 +424,8 @@ def test_real_exit_status_and_one_line(tmp_path, cmd, needle):
 # ------------------------------------------------------------------------------ star.py's own writes
 
 
-KP = STAR + ["--final-steps", "2", "--final-top", "1", "--baseline-seeds", "1"]  # one seed: fewer trainings
+# one seed and one rate (D41): fewer trainings
+KP = STAR + ["--final-steps", "2", "--final-top", "1", "--baseline-seeds", "1", "--baseline-lrs", "1", "--final-lrs", "1"]
 
 
 class Killed(BaseException):
@@ -596,7 +597,7 @@ def test_a_second_process_on_a_live_run_is_refused(tmp_path, capsys):
 
 def fake_evaluate(fail):
     """Evaluate without training: perplexity from the genome text; `fail(g)` marks a failed candidate."""
-    def evaluate(g, cfg, tcfg, data, rc, seed=None, keep=None):  # trains nothing, so keeps nothing (D24)
+    def evaluate(g, cfg, tcfg, data, rc, seed=None, keep=None, lr_grid=None):  # trains nothing, keeps nothing (D24)
         info = dict(candidate.describe_costs(g, cfg, rc.cache_len), perplexity=math.inf, val_loss=math.inf,
                     bits_per_byte=None, status="error", error="boom", seconds=0.0)
         if not fail(g):
@@ -673,7 +674,8 @@ def test_a_generation_0_that_timed_out_continues_with_a_larger_timeout(tmp_path,
                 report(i, parallel.failed("timeout", f"stopped after --timeout {self.timeout:g} s", len(self.rc.metrics),
                                           timeout=self.timeout) if self.timeout < 1 else self.one(g, generation))
     monkeypatch.setattr(parallel, "evaluator", ClockedPool)
-    argv = TINY + ["--baseline-seeds", "1", "--generations", "2", "--no-weights", "--out", tmp_path, "--name", "r"]
+    argv = TINY + ["--baseline-seeds", "1", "--baseline-lrs", "1", "--generations", "2", "--no-weights", "--out", tmp_path,
+                   "--name", "r"]
     code, out, err = call(cli.main, argv + ["--timeout", "0.001"], capsys)
     assert code == 1 and len(err) == 1 and "all 4/4 candidates timed out" in err[0], err
     assert "--resume and a larger --timeout" in err[0]

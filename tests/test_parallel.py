@@ -260,7 +260,7 @@ def test_a_worker_that_cannot_start_is_one_line_exit_1_and_resumes(tmp_path, mon
     run resumes without retraining the baselines."""
     text = tmp_path / "corpus.txt"
     text.write_text("to be or not to be, that is the question\n" * 100)
-    argv = TINY + ["--baseline-seeds", "1", "--generations", "1", "--data", str(text), "--out", str(tmp_path),
+    argv = TINY + ["--baseline-seeds", "1", "--baseline-lrs", "1", "--generations", "1", "--data", str(text), "--out", str(tmp_path),
                    "--name", "r"]
     real, trained = candidate.evaluate_genome, []
 

@@ -577,7 +577,10 @@ def test_the_eta_counts_every_training_still_to_come():
 def test_the_trainings_after_the_search_are_counted_from_the_config():
     from workshop.config import RunConfig
     folder = runlog.RunFolder(Path("/nonexistent"), RunConfig.make("cpu", final_steps=1000), False, None, print, None)
-    assert folder.trainings_after_search() == 8 + (8 + 2) * 3 * 1000 / 100  # top-8 weights; 10 genomes x 3 seeds x 10
+    # top-8 weights; 10 genomes x 4 rates (D41) x 3 seeds x 10
+    assert folder.trainings_after_search() == 8 + (8 + 2) * 4 * 3 * 1000 / 100
+    one_rate = RunConfig.make("cpu", final_steps=1000, final_lrs=(1.0,))
+    assert runlog.RunFolder(Path("/nonexistent"), one_rate, False, None, print, None).trainings_after_search() == 308
     folder = runlog.RunFolder(Path("/nonexistent"), RunConfig.make("cpu", weights=False), False, None, print, None)
     assert folder.trainings_after_search() == 0
     assert runlog.RunFolder(None, RunConfig.make("cpu"), False, None, print, None).trainings_after_search() == 0

@@ -75,7 +75,9 @@ def read_run(path) -> Run:
         records, baselines = _rows(path / "archive.jsonl"), _rows(path / "baselines.jsonl")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    tpp = report.seed_groups(baselines, "name").get("transformer++")
+    for b in baselines:  # written before D41: trained at the run's one rate
+        b.setdefault("lr", config.lr)
+    tpp = report.rate_groups(baselines).get("transformer++")
     top = report.select(records, tpp, config.objective, config.final_top, config.within_budgets)
     index = path / "weights" / "top.json"
     weights = json.loads(index.read_text()) if index.is_file() else []
@@ -157,10 +159,11 @@ def chosen(run: Run, which: str) -> list[genome.Genome]:
 
 def retrain(run_dir, which: str = "best", steps: Optional[int] = None, seeds: Optional[list[int]] = None,
             repeat: int = 1, share_across: bool = False, d_model: Optional[int] = None, out=None,
-            device: str = "auto", log=print) -> list[dict]:
+            device: str = "auto", log=print, lr: Optional[float] = None) -> list[dict]:
     """Train genomes of a finished run again with the run's settings (data, widths, batch, schedule)
-    but any steps, seeds, depth (`repeat`) and width (`d_model`); each trained model's weights go to
-    `out`/<name>/ and its record to `out`/results.jsonl. The run's own files are only read."""
+    but any steps, seeds, depth (`repeat`), width (`d_model`) and peak rate (`lr`, default the run's);
+    each trained model's weights go to `out`/<name>/ and its record to `out`/results.jsonl. The run's
+    own files are only read."""
     run = read_run(run_dir)
     config = run.config
     steps, seeds = steps or config.steps, seeds if seeds is not None else [config.seed]
@@ -172,7 +175,9 @@ def retrain(run_dir, which: str = "best", steps: Optional[int] = None, seeds: Op
     except (ValueError, corpus.DataError) as e:
         raise UsageError(str(e)) from None
     width = d_model or config.d_model
-    tcfg = config.train_config(device, steps)
+    if lr is not None and not (math.isfinite(lr) and 0 < lr < 1):
+        raise UsageError(f"--lr must be a peak learning rate > 0 and < 1 (got {lr})")
+    tcfg = dataclasses.replace(config.train_config(device, steps), lr=lr or config.lr)  # one rate (D41)
     results = []
     for base in chosen(run, which):
         g = space.repeat(base, repeat, share_across) if (repeat != 1 or share_across) else base
@@ -182,16 +187,18 @@ def retrain(run_dir, which: str = "best", steps: Optional[int] = None, seeds: Op
             raise UsageError(str(e)) from None
         costs = candidate.describe_costs(g, cfg, config.cache_len)
         log(f"{g}: depth {g.depth}, width {width}: {costs['params']:,} parameters ({costs['non_embedding_params']:,} "
-            f"non-embedding), cache {costs['cache_bytes']:,} bytes at T = {config.cache_len}; {steps} steps, seeds "
+            f"non-embedding), cache {costs['cache_bytes']:,} bytes at T = {config.cache_len}; {steps} steps at peak lr "
+            f"{tcfg.lr:.3g}, seeds "
             f"{', '.join(map(str, seeds))}")
         for seed in seeds:
-            name = f"{candidate.weights_name(genome.canonical_str(g))}-d{width}-steps{steps}-seed{seed}"
+            name = (f"{candidate.weights_name(genome.canonical_str(g))}-d{width}-steps{steps}-seed{seed}"
+                    + ("" if tcfg.lr == config.lr else f"-lr{tcfg.lr:.3g}"))
 
             def keep(model, state, info, tcfg_used, folder=out / name, g=g, seed=seed):
                 candidate.save_weights(folder, model, state, info, g, model.cfg, tcfg_used, config, kind="retrained",
                                        seed=seed, steps=steps, run=str(run.path), repeat=repeat, share_across=share_across)
             with parallel.candidate_threads(device):  # as the search trained: same arithmetic (D19)
-                info, _ = candidate.evaluate_genome(g, cfg, tcfg, data, config, seed=seed, keep=keep)
+                info, _ = candidate.evaluate_genome(g, cfg, tcfg, data, config, seed=seed, keep=keep, lr_grid=())
             rec = dict(genome=str(g), key=genome.canonical_str(g), base=str(base), repeat=repeat, share_across=share_across,
                        d_model=width, steps=steps, seed=seed, folder=str(out / name), **info)
             out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="depth: this many independent copies of the genome (D26)")
     p.add_argument("--share-across", action="store_true", help="with --repeat: featurizers tied across copies")
     p.add_argument("--d-model", type=int, default=None, help="width (default: the run's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the run's; longer training "
+                   "and wider models want a lower one: DESIGN.md D41)")
     p.add_argument("--out", default=None, help="folder for the weights and results.jsonl (default RUN/retrained)")
     p.add_argument("--device", default="auto")
     p = sub.add_parser("export", help="torch.export programs of a weights folder, checkpoint or run (its best)")
@@ -333,7 +342,7 @@ def main(argv=None) -> int:
             if args.repeat < 1 or (args.steps is not None and args.steps < 1):
                 raise UsageError("--repeat and --steps must be >= 1")
             retrain(args.run, args.genome, args.steps, args.seeds, args.repeat, args.share_across, args.d_model,
-                    args.out, args.device)
+                    args.out, args.device, lr=args.lr)
         else:
             if args.batch < 1 or (args.context is not None and args.context < 1):
                 raise UsageError("--batch and --context must be >= 1")

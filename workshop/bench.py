@@ -81,9 +81,10 @@ import corpus
 import evolve
 import genome
 import liv
+import star
 import train
 from workshop import candidate, config, evaluation, fidelity, meter, report, runlog, space, training, userdata, words
-from workshop.config import RunConfig
+from workshop.config import ONE_RATE, RunConfig
 
 SECTIONS = ("classes", "scan", "conv", "transformer", "decode", "search", "variation")
 ON_DEMAND = ("memory", "parallel", "threads", "efficacy", "noise", "scaling", "proxies", "fidelity", "recipe",
@@ -124,8 +125,9 @@ EFFICACY = dict(extra=["--no-weights"], arms=EFFICACY_ARMS, top=4, retrain_steps
 # issue 28's sweep of the peak learning rate (bench_recipe)
 RECIPE = dict(preset="cpu", overrides={}, genomes=None, n_random=8, lr_min=3e-4, lr_max=5.5e-2, lr_factor=1.6,
               shared=8e-4, budgets=(1, 10), seeds=(0, 1, 2), near=1, top=2, workers=2)
-# the scaling shape (README's scaling check): the two baselines and the seed-0 winner at depth 12, width 128
-RECIPE_SCALED = dict(RECIPE, overrides=dict(d_model=128, depth=12), n_random=0,
+# the scaling shape (README's scaling check): the two baselines and the seed-0 winner at depth 12, width 128, at
+# the candidate budget (10x costs hours on CPU), on the part of the grid that holds their optima
+RECIPE_SCALED = dict(RECIPE, overrides=dict(d_model=128, depth=12), n_random=0, budgets=(1,), lr_min=7.7e-4, lr_max=3.4e-2,
                      genomes={"seed-0 winner x2": "9.1.1.1.1-8.2.1.2.1-9.3.1.3.1-16.4.1.4.1-16.5.1.5.1-16.6.1.6.1"})
 
 SIZES = {
@@ -907,9 +909,10 @@ def print_noise(r):
 
 
 
-def _book_key(text: str, seed: int, steps: int) -> tuple:
-    """How the retraining book (retrain_all) names a training: the genome's canonical text, seed, steps."""
-    return genome.canonical_str(genome.Genome.parse(text)), seed, steps
+def _book_key(text: str, seed: int, steps: int, lr: float = ONE_RATE["lr"]) -> tuple:
+    """How the retraining book (retrain_all) names a training: the genome's canonical text, seed, steps, peak
+    rate (a record written before D41 holds none: it trained at 8e-4)."""
+    return genome.canonical_str(genome.Genome.parse(text)), seed, steps, lr
 
 
 def _train_record(rc: RunConfig, text: str, seed: int, steps: int, device: str, lr: float | None = None) -> dict:
@@ -929,16 +932,23 @@ def _train_record(rc: RunConfig, text: str, seed: int, steps: int, device: str, 
 
 
 def _retrain_one(job: tuple) -> dict:
-    """One retraining: (run folder for the settings, genome text, seed, steps, device)."""
-    run_dir, text, seed, steps, device = job
-    return _train_record(report.load_run(run_dir)[0], text, seed, steps, device)
+    """One retraining: (run folder for the settings, genome text, seed, steps, device, peak rate)."""
+    run_dir, text, seed, steps, device, lr = job
+    return _train_record(report.load_run(run_dir)[0], text, seed, steps, device, lr)
 
 
 def retrain_all(jobs: list[tuple], book: Path, workers: int) -> dict:
-    """Every (run folder, genome, seed, steps, device) job trained once (train_book), keyed by the genome's
-    canonical text, seed and steps: a genome in several runs' top-k trains once."""
-    return train_book(jobs, book, workers, _retrain_one, lambda j: _book_key(*j[1:4]),
-                      lambda r: (r["key"], r["seed"], r["steps"]))
+    """Every (run folder, genome, seed, steps, device, lr) job trained once (train_book), keyed by the genome's
+    canonical text, seed, steps and rate: a genome in several runs' top-k trains once."""
+    return train_book(jobs, book, workers, _retrain_one, lambda j: _book_key(*j[1:4], j[5]),
+                      lambda r: (r["key"], r["seed"], r["steps"], r.get("lr", ONE_RATE["lr"])))
+
+
+def at_best_rate(done: dict, text: str, seeds: list[int], steps: int, rates: list[float]) -> tuple[list[float], float]:
+    """D41: a genome's retrained perplexities under `seeds` at its best of `rates` (lowest seed mean), and that rate."""
+    at = {lr: [done[_book_key(text, sd, steps, lr)]["perplexity"] for sd in seeds] for lr in rates}
+    best = min(rates, key=lambda lr: report.mean_std(at[lr])[0])
+    return at[best], best
 
 
 def train_book(jobs: list[tuple], book: Path, workers: int, one, job_key, record_key) -> dict:
@@ -1028,28 +1038,29 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                 if cli.main(argv) != 0:
                     raise RuntimeError(f"run {name} failed")
             rc, records, baselines = report.load_run(d)
-            tpp = report.seed_groups(baselines, "name")["transformer++"]
+            tpp = report.rate_groups(baselines)["transformer++"]
             runs.append(dict(arm=arm, seed=seed, dir=str(d), records=records, tpp=tpp,
                              top=report.select(records, tpp, rc.objective, s["top"]), rc=rc))
     steps, rseeds = s["retrain_steps"], list(s["retrain_seeds"])
-    jobs = [(r["dir"], t["genome"], rs, steps, str(device)) for r in runs for t in r["top"] + [r["tpp"]] for rs in rseeds]
+    # each genome and Transformer++ over the run's --final-lrs grid, each shown at its best rate (D41)
+    jobs = [(r["dir"], t["genome"], rs, steps, str(device), lr) for r in runs for t in r["top"] + [r["tpp"]]
+            for lr in r["rc"].final_rates() for rs in rseeds]
     probe = list(s.get("probe_steps", ()))  # a halved run's promoted candidates at other budgets, under its own seed
-    jobs += [(r["dir"], t["genome"], r["rc"].seed, st, str(device)) for r in runs if r["rc"].rungs
+    jobs += [(r["dir"], t["genome"], r["rc"].seed, st, str(device), r["rc"].lr) for r in runs if r["rc"].rungs
              for t in fidelity.top_rung(r["records"]) for st in probe]
     done = retrain_all(jobs, Path(out_dir) / "retrained.jsonl", s["workers"])
-    ppls = lambda text: [done[_book_key(text, rs, steps)]["perplexity"]  # noqa: E731
-                         for rs in rseeds]
     out = []
     for r in runs:
         same_seed = [x for x in runs if x["seed"] == r["seed"]]
         objs = lambda x: np.array([[math.inf if v is None else v for v in y["objectives"]]  # noqa: E731
                                 for y in fidelity.top_rung(x["records"])], dtype=float)
         ref = evaluation.default_ref_point(np.vstack([objs(x) for x in same_seed]))
-        top = [dict(genome=t["genome"], key=t["key"], score=t["perplexity"], cache=t["cache_bytes"], ppls=ppls(t["genome"]))
-               for t in r["top"]]
+        ppls = lambda text: at_best_rate(done, text, rseeds, steps, r["rc"].final_rates())  # noqa: E731
+        top = [dict(genome=t["genome"], key=t["key"], score=t["perplexity"], cache=t["cache_bytes"],
+                    **dict(zip(("ppls", "lr"), ppls(t["genome"])))) for t in r["top"]]
         for t in top:
             t["retrained"] = report.mean_std(t["ppls"])
-        tpp_ppls = ppls(r["tpp"]["genome"])
+        tpp_ppls, tpp_lr = ppls(r["tpp"]["genome"])
         tpp = (report.mean_std(tpp_ppls)[0], r["tpp"]["cache_bytes"])
         best = min(top, key=lambda t: t["retrained"][0]) if top else None
         trained, total = report.compute_tokens(r["rc"], r["records"])
@@ -1062,7 +1073,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
                         best=best["retrained"][0] if best else math.inf, best_ppls=best["ppls"] if best else [],
                         best_genome=best["genome"] if best else None,
                         regret=top[0]["retrained"][0] - best["retrained"][0] if best else math.nan,
-                        tpp=dict(ppls=tpp_ppls, mean=tpp[0], std=report.mean_std(tpp_ppls)[1], cache=tpp[1]),
+                        tpp=dict(ppls=tpp_ppls, mean=tpp[0], std=report.mean_std(tpp_ppls)[1], cache=tpp[1], lr=tpp_lr),
                         hv_linear=retrained_hypervolume(points, tpp, False),
                         hv_log=retrained_hypervolume(points, tpp, True),
                         top_spearman=report.spearman([t["score"] for t in top], [t["retrained"][0] for t in top]),
@@ -1093,7 +1104,7 @@ def _probe(run: dict, steps: list[int], done: dict) -> dict:
     top = [r for r in fidelity.top_rung(run["records"]) if r.get("perplexity") is not None and math.isfinite(r["perplexity"])]
     out = {}
     for st in steps:
-        again = [done[_book_key(r["genome"], run["rc"].seed, st)]["perplexity"] for r in top]
+        again = [done[_book_key(r["genome"], run["rc"].seed, st, run["rc"].lr)]["perplexity"] for r in top]
         pairs = [(a, r["perplexity"]) for a, r in zip(again, top) if math.isfinite(a)]
         archived = [(a, x["perplexity"]) for a, r in zip(again, top) for x in r["rungs"] if x["steps"] == st]
         out[str(st)] = dict(_spearman_of(pairs), reproduced=max((abs(a - b) for a, b in archived), default=None))
@@ -1117,14 +1128,16 @@ def _median_ratio(out: list[dict]) -> float:
 
 def print_efficacy(r):
     print(f"\n## Efficacy (D39): quality_cache, cpu preset, about equal compute per run; each run's top-{r['top']} "
-          f"and Transformer++ retrained {r['retrain_steps']} steps under seeds {r['retrain_seeds']}")
+          f"and Transformer++ retrained {r['retrain_steps']} steps under seeds {r['retrain_seeds']}, each at its best "
+          "rate of the run's --final-lrs grid (D41)")
     rows = []
     for x in r["runs"]:
         w = x["welch_mf_below"]
         rows.append([x["arm"], x["seed"], f"{x['candidates']} ({x['top_rung']})", f"{x['compute'] / 1e6:.2f}M",
                      f"{x['hv_search']:.4g}", f"{x['best']:.3f} ± {report.mean_std(x['best_ppls'])[1]:.3f}",
                      f"{x['regret']:.3f}", f"{x['hv_linear']:.4g}", f"{x['hv_log']:.4g}",
-                     f"{x['tpp']['mean']:.3f} ± {x['tpp']['std']:.3f}", " ".join(map(str, x["new_front"][1:])),
+                     f"{x['tpp']['mean']:.3f} ± {x['tpp']['std']:.3f}" + (f" at {x['tpp']['lr']:.3g}" if x["tpp"].get("lr") else ""),
+                     " ".join(map(str, x["new_front"][1:])),
                      f"{x['top_spearman']:.2f}", "-" if not x["rung_spearman"]["n"] else
                      f"{x['rung_spearman']['rho']:.2f} over {x['rung_spearman']['n']}", "-" if w is None else f"{w[2]:.3f}"])
     print(table(["arm", "seed", "candidates (top rung)", "compute", "HV at search fidelity", "best retrained ppl",
@@ -1222,7 +1235,8 @@ SCALED = {"seed-0 winner": "9.1.1.1.1-8.2.1.2.1-9.3.1.3.1-16.4.1.4.1-16.5.1.5.1-
 def bench_scaling(device, s) -> dict:
     """D26's evidence: the depth-6 genomes repeated `times` (independent copies, space.repeat) at the
     preset's other settings with the overrides (width 128, 1000 steps), trained as the search trains
-    (candidate.evaluate_genome, one thread on CPU) under each seed; perplexity mean ± std per genome."""
+    (candidate.evaluate_genome, one thread on CPU) under each seed at each of `final_lrs` multiples of the
+    shape's derived rate (star.derived_rate, D41); perplexity mean ± std per genome at its best rate."""
     import genome as gn
     from workshop import parallel
 
@@ -1231,26 +1245,36 @@ def bench_scaling(device, s) -> dict:
         base = gn.transformer_pp(6) if text is None else gn.Genome.parse(text)
         g = space.repeat(base, s["times"])
         rc = config.RunConfig.make(s["preset"], **{**s["overrides"], "depth": g.depth})
+        rc = dataclasses.replace(rc, lr=star.derived_rate(rc.d_model, rc.depth))
         data = userdata.load_data(rc.data, rc.vocab_size)
         cfg = rc.model_config(data.vocab_size)
-        runs = []
-        for seed in s["seeds"]:
-            with parallel.candidate_threads(str(device)):
-                info, _ = candidate.evaluate_genome(g, cfg, rc.train_config(str(device)), data, rc, seed=seed)
-            runs.append(dict(seed=seed, perplexity=info["perplexity"], seconds=info["seconds"], status=info["status"]))
-            print(f"  {name} seed {seed}: ppl {info['perplexity']:.3f} in {info['seconds']:.0f} s", flush=True)
-        mean, std = report.mean_std([r["perplexity"] for r in runs])
+        at = {}
+        for lr in rc.final_rates():
+            at[lr] = []
+            for seed in s["seeds"]:
+                with parallel.candidate_threads(str(device)):
+                    info, _ = candidate.evaluate_genome(g, cfg, dataclasses.replace(rc.train_config(str(device)), lr=lr),
+                                                        data, rc, seed=seed, lr_grid=())
+                at[lr].append(dict(seed=seed, lr=lr, perplexity=info["perplexity"], seconds=info["seconds"],
+                                   status=info["status"]))
+                print(f"  {name} seed {seed} lr {lr:.3g}: ppl {info['perplexity']:.3f} in {info['seconds']:.0f} s", flush=True)
+        best = min(at, key=lambda lr: report.mean_std([r["perplexity"] for r in at[lr]])[0])
+        mean, std = report.mean_std([r["perplexity"] for r in at[best]])
         rows.append(dict(name=name, base=str(base), genome=str(g), depth=g.depth, d_model=cfg.d_model, steps=rc.steps,
-                         params=info["params"], cache_bytes=info["cache_bytes"], mean=mean, std=std, runs=runs))
+                         params=info["params"], cache_bytes=info["cache_bytes"], mean=mean, std=std, runs=at[best],
+                         lr=best, at_edge=best in (min(at), max(at)) and len(at) > 1,
+                         rates={str(lr): report.mean_std([r["perplexity"] for r in rs])[0] for lr, rs in at.items()}))
     return dict(rows=rows, preset=s["preset"], times=s["times"])
 
 
 def print_scaling(r):
     print(f"\n## Scaling (D26): depth x{r['times']} (independent copies) and the preset's width override, "
           f"{r['rows'][0]['steps'] if r['rows'] else 0} steps, seeds {[x['seed'] for x in r['rows'][0]['runs']] if r['rows'] else []}")
-    print(table(["genome", "depth", "width", "params", "cache", "perplexity"],
+    print(table(["genome", "depth", "width", "params", "cache", "perplexity at the best rate", "best rate (seed means)"],
                 [[x["name"], x["depth"], x["d_model"], f"{x['params']:,}", words.fmt_bytes(x["cache_bytes"]),
-                  f"{x['mean']:.2f} ± {x['std']:.2f}"] for x in r["rows"]]))
+                  f"{x['mean']:.2f} ± {x['std']:.2f}", f"{x['lr']:.3g} (" + ", ".join(
+                      f"{float(k):.3g}: {v:.2f}" for k, v in x["rates"].items()) + ("; EDGE" if x["at_edge"] else "") + ")"]
+                 for x in r["rows"]]))
 
 
 # ----------------------------------------------------------------------------------------------------

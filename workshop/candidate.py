@@ -39,12 +39,27 @@ describe_costs = star.describe_costs  # parameters and cache by formula, without
 
 
 def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainConfig, data, config: RunConfig,
-                    seed: int | None = None, keep: Optional[Callable] = None) -> tuple[dict, tuple[float, ...]]:
+                    seed: int | None = None, keep: Optional[Callable] = None,
+                    lr_grid: Optional[tuple] = None) -> tuple[dict, tuple[float, ...]]:
     """star.evaluate_genome with what a run adds: a --plugin's metrics of the trained model (D37), its
     weights given to `keep(model, state, info, tcfg)` with the final training state (`train.train_state`,
     D24), a CUDA error that poisons the process as status 'cuda_error' (parallel.py then ends the worker,
-    or the run), and the memory of an out-of-memory candidate given back. Returns (info, objectives)."""
+    or the run), and the memory of an out-of-memory candidate given back. With `lr_grid` (multiples of
+    tcfg.lr; default the run's --lr-grid) it trains at each rate and is scored at its best (D41): the
+    record of that training, with `lr_scores` {rate: perplexity} and the seconds of all. Every record
+    holds its `lr`. Returns (info, objectives)."""
     tcfg = tcfg if seed is None else dataclasses.replace(tcfg, seed=seed)
+    grid = config.lr_grid if lr_grid is None else lr_grid
+    if grid:
+        runs = []  # `keep` is for one training at one rate (a grid keeps no weights)
+        for m in grid:
+            runs.append(evaluate_genome(g, cfg, dataclasses.replace(tcfg, lr=tcfg.lr * m), data, config, lr_grid=())[0])
+            if runs[-1]["status"] == "cuda_error":  # the process must end (parallel.py): say so at once
+                return runs[-1], objectives_of(runs[-1], config.objective)
+        ok = [r for r in runs if r["status"] == "ok"] or runs[:1]
+        info = dict(min(ok, key=lambda r: r["perplexity"]), seconds=round(sum(r["seconds"] for r in runs), 3),
+                    lr_scores={str(r["lr"]): r["perplexity"] if r["status"] == "ok" else None for r in runs})
+        return info, objectives_of(info, config.objective)
     final = {}
 
     def trained(model, result, info):
@@ -54,6 +69,7 @@ def evaluate_genome(g: genome.Genome, cfg: liv.ModelConfig, tcfg: train.TrainCon
             keep(model, final, info, tcfg)
     info = star.evaluate_genome(g, cfg, tcfg, data, config.cache_len, trained=trained,
                                 checkpoint=final.update if keep is not None else None, plan=training.plan)
+    info["lr"] = tcfg.lr
     if info["status"] == "error" and is_sticky_cuda_error(info["error"]):
         info["status"] = "cuda_error"
     if info["status"] == "oom":  # the model and its traceback are gone with star.evaluate_genome's frame

@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="nsga2 | random (the control: fresh random genomes each generation, same budget; D21)")
     ap.add_argument("--baseline-seeds", type=int, default=None,
                     help="training seeds for the baselines (and the --final-steps retraining); D21 (default 3)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate of every training (D41; default the "
+                    "preset's: cpu 1.29e-2, gpu %(gpu)s, paper 8e-4)" % dict(gpu=f"{PRESETS['gpu'].lr:.3g} (derived)"))
+    ap.add_argument("--baseline-lrs", default=None, metavar="M,...",
+                    help="the baselines train at these multiples of --lr; each is compared at its best (D41; default 0.5,1,2)")
+    ap.add_argument("--final-lrs", default=None, metavar="M,...",
+                    help="--final-steps retrains each genome at these multiples of --lr (D41; default 0.25,0.5,1,2)")
+    ap.add_argument("--lr-grid", default=None, metavar="M,...",
+                    help="each candidate trains at these multiples of --lr and is scored at its best (D41; default: at --lr)")
     ap.add_argument("--share-rate", type=float, default=None,
                     help="chance that a sampled LIV joins an earlier compatible group, per level (D18; default 0.1)")
     ap.add_argument("--crossover-cut", default=None, help="liv | anywhere: where k-point crossover cuts (D18; default liv)")
@@ -155,6 +163,9 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
     overrides.update({k: v for k, v in (("allow_classes", _classes_option(args.allow_classes)),
                                         ("init", _init_option(args.init))) if v is not None})
     overrides.update({k: v for k, v in _deploy_overrides(args).items() if v is not None})
+    for key in ("baseline_lrs", "final_lrs", "lr_grid"):
+        if getattr(args, key) is not None:
+            overrides[key] = _floats_option(key, getattr(args, key))
     if args.rungs is not None:  # D38: the top rung is the steps, so --rungs alone sets them
         overrides["rungs"] = _rungs_option(args.rungs)
         if overrides["rungs"] and "steps" not in overrides:
@@ -168,6 +179,13 @@ def _rungs_option(text: str) -> tuple:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--rungs {text!r}: give comma-separated step counts, lowest first (e.g. 25,100)") from None
+
+
+def _floats_option(key: str, text: str) -> tuple:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--{key.replace('_', '-')} {text!r}: give comma-separated multiples of --lr (e.g. 0.5,1,2)") from None
 
 
 def _classes_option(text):

@@ -35,9 +35,10 @@ from star import PRESETS  # the presets are the reference's
 from workshop import fidelity, meter, plugins, space, words
 
 VERSION = "0.23"  # the project's version where git cannot say (summary.md); its minor number is DESIGN.md's D23
-FORMAT = 4  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
-#            3: and the data's fingerprint (D23); 4: and the rungs of a multi-fidelity search (D38). Formats 1 and 2 counted eval_batches of `batch` windows: read
-#            as eval_tokens = eval_batches x batch x seq_len, what they meant (D33)
+FORMAT = 5  # 1: the dict of 25 keys written before D22 (no "format" key); 2: RunConfig's fields + "format";
+#            3: and the data's fingerprint (D23); 4: and the rungs of a multi-fidelity search (D38); 5: and the
+#            peak rates (D41). Formats 1 and 2 counted eval_batches of `batch` windows: read as eval_tokens =
+#            eval_batches x batch x seq_len, what they meant (D33)
 
 OBJECTIVES = {  # name -> the metrics it minimises, in order: the paper's four (star.py) and two measured ones
     **star.OBJECTIVES,
@@ -83,7 +84,7 @@ def in_python(e: Exception) -> Exception:
     return out
 
 
-EXTENT = ("generations", "final_steps", "final_top", "timeout", "patience", "weights")  # may change on --resume
+EXTENT = ("generations", "final_steps", "final_lrs", "final_top", "timeout", "patience", "weights")  # may change on --resume
 
 # what a key missing from an older config.json meant: the defaults of the code that wrote it. Format 2
 # files written before D24-D25 and D34-D37 have no class set, no initial genomes, kept no weights, measured nothing
@@ -92,13 +93,15 @@ DEPLOY_DEFAULTS = dict(measure=False, meter="clock", deploy_d_model=256, deploy_
                        deploy_dtype="float32", max_params=None, max_cache=None, max_latency=None, max_memory=None,
                        plugins=())
 SINGLE_FIDELITY = dict(rungs=(), eta=4)  # before D38 every run was the paper's single-fidelity search
+ONE_RATE = dict(lr=8e-4, baseline_lrs=(1.0,), final_lrs=(1.0,), lr_grid=())  # before D41: the paper's 8e-4 for all
 FORMAT_DEFAULTS = {1: dict(algorithm="nsga2", baseline_seeds=1, seed_baselines=False, share_rate=0.1,
                            crossover_cut="liv", timeout=None, micro_batch=None, final_top=8, final_steps=0,
                            vocab_size=None, cache_len=4096, patience=None, data_fingerprint=None, **_BEFORE_D24,
-                           **DEPLOY_DEFAULTS, **SINGLE_FIDELITY),
+                           **DEPLOY_DEFAULTS, **SINGLE_FIDELITY, **ONE_RATE),
                    # format 2: fields added after it was first written, each the behaviour from before it
-                   2: dict(patience=None, data_fingerprint=None, **_BEFORE_D24, **DEPLOY_DEFAULTS, **SINGLE_FIDELITY),
-                   3: dict(SINGLE_FIDELITY)}
+                   2: dict(patience=None, data_fingerprint=None, **_BEFORE_D24, **DEPLOY_DEFAULTS, **SINGLE_FIDELITY,
+                           **ONE_RATE),
+                   3: dict(SINGLE_FIDELITY, **ONE_RATE), 4: dict(ONE_RATE)}
 # identity keys an older config.json did not record (None there): not checked on that --resume, and
 # recorded from then on (config.json is rewritten in today's format)
 RECORDED_LATE = ("data_fingerprint",)
@@ -131,6 +134,8 @@ class RunConfig(star.Config):
     rungs: tuple = ()                   # D38: training budgets of successive halving, the last = steps (): single fidelity
     eta: int = 4                        # D38: of n candidates at a rung, ceil(n / eta) go up
     data_fingerprint: Optional[str] = None  # corpus.Data.fingerprint of `data` (None: filled in when loaded; D23)
+    final_lrs: tuple = (0.25, 0.5, 1.0, 2.0)  # D41: --final-steps retrains each genome at these multiples of lr
+    lr_grid: tuple = ()                 # D41: each candidate trains at these multiples of lr, scored at its best
 
     @classmethod
     def make(cls, preset: Optional[str] = None, **overrides) -> "RunConfig":
@@ -149,7 +154,8 @@ class RunConfig(star.Config):
         return cls(**{**dataclasses.asdict(PRESETS[preset]), "preset": preset, **given})
 
     def __post_init__(self):
-        for key in ("allow_classes", "init", "deploy_contexts", "plugins", "rungs"):  # JSON gives lists: tuples, so
+        for key in ("allow_classes", "init", "deploy_contexts", "plugins", "rungs", "baseline_lrs", "final_lrs",
+                    "lr_grid"):  # JSON gives lists: tuples, so
             if isinstance(getattr(self, key), list):                    # the frozen config hashes and compares
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         try:
@@ -230,6 +236,10 @@ class RunConfig(star.Config):
     def variation(self) -> evolve.Variation:
         """How this run's genomes breed (genome.variation, D18), in its class set (D25; None: all 17)."""
         return genome.variation(self.depth, self.share_rate, self.allow_classes, self.crossover_cut)
+
+    def final_rates(self) -> list[float]:
+        """D41: the peak rates of the --final-steps retraining, multiples of lr."""
+        return [self.lr * m for m in self.final_lrs]
 
     def initial(self, baselines: list[dict] = ()) -> list:  # star.synthesize's `initial`
         """Generation 0's given genomes: with seed_baselines, the baselines trained under the search's seed
@@ -334,6 +344,10 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"unknown --preset {c.preset!r}; choose one of {', '.join(PRESETS)}")
     for key in dataclasses.asdict(PRESETS["cpu"]):
         v = getattr(c, key)
+        if key == "lr":
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
+                raise UsageError(f"--lr must be a peak learning rate > 0 and < 1 (got {v!r})")
+            continue
         if type(v) is not int or v < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be an integer >= 1 (got {v!r})")
     if c.depth % 2:
@@ -364,6 +378,12 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
     if not isinstance(c.weights, bool):
         raise UsageError(f"weights must be true or false (got {c.weights!r})")
+    for key, least in (("baseline_lrs", 1), ("final_lrs", 1), ("lr_grid", 0)):
+        grid = getattr(c, key)
+        if not (isinstance(grid, tuple) and len(grid) >= least and len(set(grid)) == len(grid)
+                and all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m * c.lr < 1 for m in grid)):
+            raise UsageError(f"--{key.replace('_', '-')} must be distinct multiples of --lr {c.lr:g}, each giving a rate "
+                             f"> 0 and < 1{'' if least == 0 else ', at least one'} (got {grid!r})")
     _validate_rungs(c)
     _validate_space(c)
 

@@ -35,6 +35,14 @@ def fmt_value(m: str, v) -> str:
     return f"{v:.3g} ms" if kind.endswith("_ms") else f"{v:.4g}"
 
 
+def candidate_rate_words(rc: RunConfig) -> str:
+    """The sentence that says at which peak learning rate the candidates trained (D41)."""
+    if not rc.lr_grid:
+        return f"Every candidate trains at peak learning rate {rc.lr:.3g}."
+    return (f"Each candidate trains at peak learning rates {', '.join(f'{rc.lr * m:.3g}' for m in rc.lr_grid)} "
+            "and is scored at its best (its rate: the lr column).")
+
+
 def fmt_ref(metrics, ref) -> str:
     """A reference point in words: 'perplexity 25.9, cache_bytes 5.2 MB'."""
     return ", ".join(f"{m} {fmt_value(m, v)}" for m, v in zip(metrics, ref))
@@ -43,7 +51,8 @@ def fmt_ref(metrics, ref) -> str:
 def extra_metrics(rc: RunConfig) -> list[str]:
     """Columns beyond perplexity, params and cache: the objective's other metrics, the budgets' and, when
     the run measures, the measured ones at the longest context (D34-D37)."""
-    more = list(metrics_of(rc.objective)) + list(rc.budgets()) + (list(meter.KINDS) if rc.measures else [])
+    more = list(metrics_of(rc.objective)) + list(rc.budgets()) + (list(meter.KINDS) if rc.measures else []) \
+        + (["lr"] if rc.lr_grid else [])
     return [m for m in dict.fromkeys(more) if m not in ("perplexity", "params", "cache_bytes")]
 
 
@@ -67,7 +76,7 @@ def select(records: list[dict], baseline: Optional[dict], objective: str, k: int
 
 def summarize(folder: runlog.RunFolder, baselines: list[dict], result: runlog.SearchResult, final: list[dict]) -> None:
     """summary.md and pareto.png of a run folder, from the search's state (runlog.RunFolder's hook)."""
-    tpp = seed_groups(baselines, "name").get("transformer++")
+    tpp = rate_groups(baselines).get("transformer++")
     c = folder.config
     write_summary(folder.path, c, baselines, result.records, result.stats, final,
                   select(result.records, tpp, c.objective, c.final_top, c.within_budgets), result.ref_point)
@@ -100,7 +109,7 @@ def budget_section(rc: RunConfig, records: list[dict], baselines: list[dict]) ->
              "decode_ms": "measured: constrained domination", "memory_bytes": "measured: constrained domination"}
     lines = ["", "## Budgets (D35)", ""] + [f"- {m} ≤ {fmt_value(m, cap)} ({words[m]})" for m, cap in rc.budgets().items()]
     lines += [f"- baseline {b['name']}: {'within' if rc.within_budgets(b) else 'over'} the budgets"
-              for b in seed_groups(baselines, "name").values()]
+              for b in rate_groups(baselines).values()]
     lines += ["", "| generation | evaluated | within the budgets | share |", "|---|---|---|---|"]
     lines += [f"| {g} | {n} | {k} | {k / n:.0%} |" for g, n, k in feasible_shares(rc, records)]
     return lines
@@ -126,6 +135,39 @@ def seed_groups(records: list[dict], field: str) -> dict[str, dict]:
         row["perplexity"], row["ppl_std"] = mean_std(row["ppls"])
         row["status"] = "ok" if math.isfinite(row["perplexity"]) else row["status"]
     return out
+
+
+def rate_groups(records: list[dict], field: str = "name") -> dict[str, dict]:
+    """seed_groups of each `field` value (a baseline's name, a genome's key) at its best peak rate
+    (star.at_best_rate, D41), with its `lr`, the seed mean at every rate it trained at (`rates`, lowest
+    rate first) and `at_edge` when the best is the lowest or highest of two or more rates."""
+    out = {}
+    for k, best in star.at_best_rate(records, field).items():
+        row = seed_groups(best, field)[k]
+        mine = [r for r in records if r[field] == k]
+        rates = sorted({r.get("lr") for r in mine}, key=lambda lr: -1 if lr is None else lr)
+        row.update(lr=best[0].get("lr"), at_edge=len(rates) > 1 and best[0].get("lr") in (rates[0], rates[-1]),
+                   rates={lr: seed_groups([r for r in mine if r.get("lr") == lr], field)[k]["perplexity"] for lr in rates})
+        out[k] = row
+    return out
+
+
+def rate_words(row: dict) -> str:
+    """'1.29e-2 (best of 6.45e-3: 20.5, 1.29e-2: 19.8, 2.58e-2: 26.0; at the grid's edge)'."""
+    if row.get("lr") is None:
+        return "-"
+    if len(row["rates"]) < 2:
+        return f"{row['lr']:.3g}"
+    grid = ", ".join(f"{lr:.3g}: {fmt_ppl(v)}" for lr, v in row["rates"].items())
+    edge = "; at the grid's EDGE" if row["at_edge"] else ""
+    return f"{row['lr']:.3g} (best of {grid}{edge})"
+
+
+def edge_warnings(groups: dict[str, dict], option: str) -> list[str]:
+    """A warning for each row whose best rate lies at its grid's edge (D41): its optimum may lie beyond."""
+    return [f"warning: {BASELINE_NAMES.get(k, k)}'s best peak rate {row['lr']:.3g} is at the "
+            f"{'lowest' if row['lr'] == min(row['rates']) else 'highest'} rate of its grid: its best may lie beyond; "
+            f"widen {option}" for k, row in groups.items() if row.get("at_edge")]
 
 
 def spearman(x, y) -> float:
@@ -340,11 +382,16 @@ def _verdict(records: list[dict], tpp: dict, objective: str, name: str) -> str:
     won = beats(records, tpp, objective)
     if not won:
         return (f"**No candidate beats {name} under this budget:** none has {rule} "
-                f"({tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}, {n_seeds} seeds).")
+                f"({tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}, {n_seeds} seeds{_at_rate(tpp)}).")
     return (f"**{len(won)} candidate{'s' if len(won) > 1 else ''} beat{'' if len(won) > 1 else 's'} {name} "
             f"under this budget** ({rule}); the best, `{won[0]['key']}`, by {tpp['perplexity'] - won[0]['perplexity']:.2f} "
-            f"perplexity ({won[0]['perplexity']:.3f} against {tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}), scored "
-            "under one seed.")
+            f"perplexity ({won[0]['perplexity']:.3f} against {tpp['perplexity']:.3f} ± {tpp['ppl_std']:.3f}{_at_rate(tpp)}), "
+            "scored under one seed.")
+
+
+def _at_rate(row: dict) -> str:
+    """', at its best peak rate 0.0129' (D41); nothing for a row without a rate."""
+    return "" if row.get("lr") is None else f", at its best peak rate {row['lr']:.3g}"
 
 
 CURSE = "†"  # the mark of an optimistic best single-seed score
@@ -386,7 +433,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     """summary.md: baselines (mean ± std over seeds), the final Pareto front with its significance
     against each baseline, the selected top-k, the --final-steps retraining with the proxy's rank
     correlation, and the hypervolume curve."""
-    base = seed_groups(baselines, "name")
+    base = rate_groups(baselines)
     front = front_of(records, rc.objective)
     n_ok = sum(r.get("status") == "ok" for r in records)
     # winner's curse: the lowest of many one-seed scores is optimistic; marked until --final-steps retrains it
@@ -399,21 +446,25 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
     extra = extra_metrics(rc)
     cols = "| | genome | perplexity | params | cache |" + "".join(f" {m} |" for m in extra) + " status |"
     rule_ = "|---|---|---|---|---|" + "---|" * (len(extra) + 1)
-    head = cols + "\n" + rule_
+    b_extra = [m for m in extra if m != "lr"]  # the baselines' rates have a column of their own
     names = list(base)
     vs_head = "".join(f" vs {n} |" for n in names)
     lines = [f"# STAR run: {rc.objective} ({rc.preset} preset, {rc.algorithm})", "",
              f"Objectives (minimised): {', '.join(metrics_of(rc.objective))}. Width {rc.d_model}, "
              f"depth {rc.depth}, {rc.steps} steps x {rc.batch} x {rc.seq_len} tokens per candidate; "
-             f"cache at T = {rc.cache_len}, bf16, batch 1.", "",
+             f"cache at T = {rc.cache_len}, bf16, batch 1. {candidate_rate_words(rc)}", "",
              f"{len(records)} candidates evaluated ({len(failed)} failed): {generation_words(len(stats) - 1, rc.generations)}.", "",
              f"Data: `{rc.data or 'the default corpus'}`, {rc.data_fingerprint or 'fingerprint not recorded'}. "
              f"Versions: {versions()}.", "",
              *verdicts(records, base, rc.objective), "",
-             f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std)", "",
-             head.replace("perplexity", "perplexity (mean ± std)")]
+             f"## Baselines (same budget, {rc.baseline_seeds} training seeds: mean ± std, each at its best peak rate)", "",
+             "Each baseline trains at every rate of its grid (--baseline-lrs: multiples of --lr) under every seed; "
+             "every comparison in this summary and in pareto.png uses its best rate by seed mean (D41).", "",
+             "| | genome | perplexity (mean ± std) | params | cache |" + "".join(f" {m} |" for m in b_extra)
+             + " peak lr (seed means) | status |", "|---|---|---|---|---|" + "---|" * (len(b_extra) + 2)]
     lines += [f"| {name} | `{b['key']}` | {_fmt_mean_std(b)} | {b['params']:,} | {words.fmt_bytes(b['cache_bytes'])} |"
-              f"{_cells(b, extra)} {b['status']} |" for name, b in base.items()]
+              f"{_cells(b, b_extra)} {rate_words(b)} | {b['status']} |" for name, b in base.items()]
+    lines += [f"\n**{w[0].upper()}{w[1:]}**" for w in edge_warnings(base, "--baseline-lrs")]
     if rc.measures:
         pairs = [(r["cache_bytes"], r["decode_ms"]) for r in records if r.get("decode_ms") is not None]
         lines += ["", measured_words(rc) + f" Spearman between cache_bytes (formula) and decode_ms (measured) over the "
@@ -493,21 +544,28 @@ def sharing_rates(records: list[dict]) -> dict:
 def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselines: list[dict]) -> list[str]:
     """--final-steps: each retrained genome's mean ± std over the seeds, and how well the search's
     short-budget score ranks them (Spearman between the search score and the retrained mean)."""
-    rows = seed_groups(final, "key")
+    rows = rate_groups(final, "key")
     search_score = {r["key"]: r["perplexity"] for r in records}
-    search_score.update({b["key"]: b["perplexity"] for b in baselines if b.get("seed") == rc.seed})
-    lines = ["", f"## Retrained for {rc.final_steps} steps under seeds {rc.training_seeds()}", "",
-             "| | genome | search perplexity | retrained perplexity (mean ± std) | params | cache |", "|---|---|---|---|---|---|"]
+    best_lr = {b["name"]: b["lr"] for b in rate_groups(baselines).values()}
+    search_score.update({b["key"]: b["perplexity"] for b in baselines if b.get("seed") == rc.seed
+                         and b.get("lr") == best_lr[b["name"]]})
+    lines = ["", f"## Retrained for {rc.final_steps} steps under seeds {rc.training_seeds()}, each at its best peak rate", "",
+             f"Each genome retrains at peak rates {', '.join(f'{lr:.3g}' for lr in rc.final_rates())} (--final-lrs) "
+             "under every seed and is shown at its best rate by seed mean (D41).", "",
+             "| | genome | search perplexity | retrained perplexity (mean ± std) | peak lr (seed means) | params | cache |",
+             "|---|---|---|---|---|---|---|"]
     pairs = []
     for row in rows.values():
         s_ = search_score.get(row["key"])
         lines.append(f"| {row.get('name') or 'candidate'} | `{row['key']}` | {fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
-                     f"{row['params']:,} | {words.fmt_bytes(row['cache_bytes'])} |")
+                     f"{rate_words(row)} | {row['params']:,} | {words.fmt_bytes(row['cache_bytes'])} |")
         if s_ is not None and math.isfinite(s_) and math.isfinite(row["perplexity"]):
             pairs.append((s_, row["perplexity"]))
     rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
     lines += ["", f"Proxy fidelity: Spearman rank correlation between the search's score ({rc.steps} steps, one "
-                  f"seed) and the retrained mean ({rc.final_steps} steps): {rho:.2f} over {len(pairs)} genomes."]
+                  f"seed) and the retrained mean at the best rate ({rc.final_steps} steps): {rho:.2f} over {len(pairs)} genomes."]
+    lines += [f"\n**{w[0].upper()}{w[1:]}**" for w in edge_warnings({r.get("name") or k: r for k, r in rows.items()},
+                                                                   "--final-lrs")]
     tpp = rows.get(next((b["key"] for b in baselines if b["name"] == "transformer++"), None))
     if tpp is not None:
         best = min((r for r in rows.values() if not r.get("name")), key=lambda r: r["perplexity"], default=None)
@@ -592,7 +650,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
     if not ok:
         return False
     metrics = [m for m in rc.metrics if m != "perplexity"] or ["params"]
-    base = [b for b in seed_groups(baselines, "name").values() if math.isfinite(b["perplexity"])]
+    base = [b for b in rate_groups(baselines).values() if math.isfinite(b["perplexity"])]
     n_gen = max(r["generation"] for r in records) + 1
     cmap = plt.get_cmap("viridis", n_gen)
     norm = BoundaryNorm(np.arange(-0.5, n_gen), cmap.N)  # one colour per generation
@@ -624,7 +682,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
         for b, (marker, color, size) in zip(base, b_style):
             n = sum(math.isfinite(v) for v in b["ppls"])
             ax.errorbar([b.get(m, math.nan)], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
-                        mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds)")
+                        mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds{_at_rate(b)})")
             labels.append((ax, (b.get(m, math.nan), b["perplexity"]), b["name"], color, pts, stair))
         if log_x:
             ax.set_xscale("log")
@@ -690,6 +748,8 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, list[dict], list[dict]]:
             raise ValueError(f"{d / 'archive.jsonl'} holds a line that is not an archive record")
     except (ValueError, OSError) as e:
         raise UsageError(f"{d}: cannot read the run: {e}") from None
+    for b in baselines:  # written before D41: trained at the run's one rate
+        b.setdefault("lr", rc.lr)
     return rc, runlog.newest_records(records)[0], baselines  # a re-evaluated timeout counts once (D23)
 
 

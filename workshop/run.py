@@ -61,24 +61,35 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
     deploy = deployment.Costs.open(config, folder, cfg, device, log)  # measured costs, budgets (D34-D36); or inert
 
     @deploy.trained  # measured first, when the run measures
-    def train_one(g, steps=None, seed=None, keep=None):  # the baselines and the retraining, as every candidate (D19)
+    def train_one(g, steps=None, seed=None, keep=None, lr=None, lr_grid=()):  # every training, as a candidate's (D19)
+        tc = config.train_config(device, steps) if steps else tcfg  # at `lr` (default the run's) or over `lr_grid`
         with parallel.candidate_threads(device):
-            return candidate.evaluate_genome(g, cfg, config.train_config(device, steps) if steps else tcfg,
-                                             data, config, seed=seed, keep=keep)
+            return candidate.evaluate_genome(g, cfg, tc if lr is None else dataclasses.replace(tc, lr=lr), data, config,
+                                             seed=seed, keep=keep, lr_grid=lr_grid)
     with folder, contextlib.ExitStack() as stack:
         for line in _header(config, data, device, path):
             log(line)
         # the baselines, from baselines.jsonl or trained now (D15, D21); with seed_baselines they open
         # generation 0 (RunConfig.initial) and their records under the search's seed are reused; the
         # selection picks at the top rung within the budgets (RunConfig.eligible)
-        done = {(name, seed): folder.baseline(name, make(config.depth), seed, train_one)
-                for name, make in genome.BASELINES.items() for seed in config.training_seeds()}
+        # generation 0 (RunConfig.initial) and their records under the search's seed and rate are reused (not
+        # with --lr-grid); each baseline trains at every rate of its grid (D41)
+        done = {(name, seed, lr): folder.baseline(name, make(config.depth), seed, lr, train_one)
+                for name, make in genome.BASELINES.items() for lr in config.baseline_rates()
+                for seed in config.training_seeds()}
         baselines = list(done.values())
-        reuse = {b["key"]: b for b in baselines if b["seed"] == config.seed} if config.seed_baselines else {}
+        groups = report.rate_groups(baselines)
+        for name, row in groups.items():
+            log(f"baseline {name:<14} at its best peak lr: ppl {report._fmt_mean_std(row)}, lr {report.rate_words(row)}")
+        for warning in report.edge_warnings(groups, "--baseline-lrs"):
+            log(warning)
+        reuse = {b["key"]: b for b in baselines if b["seed"] == config.seed and b["lr"] == config.lr} \
+            if config.seed_baselines and not config.lr_grid else {}
 
         def one(g, generation, steps=None):  # steps: a rung of a multi-fidelity search (D38)
             b = reuse.get(genome.canonical_str(g)) if generation == 0 else None
-            info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")} if b else train_one(g, steps)[0]
+            info = {k: v for k, v in b.items() if k not in ("name", "genome", "key")} if b else \
+                train_one(g, steps, lr_grid=config.lr_grid)[0]
             return evaluation.Evaluation(objectives=candidate.objectives_of(info, config.objective), info=info)
 
         costs = lambda g: candidate.describe_costs(g, cfg, config.cache_len)  # noqa: E731  (a failed one's record)
@@ -88,18 +99,20 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         book = stack.enter_context(folder.log_book(var, evaluate, config.search(),
                                                    on_generation=lambda result: folder.summary(baselines, result, [])))
         with folder.words():
-            found = star.synthesize(config, data=data, device=device, baseline=lambda name, g, seed: done[(name, seed)],
+            found = star.synthesize(config, data=data, device=device, baseline=lambda name, g, seed, lr: done[(name, seed, lr)],
                                     initial=config.initial(baselines), evaluate=book.evaluate, variation=var,
                                     start=book.start, on_generation=book.after, eligible=config.eligible, log=log)
         stack.close()  # the worker processes end with the search, however it ends
         result = book.result()
         # after the search: with final_steps the top-k and the baselines are retrained longer under the
-        # same seeds (D21); the top-k retrained as searched, their weights kept and checked (D24)
+        # same seeds (D21), each at every rate of final_lrs (D41); the top-k retrained as searched, their
+        # weights kept and checked (D24)
         final = []
         if config.final_steps:
-            jobs = [dict(genome=b["key"], key=b["key"], name=n) for n, b in report.seed_groups(baselines, "name").items()]
+            jobs = [dict(genome=rs[0]["key"], key=rs[0]["key"], name=n) for n, rs in star.at_best_rate(baselines).items()]
             jobs += [dict(genome=r["key"], key=r["key"], generation=r["generation"]) for r in found.top]
-            final = [folder.retrain(job, seed, train_one) for job in jobs for seed in config.training_seeds()]
+            final = [folder.retrain(job, seed, lr, train_one) for job in jobs for lr in config.final_rates()
+                     for seed in config.training_seeds()]
         folder.keep_weights(found.top, train_one, final)
         folder.summary(baselines, result, final)
         log(f"done: {len(result.records)} candidates; wall time {words.fmt_time(time.perf_counter() - t_start)}"

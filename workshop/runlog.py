@@ -980,8 +980,11 @@ class RunFolder:
         self._lock, self._write_summary = lock_fh, write_summary
         self._records, self._after_left = [], 0.0  # the search's records; trainings still to come after it
         try:
-            self.done = {(b["name"], b.get("seed", config.seed)): b for b in read_records(self._file("baselines.jsonl"))}
-            self.final = {(r["key"], r.get("seed")): r for r in read_records(self._file("final.jsonl"))}
+            # records written before D41 hold no `lr`: they trained at the run's one rate
+            self.done = {(b["name"], b.get("seed", config.seed), b.setdefault("lr", config.lr)): b
+                         for b in read_records(self._file("baselines.jsonl"))}
+            self.final = {(r["key"], r.get("seed"), r.setdefault("lr", config.lr)): r
+                          for r in read_records(self._file("final.jsonl"))}
         except ValueError as e:
             self.close()
             raise UsageError(f"--resume: {e}") from None
@@ -1020,27 +1023,32 @@ class RunFolder:
     def _file(self, name: str) -> Optional[Path]:
         return None if self.path is None else self.path / name
 
-    def baseline(self, name: str, g, seed: int, train_one: Callable) -> dict:
-        """The record of baseline `name` trained under `seed`: from baselines.jsonl, or trained now."""
-        if (name, seed) not in self.done:
-            info, _ = train_one(g, seed=seed)
-            self.done[(name, seed)] = append_record(self._file("baselines.jsonl"), dict(
-                name=name, seed=seed, genome=str(g), key=self.config.variation().key(g), **info))
-            self.log(f"baseline {name:<14} seed {seed} {progress_words(self.done[(name, seed)])}")
-        return self.done[(name, seed)]
+    def baseline(self, name: str, g, seed: int, lr: float, train_one: Callable) -> dict:
+        """The record of baseline `name` trained under `seed` at peak rate `lr`: from baselines.jsonl, or
+        trained now."""
+        if (name, seed, lr) not in self.done:
+            info, _ = train_one(g, seed=seed, lr=lr)
+            self.done[(name, seed, lr)] = append_record(self._file("baselines.jsonl"), dict(
+                name=name, seed=seed, genome=str(g), key=self.config.variation().key(g), **{**info, "lr": lr}))
+            self.log(f"baseline {name:<14} seed {seed} lr {lr:.3g} {progress_words(self.done[(name, seed, lr)])}")
+        return self.done[(name, seed, lr)]
 
-    def retrain(self, job: dict, seed: int, train_one: Callable) -> dict:
-        """The record of `job` (a genome of the selection, or a baseline) retrained for final_steps; with
-        `weights`, its weights are kept too (D24)."""
-        if (job["key"], seed) not in self.final:
+    def retrain(self, job: dict, seed: int, lr: float, train_one: Callable) -> dict:
+        """The record of `job` (a genome of the selection, or a baseline) retrained for final_steps at peak
+        rate `lr`; with `weights`, its weights are kept too (D24)."""
+        if (job["key"], seed, lr) not in self.final:
             g = self.config.variation().decode(job["genome"])
-            name = f"{job.get('name') or candidate.weights_name(job['key'])}-final{self.config.final_steps}-seed{seed}"
-            info, _ = train_one(g, steps=self.config.final_steps, seed=seed,
+            name = self._final_name(job.get('name') or candidate.weights_name(job['key']), seed, lr)
+            info, _ = train_one(g, steps=self.config.final_steps, seed=seed, lr=lr,
                                 keep=self._keeper(name, g, kind="final", seed=seed, steps=self.config.final_steps))
-            rec = self.final[(job["key"], seed)] = append_record(self._file("final.jsonl"), dict(job, seed=seed, **info))
-            self.log(f"retrained {job.get('name') or job['key']} seed {seed} for {self.config.final_steps} "
+            rec = self.final[(job["key"], seed, lr)] = append_record(self._file("final.jsonl"), dict(job, seed=seed, **{**info, "lr": lr}))
+            self.log(f"retrained {job.get('name') or job['key']} seed {seed} lr {lr:.3g} for {self.config.final_steps} "
                      f"steps: ppl {fmt_ppl(rec['perplexity'])}" + self._eta_after(self.config.final_steps / self.config.steps))
-        return self.final[(job["key"], seed)]
+        return self.final[(job["key"], seed, lr)]
+
+    def _final_name(self, name: str, seed: int, lr: float) -> str:
+        """The weights folder of a --final-steps retraining (at the run's own rate: no rate in the name)."""
+        return f"{name}-final{self.config.final_steps}-seed{seed}" + ("" if lr == self.config.lr else f"-lr{lr:.3g}")
 
     def halving(self, evaluate: Evaluator, var: Variation, at_top=()) -> tuple[Evaluator, Variation]:
         """D38: with --rungs, the evaluator that trains each generation by successive halving (its book in
@@ -1089,8 +1097,8 @@ class RunFolder:
         c = self.config
         n = float(c.final_top) if self.path is not None and c.weights else 0.0
         if c.final_steps:
-            n_baselines = len({name for name, _ in self.done}) or 2
-            jobs = (c.final_top + n_baselines) * len(c.training_seeds()) - len(self.final)
+            n_baselines = len({key[0] for key in self.done}) or 2
+            jobs = (c.final_top + n_baselines) * len(c.training_seeds()) * len(c.final_lrs) - len(self.final)
             n += max(jobs, 0) * c.final_steps / c.steps
         return n
 
@@ -1139,8 +1147,8 @@ class RunFolder:
             name = candidate.weights_name(r["key"])
             if candidate.read_weights(weights / name) is None:
                 g = self.config.variation().decode(r["genome"])
-                info, _ = train_one(g, keep=self._keeper(name, g, r["perplexity"], kind="search", seed=self.config.seed,
-                                                         generation=r["generation"]))
+                info, _ = train_one(g, lr=r.get("lr"), keep=self._keeper(name, g, r["perplexity"], kind="search",
+                                                                     seed=self.config.seed, generation=r["generation"]))
                 same = info["perplexity"] == r["perplexity"]
                 self.log(f"weights top{rank} {r['key']}: ppl {fmt_ppl(info['perplexity'])}, " + (
                     "the archived perplexity exactly" if same else f"NOT the archived {fmt_ppl(r['perplexity'])}")
@@ -1148,7 +1156,7 @@ class RunFolder:
                     + self._eta_after(1))
             about = candidate.read_weights(weights / name)
             finals = [f"weights/{n}" for f in final if f["key"] == r["key"]
-                      for n in [f"{name}-final{self.config.final_steps}-seed{f['seed']}"] if candidate.read_weights(weights / n)]
+                      for n in [self._final_name(name, f["seed"], f["lr"])] if candidate.read_weights(weights / n)]
             if about is not None:
                 rows.append(dict(rank=rank, genome=r["key"], key=r["key"], perplexity=r["perplexity"],
                                  params=r.get("params"), cache_bytes=r.get("cache_bytes"), folder=f"weights/{name}",

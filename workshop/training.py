@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--micro-batch", type=int, default=None,
                    help="sequences per micro-batch (must divide --batch; default: from a memory estimate on CUDA)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 8e-4; with --extend: the checkpoint's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 8e-4, the paper's; a search's preset rates: DESIGN.md D41; "
+                   "with --extend: the checkpoint's)")
     p.add_argument("--data", default=None, help="text file, folder, folder with train.bin/val.bin, or 'synthetic' "
                                                  "(default: Shakespeare, downloaded once)")
     p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of train.bin/val.bin token files")
