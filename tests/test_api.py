@@ -17,7 +17,7 @@ from test_golden import PINNED, assert_golden
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the repository
 TINY = dict(data="synthetic", d_model=32, head_dim=16, depth=4, seq_len=32, batch=4, steps=3, population=4,
-            offspring=3, generations=2, baseline_seeds=2)
+            offspring=3, generations=2, baseline_seeds=2, lr=8e-4)  # test_golden.TINY
 
 
 @pytest.mark.pinned
