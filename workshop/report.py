@@ -682,7 +682,7 @@ def plot_front(run_dir: Path, rc: RunConfig, baselines: list[dict], records: lis
         for b, (marker, color, size) in zip(base, b_style):
             n = sum(math.isfinite(v) for v in b["ppls"])
             ax.errorbar([b.get(m, math.nan)], [b["perplexity"]], yerr=[b["ppl_std"]], fmt=marker, ms=size, color=color,
-                        mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} (mean ± std, {n} seeds{_at_rate(b)})")
+                        mec="black", mew=0.6, capsize=4, zorder=5, label=f"{b['name']} ({n} seeds: mean ± std" + ("" if b.get("lr") is None else f"; lr {b['lr']:.3g}") + ")")
             labels.append((ax, (b.get(m, math.nan), b["perplexity"]), b["name"], color, pts, stair))
         if log_x:
             ax.set_xscale("log")
