@@ -160,9 +160,9 @@ class Config:
         baseline's first seed saw the same batches."""
         return [self.seed + i for i in range(self.baseline_seeds)]
 
-    def baseline_rates(self) -> list[float]:
-        """D41: the peak rates the baselines train at, multiples of lr."""
-        return [self.lr * m for m in self.baseline_lrs]
+    def rates(self, multiples) -> list[float]:
+        """D41: peak rates as multiples of lr (the baselines': `rates(baseline_lrs)`)."""
+        return [self.lr * m for m in multiples]
 
     def search(self) -> evolve.Search:
         return evolve.Search(pop_size=self.population, n_offspring=self.offspring, generations=self.generations,
@@ -285,7 +285,7 @@ def synthesize(config: Optional[Config] = None, *, data: Optional[corpus.Data] =
         return record
     # 1. the baselines, under the same budget (D15), several training seeds (D21) and peak rates (D41)
     baselines = [(baseline or train_baseline)(name, make(config.depth), seed, lr)
-                 for name, make in genome.BASELINES.items() for lr in config.baseline_rates()
+                 for name, make in genome.BASELINES.items() for lr in config.rates(config.baseline_lrs)
                  for seed in config.training_seeds()]
     # 2.-3. the initial population, then generations of breed -> evaluate -> survive (NSGA-II, D16)
     evaluate = evaluate if evaluate is not None else Recorder(score, config.metrics)
@@ -327,7 +327,8 @@ def at_best_rate(records: list[dict], field: str = "name") -> dict[str, list[dic
     by: dict = {}
     for r in records:
         by.setdefault(r[field], {}).setdefault(r.get("lr"), []).append(r)
-    mean = lambda rs: float(np.mean([r["perplexity"] if r.get("status") == "ok" else math.inf for r in rs]))  # noqa: E731
+    def mean(rs):
+        return float(np.mean([r["perplexity"] if r.get("status") == "ok" else math.inf for r in rs]))
     return {k: min(rates.values(), key=mean) for k, rates in by.items()}
 
 

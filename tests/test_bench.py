@@ -56,10 +56,10 @@ def test_bench_efficacy_compares_the_four_arms_and_retrains_their_top_k(tmp_path
         tpp = x["tpp"]
 
         def best(key):  # D41: (rate, seed mean) at the lowest seed mean over the run's --final-lrs grid, by brute force
-            return min(((lr, float(np.mean([ppl[(key, s, 3, lr)] for s in (0, 1)]))) for lr in rc.final_rates()),
+            return min(((lr, float(np.mean([ppl[(key, s, 3, lr)] for s in (0, 1)]))) for lr in rc.rates(rc.final_lrs)),
                        key=lambda p: p[1])
         means = [best(t["key"])[1] for t in x["top"]]
-        assert [t["lr"] for t in x["top"]] == [best(t["key"])[0] for t in x["top"]] and len(rc.final_rates()) == 4
+        assert [t["lr"] for t in x["top"]] == [best(t["key"])[0] for t in x["top"]] and len(rc.rates(rc.final_lrs)) == 4
         assert (tpp["lr"], tpp["mean"]) == pytest.approx(best(genome.canonical_str(genome.transformer_pp(rc.depth))))
         assert [t["retrained"][0] for t in x["top"]] == pytest.approx(means) and x["best"] == pytest.approx(min(means))
         assert x["regret"] == pytest.approx(means[0] - min(means))  # the chosen best is the lowest search score

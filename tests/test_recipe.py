@@ -80,7 +80,7 @@ def test_the_baselines_and_the_retraining_run_over_their_grids_and_the_summary_n
     summary = (grid_run / "summary.md").read_text()
     rows = report.rate_groups(base)
     for name, row in rows.items():  # the table and the verdict give the best rate, and the grid's seed means
-        assert f"| {name} | `{row['key']}` | {report._fmt_mean_std(row)} |" in summary
+        assert f"| {name} | `{row['key']}` | {report.fmt_mean_std(row)} |" in summary
         assert report.rate_words(row) in summary
     assert f"at its best peak rate {rows['transformer++']['lr']:.3g}" in summary
     assert all(w[9:] in summary for w in report.edge_warnings(rows, "--baseline-lrs"))

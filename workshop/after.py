@@ -75,9 +75,7 @@ def read_run(path) -> Run:
         records, baselines = _rows(path / "archive.jsonl"), _rows(path / "baselines.jsonl")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    for b in baselines:  # written before D41: trained at the run's one rate
-        b.setdefault("lr", config.lr)
-    tpp = report.rate_groups(baselines).get("transformer++")
+    tpp = report.rate_groups(runlog.at_run_rate(baselines, config.lr)).get("transformer++")
     top = report.select(records, tpp, config.objective, config.final_top, config.within_budgets)
     index = path / "weights" / "top.json"
     weights = json.loads(index.read_text()) if index.is_file() else []

@@ -946,9 +946,8 @@ def retrain_all(jobs: list[tuple], book: Path, workers: int) -> dict:
 
 def at_best_rate(done: dict, text: str, seeds: list[int], steps: int, rates: list[float]) -> tuple[list[float], float]:
     """D41: a genome's retrained perplexities under `seeds` at its best of `rates` (lowest seed mean), and that rate."""
-    at = {lr: [done[_book_key(text, sd, steps, lr)]["perplexity"] for sd in seeds] for lr in rates}
-    best = min(rates, key=lambda lr: report.mean_std(at[lr])[0])
-    return at[best], best
+    (best,) = star.at_best_rate([done[_book_key(text, sd, steps, lr)] for lr in rates for sd in seeds], "key").values()
+    return [r["perplexity"] for r in best], best[0].get("lr", ONE_RATE["lr"])
 
 
 def train_book(jobs: list[tuple], book: Path, workers: int, one, job_key, record_key) -> dict:
@@ -1044,7 +1043,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
     steps, rseeds = s["retrain_steps"], list(s["retrain_seeds"])
     # each genome and Transformer++ over the run's --final-lrs grid, each shown at its best rate (D41)
     jobs = [(r["dir"], t["genome"], rs, steps, str(device), lr) for r in runs for t in r["top"] + [r["tpp"]]
-            for lr in r["rc"].final_rates() for rs in rseeds]
+            for lr in r["rc"].rates(r["rc"].final_lrs) for rs in rseeds]
     probe = list(s.get("probe_steps", ()))  # a halved run's promoted candidates at other budgets, under its own seed
     jobs += [(r["dir"], t["genome"], r["rc"].seed, st, str(device), r["rc"].lr) for r in runs if r["rc"].rungs
              for t in fidelity.top_rung(r["records"]) for st in probe]
@@ -1055,7 +1054,7 @@ def bench_efficacy(device, s, out_dir: str, seeds: list[int]) -> dict:
         objs = lambda x: np.array([[math.inf if v is None else v for v in y["objectives"]]  # noqa: E731
                                 for y in fidelity.top_rung(x["records"])], dtype=float)
         ref = evaluation.default_ref_point(np.vstack([objs(x) for x in same_seed]))
-        ppls = lambda text: at_best_rate(done, text, rseeds, steps, r["rc"].final_rates())  # noqa: E731
+        ppls = lambda text: at_best_rate(done, text, rseeds, steps, r["rc"].rates(r["rc"].final_lrs))  # noqa: E731
         top = [dict(genome=t["genome"], key=t["key"], score=t["perplexity"], cache=t["cache_bytes"],
                     **dict(zip(("ppls", "lr"), ppls(t["genome"])))) for t in r["top"]]
         for t in top:
@@ -1248,22 +1247,20 @@ def bench_scaling(device, s) -> dict:
         rc = dataclasses.replace(rc, lr=star.derived_rate(rc.d_model, rc.depth))
         data = userdata.load_data(rc.data, rc.vocab_size)
         cfg = rc.model_config(data.vocab_size)
-        at = {}
-        for lr in rc.final_rates():
-            at[lr] = []
+        runs = []
+        for lr in rc.rates(rc.final_lrs):
             for seed in s["seeds"]:
                 with parallel.candidate_threads(str(device)):
                     info, _ = candidate.evaluate_genome(g, cfg, dataclasses.replace(rc.train_config(str(device)), lr=lr),
                                                         data, rc, seed=seed, lr_grid=())
-                at[lr].append(dict(seed=seed, lr=lr, perplexity=info["perplexity"], seconds=info["seconds"],
-                                   status=info["status"]))
+                runs.append(dict(name=name, seed=seed, lr=lr, perplexity=info["perplexity"], seconds=info["seconds"],
+                                 status=info["status"]))
                 print(f"  {name} seed {seed} lr {lr:.3g}: ppl {info['perplexity']:.3f} in {info['seconds']:.0f} s", flush=True)
-        best = min(at, key=lambda lr: report.mean_std([r["perplexity"] for r in at[lr]])[0])
-        mean, std = report.mean_std([r["perplexity"] for r in at[best]])
+        best = report.rate_groups(runs)[name]  # at its best rate (D41)
         rows.append(dict(name=name, base=str(base), genome=str(g), depth=g.depth, d_model=cfg.d_model, steps=rc.steps,
-                         params=info["params"], cache_bytes=info["cache_bytes"], mean=mean, std=std, runs=at[best],
-                         lr=best, at_edge=best in (min(at), max(at)) and len(at) > 1,
-                         rates={str(lr): report.mean_std([r["perplexity"] for r in rs])[0] for lr, rs in at.items()}))
+                         params=info["params"], cache_bytes=info["cache_bytes"], mean=best["perplexity"],
+                         std=best["ppl_std"], runs=[r for r in runs if r["lr"] == best["lr"]], lr=best["lr"],
+                         at_edge=best["at_edge"], rates={str(lr): v for lr, v in best["rates"].items()}))
     return dict(rows=rows, preset=s["preset"], times=s["times"])
 
 

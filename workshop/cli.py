@@ -120,12 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _deploy_overrides(args) -> dict:
-    contexts = None
-    if args.deploy_contexts is not None:
-        try:
-            contexts = tuple(int(x) for x in args.deploy_contexts.split(",") if x.strip())
-        except ValueError:
-            raise UsageError(f"--deploy-contexts {args.deploy_contexts!r}: give comma-separated integers") from None
+    contexts = None if args.deploy_contexts is None else \
+        _list_option("deploy-contexts", args.deploy_contexts, int, "comma-separated integers")
     whole = {k: None if getattr(args, k) is None else int(getattr(args, k)) if float(getattr(args, k)).is_integer()
              else getattr(args, k) for k in ("max_params", "max_cache")}
     return dict(measure=args.measure, meter=args.meter, deploy_d_model=args.deploy_width, deploy_head_dim=args.deploy_head_dim,
@@ -165,27 +161,22 @@ def config_of(args) -> tuple[RunConfig, set[str]]:
     overrides.update({k: v for k, v in _deploy_overrides(args).items() if v is not None})
     for key in ("baseline_lrs", "final_lrs", "lr_grid"):
         if getattr(args, key) is not None:
-            overrides[key] = _floats_option(key, getattr(args, key))
+            overrides[key] = _list_option(key.replace("_", "-"), getattr(args, key), float,
+                                          "comma-separated multiples of --lr (e.g. 0.5,1,2)")
     if args.rungs is not None:  # D38: the top rung is the steps, so --rungs alone sets them
-        overrides["rungs"] = _rungs_option(args.rungs)
+        overrides["rungs"] = _list_option("rungs", args.rungs, int, "comma-separated step counts, lowest first (e.g. 25,100)")
         if overrides["rungs"] and "steps" not in overrides:
             overrides["steps"] = overrides["rungs"][-1]
     given = set(overrides) | ({"preset"} if args.preset is not None else set())
     return RunConfig.make(args.preset, **overrides), given
 
 
-def _rungs_option(text: str) -> tuple:
+def _list_option(option: str, text: str, kind: type, what: str) -> tuple:
+    """A comma-separated option's values as a tuple of `kind`; one line naming `what` to give when one is not."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        return tuple(kind(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise UsageError(f"--rungs {text!r}: give comma-separated step counts, lowest first (e.g. 25,100)") from None
-
-
-def _floats_option(key: str, text: str) -> tuple:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise UsageError(f"--{key.replace('_', '-')} {text!r}: give comma-separated multiples of --lr (e.g. 0.5,1,2)") from None
+        raise UsageError(f"--{option} {text!r}: give {what}") from None
 
 
 def _classes_option(text):

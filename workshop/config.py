@@ -237,10 +237,6 @@ class RunConfig(star.Config):
         """How this run's genomes breed (genome.variation, D18), in its class set (D25; None: all 17)."""
         return genome.variation(self.depth, self.share_rate, self.allow_classes, self.crossover_cut)
 
-    def final_rates(self) -> list[float]:
-        """D41: the peak rates of the --final-steps retraining, multiples of lr."""
-        return [self.lr * m for m in self.final_lrs]
-
     def initial(self, baselines: list[dict] = ()) -> list:  # star.synthesize's `initial`
         """Generation 0's given genomes: with seed_baselines, the baselines trained under the search's seed
         (their records are reused, D15), then --init's (D25), in their order."""
@@ -342,12 +338,8 @@ def _validate(c: RunConfig) -> None:
     _validate_objective(c)
     if c.preset not in PRESETS:
         raise UsageError(f"unknown --preset {c.preset!r}; choose one of {', '.join(PRESETS)}")
-    for key in dataclasses.asdict(PRESETS["cpu"]):
+    for key in (k for k in dataclasses.asdict(PRESETS["cpu"]) if k != "lr"):  # the rate: _validate_rates
         v = getattr(c, key)
-        if key == "lr":
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
-                raise UsageError(f"--lr must be a peak learning rate > 0 and < 1 (got {v!r})")
-            continue
         if type(v) is not int or v < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be an integer >= 1 (got {v!r})")
     if c.depth % 2:
@@ -378,14 +370,22 @@ def _validate(c: RunConfig) -> None:
         raise UsageError(f"--micro-batch must divide --batch {c.batch} (got {c.micro_batch})")
     if not isinstance(c.weights, bool):
         raise UsageError(f"weights must be true or false (got {c.weights!r})")
+    _validate_rates(c)
+    _validate_rungs(c)
+    _validate_space(c)
+
+
+def _validate_rates(c: RunConfig) -> None:
+    """D41: the peak rate, and its grids of multiples."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if not (number(c.lr) and 0 < c.lr < 1):
+        raise UsageError(f"--lr must be a peak learning rate > 0 and < 1 (got {c.lr!r})")
     for key, least in (("baseline_lrs", 1), ("final_lrs", 1), ("lr_grid", 0)):
         grid = getattr(c, key)
         if not (isinstance(grid, tuple) and len(grid) >= least and len(set(grid)) == len(grid)
-                and all(isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m * c.lr < 1 for m in grid)):
+                and all(number(m) and 0 < m * c.lr < 1 for m in grid)):
             raise UsageError(f"--{key.replace('_', '-')} must be distinct multiples of --lr {c.lr:g}, each giving a rate "
                              f"> 0 and < 1{'' if least == 0 else ', at least one'} (got {grid!r})")
-    _validate_rungs(c)
-    _validate_space(c)
 
 
 def _validate_rungs(c: RunConfig) -> None:

@@ -295,7 +295,7 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _fmt_mean_std(row: dict) -> str:
+def fmt_mean_std(row: dict) -> str:
     if not math.isfinite(row["perplexity"]):
         return "inf"
     n = sum(math.isfinite(x) for x in row["ppls"])
@@ -462,7 +462,7 @@ def write_summary(run_dir: Path, rc: RunConfig, baselines: list[dict], records: 
              "every comparison in this summary and in pareto.png uses its best rate by seed mean (D41).", "",
              "| | genome | perplexity (mean ± std) | params | cache |" + "".join(f" {m} |" for m in b_extra)
              + " peak lr (seed means) | status |", "|---|---|---|---|---|" + "---|" * (len(b_extra) + 2)]
-    lines += [f"| {name} | `{b['key']}` | {_fmt_mean_std(b)} | {b['params']:,} | {words.fmt_bytes(b['cache_bytes'])} |"
+    lines += [f"| {name} | `{b['key']}` | {fmt_mean_std(b)} | {b['params']:,} | {words.fmt_bytes(b['cache_bytes'])} |"
               f"{_cells(b, b_extra)} {rate_words(b)} | {b['status']} |" for name, b in base.items()]
     lines += [f"\n**{w[0].upper()}{w[1:]}**" for w in edge_warnings(base, "--baseline-lrs")]
     if rc.measures:
@@ -550,14 +550,14 @@ def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselin
     search_score.update({b["key"]: b["perplexity"] for b in baselines if b.get("seed") == rc.seed
                          and b.get("lr") == best_lr[b["name"]]})
     lines = ["", f"## Retrained for {rc.final_steps} steps under seeds {rc.training_seeds()}, each at its best peak rate", "",
-             f"Each genome retrains at peak rates {', '.join(f'{lr:.3g}' for lr in rc.final_rates())} (--final-lrs) "
+             f"Each genome retrains at peak rates {', '.join(f'{lr:.3g}' for lr in rc.rates(rc.final_lrs))} (--final-lrs) "
              "under every seed and is shown at its best rate by seed mean (D41).", "",
              "| | genome | search perplexity | retrained perplexity (mean ± std) | peak lr (seed means) | params | cache |",
              "|---|---|---|---|---|---|---|"]
     pairs = []
     for row in rows.values():
         s_ = search_score.get(row["key"])
-        lines.append(f"| {row.get('name') or 'candidate'} | `{row['key']}` | {fmt_ppl(s_)} | {_fmt_mean_std(row)} | "
+        lines.append(f"| {row.get('name') or 'candidate'} | `{row['key']}` | {fmt_ppl(s_)} | {fmt_mean_std(row)} | "
                      f"{rate_words(row)} | {row['params']:,} | {words.fmt_bytes(row['cache_bytes'])} |")
         if s_ is not None and math.isfinite(s_) and math.isfinite(row["perplexity"]):
             pairs.append((s_, row["perplexity"]))
@@ -571,7 +571,7 @@ def final_section(rc: RunConfig, final: list[dict], records: list[dict], baselin
         best = min((r for r in rows.values() if not r.get("name")), key=lambda r: r["perplexity"], default=None)
         if best is not None:
             lines += [f"Best retrained candidate against Transformer++: {versus(best, tpp)} perplexity "
-                      f"({_fmt_mean_std(best)} vs {_fmt_mean_std(tpp)})."]
+                      f"({fmt_mean_std(best)} vs {fmt_mean_std(tpp)})."]
     return lines
 
 
@@ -748,9 +748,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, list[dict], list[dict]]:
             raise ValueError(f"{d / 'archive.jsonl'} holds a line that is not an archive record")
     except (ValueError, OSError) as e:
         raise UsageError(f"{d}: cannot read the run: {e}") from None
-    for b in baselines:  # written before D41: trained at the run's one rate
-        b.setdefault("lr", rc.lr)
-    return rc, runlog.newest_records(records)[0], baselines  # a re-evaluated timeout counts once (D23)
+    return rc, runlog.newest_records(records)[0], runlog.at_run_rate(baselines, rc.lr)  # a re-evaluated timeout counts once (D23)
 
 
 def comparable_key(rc: RunConfig) -> dict:

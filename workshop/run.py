@@ -70,17 +70,16 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         for line in _header(config, data, device, path):
             log(line)
         # the baselines, from baselines.jsonl or trained now (D15, D21); with seed_baselines they open
-        # generation 0 (RunConfig.initial) and their records under the search's seed are reused; the
-        # selection picks at the top rung within the budgets (RunConfig.eligible)
         # generation 0 (RunConfig.initial) and their records under the search's seed and rate are reused (not
-        # with --lr-grid); each baseline trains at every rate of its grid (D41)
+        # with --lr-grid); each baseline trains at every rate of its grid (D41); the selection picks at the top
+        # rung within the budgets (RunConfig.eligible)
         done = {(name, seed, lr): folder.baseline(name, make(config.depth), seed, lr, train_one)
-                for name, make in genome.BASELINES.items() for lr in config.baseline_rates()
+                for name, make in genome.BASELINES.items() for lr in config.rates(config.baseline_lrs)
                 for seed in config.training_seeds()}
         baselines = list(done.values())
         groups = report.rate_groups(baselines)
         for name, row in groups.items():
-            log(f"baseline {name:<14} at its best peak lr: ppl {report._fmt_mean_std(row)}, lr {report.rate_words(row)}")
+            log(f"baseline {name:<14} at its best peak lr: ppl {report.fmt_mean_std(row)}, lr {report.rate_words(row)}")
         for warning in report.edge_warnings(groups, "--baseline-lrs"):
             log(warning)
         reuse = {b["key"]: b for b in baselines if b["seed"] == config.seed and b["lr"] == config.lr} \
@@ -99,7 +98,8 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         book = stack.enter_context(folder.log_book(var, evaluate, config.search(),
                                                    on_generation=lambda result: folder.summary(baselines, result, [])))
         with folder.words():
-            found = star.synthesize(config, data=data, device=device, baseline=lambda name, g, seed, lr: done[(name, seed, lr)],
+            found = star.synthesize(config, data=data, device=device,
+                                    baseline=lambda name, g, seed, lr: done[(name, seed, lr)],
                                     initial=config.initial(baselines), evaluate=book.evaluate, variation=var,
                                     start=book.start, on_generation=book.after, eligible=config.eligible, log=log)
         stack.close()  # the worker processes end with the search, however it ends
@@ -111,8 +111,8 @@ def synthesize(config: RunConfig, *, run_dir=None, resume: bool = False, given=N
         if config.final_steps:
             jobs = [dict(genome=rs[0]["key"], key=rs[0]["key"], name=n) for n, rs in star.at_best_rate(baselines).items()]
             jobs += [dict(genome=r["key"], key=r["key"], generation=r["generation"]) for r in found.top]
-            final = [folder.retrain(job, seed, lr, train_one) for job in jobs for lr in config.final_rates()
-                     for seed in config.training_seeds()]
+            final = [folder.retrain(job, seed, lr, train_one) for job in jobs
+                     for lr in config.rates(config.final_lrs) for seed in config.training_seeds()]
         folder.keep_weights(found.top, train_one, final)
         folder.summary(baselines, result, final)
         log(f"done: {len(result.records)} candidates; wall time {words.fmt_time(time.perf_counter() - t_start)}"

@@ -968,6 +968,13 @@ def progress_words(r: dict) -> str:
     return words + (f" ({r['error'][:80]})" if r.get("error") else "")
 
 
+def at_run_rate(records: list[dict], lr: float) -> list[dict]:
+    """`records` with their peak rate: one written before D41 holds no `lr`, it trained at the run's one rate."""
+    for r in records:
+        r.setdefault("lr", lr)
+    return records
+
+
 class RunFolder:
     """A synthesis's run folder with its lock, or memory when ``path`` is None (workshop/run.py's handle).
     The baselines and the retraining are kept one record per (genome, seed), so a resumed run trains none
@@ -980,11 +987,10 @@ class RunFolder:
         self._lock, self._write_summary = lock_fh, write_summary
         self._records, self._after_left = [], 0.0  # the search's records; trainings still to come after it
         try:
-            # records written before D41 hold no `lr`: they trained at the run's one rate
-            self.done = {(b["name"], b.get("seed", config.seed), b.setdefault("lr", config.lr)): b
-                         for b in read_records(self._file("baselines.jsonl"))}
-            self.final = {(r["key"], r.get("seed"), r.setdefault("lr", config.lr)): r
-                          for r in read_records(self._file("final.jsonl"))}
+            self.done = {(b["name"], b.get("seed", config.seed), b["lr"]): b
+                         for b in at_run_rate(read_records(self._file("baselines.jsonl")), config.lr)}
+            self.final = {(r["key"], r.get("seed"), r["lr"]): r
+                          for r in at_run_rate(read_records(self._file("final.jsonl")), config.lr)}
         except ValueError as e:
             self.close()
             raise UsageError(f"--resume: {e}") from None
